@@ -1,0 +1,32 @@
+# Set-up and entry points. Each target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pinned for reproducible installs; pyproject.toml keeps looser ranges for users.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/dcsm explain src/dcsm/data/chelsea_coffee.png --out out/demo --per-layer
+	@echo "maps and figures written to out/demo/chelsea_coffee/"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+test: $(BIN)/.installed lint
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_batched.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info

@@ -1,0 +1,162 @@
+"""What dcsm needs to know about a classifier: the model adapter.
+
+An adapter wraps a classifier so that it runs *fully convolutionally*: for an input of any
+size it returns a class score map of shape ``(N, C, h, w)`` (the paper's ``h x w x C``), where a
+standard classifier would return ``(N, C)`` at its training size. The image-level score is the
+pooling of that map (``mean`` for average-pooled heads, ``max`` for the global max pooling of
+Oquab et al. 2015 that the paper trains with).
+
+The adapter also knows the preprocessing, the class names, the layers the method reads
+derivatives at (with readable aliases such as VGG-16's ``conv3_1``), and whether the classifier is
+multi-label (sigmoid) or single-label (softmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcsm.errors import DcsmError
+
+Pooling = Literal["mean", "max"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image becomes the model's input tensor.
+
+    ``x = (pixel - mean) / std`` per channel, with pixels in 0..255 and ``mean``/``std`` given in
+    that range and in the model's channel order (``"RGB"`` or ``"BGR"``).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Turn (H, W, 3) uint8 RGB (array or tensor) into a (1, 3, H, W) float32 tensor."""
+        x = torch.as_tensor(np.array(image, copy=True)).to(torch.float32)
+        if x.ndim != 3 or x.shape[2] != 3:
+            raise DcsmError(f"expected an (H, W, 3) RGB image, got shape {tuple(x.shape)}")
+        x = x.permute(2, 0, 1)
+        if self.channel_order == "BGR":
+            x = x.flip(0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return ((x - mean) / std).unsqueeze(0)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly description."""
+        return {"mean": list(self.mean), "std": list(self.std), "channel_order": self.channel_order}
+
+
+IMAGENET_TORCHVISION = Preprocessing(
+    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255), std=(0.229 * 255, 0.224 * 255, 0.225 * 255)
+)
+
+
+@dataclass
+class ModelAdapter:
+    """A classifier made ready for class saliency.
+
+    Attributes:
+        name: the registry name (``efficientnet_lite0``, ``torchvision:vgg16``, ...).
+        model: a module mapping ``(N, 3, H, W)`` preprocessed input to a ``(N, C, h, w)`` score map.
+        class_names: one name per output class.
+        preprocess: pixels to input tensor.
+        default_layers: layer names (aliases or module paths) the method uses by default.
+        layer_aliases: readable names mapped to module paths of ``model``.
+        multilabel: sigmoid scores (True) or softmax probabilities (False).
+        pooling: how the score map becomes the image-level score.
+        min_input: the smallest input side the fully convolutional model accepts; smaller
+            images are enlarged for the computation and the maps resized back.
+        gradcam_layer: the layer Grad-CAM reads by default (the last convolutional features).
+        description: one line for ``dcsm models``.
+    """
+
+    name: str
+    model: nn.Module
+    class_names: list[str]
+    preprocess: Preprocessing
+    default_layers: list[str]
+    layer_aliases: dict[str, str] = field(default_factory=dict)
+    multilabel: bool = False
+    pooling: Pooling = "mean"
+    min_input: int = 32
+    gradcam_layer: str | None = None
+    description: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model scores."""
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> ModelAdapter:
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (CPU for a parameter-less model)."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # ----------------------------------------------------------------- layers
+    def layer_path(self, name: str) -> str:
+        """The module path for a layer alias or a module path; DcsmError if neither."""
+        if name in self.layer_aliases:
+            return self.layer_aliases[name]
+        modules = dict(self.model.named_modules())
+        for path in (name, f"net.{name}"):
+            if path in modules and name != "":
+                return path
+        known = list(self.layer_aliases) or [n for n in modules if n][:20]
+        raise DcsmError(
+            f"unknown layer '{name}' for model {self.name}; known layers include: "
+            + ", ".join(known[:30])
+        )
+
+    def resolve_layers(self, names: Sequence[str] | None) -> dict[str, nn.Module]:
+        """Map each requested layer name to its module, in the order given."""
+        names = list(self.default_layers if names is None else names)
+        if not names:
+            raise DcsmError("no layers requested")
+        if len(set(names)) != len(names):
+            raise DcsmError("a layer is requested twice: " + ", ".join(names))
+        modules = dict(self.model.named_modules())
+        return {name: modules[self.layer_path(name)] for name in names}
+
+    # ----------------------------------------------------------------- scores
+    def pool(self, score_map: torch.Tensor) -> torch.Tensor:
+        """Image-level scores ``(N, C)`` from a score map ``(N, C, h, w)``."""
+        if self.pooling == "max":
+            return score_map.amax(dim=(2, 3))
+        return score_map.mean(dim=(2, 3))
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Sigmoid for a multi-label model, softmax over classes otherwise."""
+        return torch.sigmoid(scores) if self.multilabel else torch.softmax(scores, dim=-1)
+
+    def class_index(self, key: str | int) -> int:
+        """Index of a class given by index, exact name, or case-insensitive name."""
+        if isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
+            idx = int(key)
+            if not 0 <= idx < self.num_classes:
+                raise DcsmError(
+                    f"class index {idx} out of range for model {self.name} "
+                    f"({self.num_classes} classes)"
+                )
+            return idx
+        if key in self.class_names:
+            return self.class_names.index(key)
+        lowered = [n.lower() for n in self.class_names]
+        if key.strip().lower() in lowered:
+            return lowered.index(key.strip().lower())
+        raise DcsmError(f"unknown class '{key}' for model {self.name}")

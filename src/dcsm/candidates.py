@@ -1,0 +1,134 @@
+"""Candidate classes: the classes whose maps are computed and contrasted.
+
+* Multi-label (sigmoid) model: every class whose score passes ``threshold`` (default 0.5), as in
+  the paper; at most ``top_k`` of them when given.
+* Single-label (softmax) model: the ``top_k`` most probable classes (default 2) among those whose
+  probability is at least ``threshold`` (default 0).
+* Or classes the user names, by name or index.
+
+At least one class is always selected (the best one if none passes). Scores come from one scale
+(the one closest to 1, i.e. the image as given) for the paper's preset. The released code's rule
+(``any_scale``) takes a class if it passes at any scale, and its contrast set is topped up to at
+least four classes by the score summed over scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from dcsm.adapters.base import ModelAdapter
+from dcsm.errors import DcsmError
+
+CandidateRule = Literal["reference_scale", "any_scale"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A selected class: its index, name and score (probability) on the image."""
+
+    index: int
+    name: str
+    score: float
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The classes to output maps for, and the (larger or equal) set they are contrasted with.
+
+    ``active[s, k]`` says whether contrast class k counts at scale s (released code only).
+    """
+
+    selected: list[Candidate]
+    contrast: list[Candidate]
+    active: torch.Tensor
+
+
+def parse_classes(classes: str | Sequence[str | int] | None) -> list[str | int] | None:
+    """``"auto"``/None -> None; ``"tabby,espresso"`` or a list -> list of names/indices."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        if classes.strip().lower() == "auto":
+            return None
+        items: list[str | int] = [c.strip() for c in classes.split(",") if c.strip()]
+    else:
+        items = list(classes)
+    if not items:
+        raise DcsmError("empty class list")
+    return items
+
+
+def default_threshold(adapter: ModelAdapter) -> float:
+    """0.5 for sigmoid scores, 0 for softmax probabilities."""
+    return 0.5 if adapter.multilabel else 0.0
+
+
+def default_top_k(adapter: ModelAdapter) -> int | None:
+    """Unlimited for a multi-label model, 2 for a softmax one."""
+    return None if adapter.multilabel else 2
+
+
+def select(
+    adapter: ModelAdapter,
+    probs: torch.Tensor,
+    reference: int,
+    classes: str | Sequence[str | int] | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    rule: CandidateRule = "reference_scale",
+    min_contrast: int = 1,
+) -> Selection:
+    """Choose candidates from per-scale probabilities ``probs`` of shape (scales, C).
+
+    ``reference`` is the row used for reported scores (the scale closest to 1).
+    """
+    if top_k is not None and top_k < 1:
+        raise DcsmError(f"--top-k must be at least 1, got {top_k}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise DcsmError(f"--threshold must lie in [0, 1], got {threshold}")
+    probs = probs.detach().float().cpu()
+    thr = default_threshold(adapter) if threshold is None else threshold
+    k = default_top_k(adapter) if top_k is None else top_k
+    ref = probs[reference]
+
+    def cand(i: int) -> Candidate:
+        return Candidate(i, adapter.class_names[i], float(ref[i]))
+
+    named = parse_classes(classes)
+    if named is not None:
+        idx = [adapter.class_index(c) for c in named]
+        if len(set(idx)) != len(idx):
+            raise DcsmError("a class is named twice")
+        chosen = idx
+        active = torch.ones(probs.shape[0], len(idx), dtype=torch.bool)
+    else:
+        level = probs.amax(dim=0) if rule == "any_scale" else ref
+        order = torch.argsort(level, descending=True).tolist()
+        chosen = [i for i in order if level[i] >= thr and (thr > 0 or level[i] > 0)]
+        if k is not None:
+            chosen = chosen[:k]
+        if not chosen:
+            chosen = order[:1]
+        if rule == "any_scale" and adapter.multilabel:
+            active = probs[:, chosen] >= thr
+        else:
+            active = torch.ones(probs.shape[0], len(chosen), dtype=torch.bool)
+    contrast = list(chosen)
+    if len(contrast) < min_contrast:
+        summed = probs.sum(dim=0)
+        for i in torch.argsort(summed, descending=True).tolist():
+            if len(contrast) >= min(min_contrast, adapter.num_classes):
+                break
+            if i not in contrast:
+                contrast.append(i)
+    pad = torch.zeros(probs.shape[0], len(contrast) - len(chosen), dtype=torch.bool)
+    return Selection([cand(i) for i in chosen], [cand(i) for i in contrast],
+                     torch.cat([active, pad], dim=1))

@@ -1,0 +1,50 @@
+r"""Class contrast: subtracting the other candidates' maps.
+
+The paper's Eq. 2, on the per-layer maps :math:`M_i` of the candidate classes:
+
+.. math::
+
+    \tilde M^c_{i,x,y} = \sum_{c' \in candidates} \max(M^c_{i,x,y} - M^{c'}_{i,x,y}, 0)\,[c \ne c']
+
+With a single candidate there is nothing to subtract and the map is returned unchanged (as in the
+paper's single-object images).
+
+The authors' released MatConvNet code (``dcsm.m``) instead normalises each pairwise difference by
+its own maximum and saturates it before summing:
+
+.. math::
+
+    \hat M^c_{i,x,y} = \sum_{c' \ne c} \max\Big(\tanh\big(\alpha\,
+        \frac{M^c_i - M^{c'}_i}{\max_{x,y} (M^c_i - M^{c'}_i)}\big), 0\Big)
+
+A pair whose difference is nowhere positive contributes nothing (the released code divides by a
+negative maximum there, which flips the sign; we treat that as no evidence for ``c``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def subtract_others(maps: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 over the first dimension: ``(K, ...)`` maps of K candidates -> ``(K, ...)``."""
+    if maps.shape[0] <= 1:
+        return maps
+    out = torch.zeros_like(maps)
+    for other in range(maps.shape[0]):
+        out += (maps - maps[other]).clamp(min=0)
+    return out
+
+
+def pairwise_saturated_contrast(maps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The released code's contrast: ``(K, H, W)`` -> ``(K, H, W)``; K = 1 gives zeros."""
+    out = torch.zeros_like(maps)
+    for c in range(maps.shape[0]):
+        for other in range(maps.shape[0]):
+            if other == c:
+                continue
+            diff = maps[c] - maps[other]
+            peak = diff.max()
+            if peak > 0:
+                out[c] += torch.tanh(alpha * diff / peak).clamp(min=0)
+    return out

@@ -1,0 +1,110 @@
+r"""Multi-scale, multi-layer fusion of class saliency maps.
+
+The paper's Eq. 3 averages, over the set of layers :math:`L` and scales :math:`S`, the per-layer
+maps after the normalisation :math:`\tanh(\alpha M / \max M)` with :math:`\alpha = 3`:
+
+.. math::
+
+    M^c_{x,y} = \frac{1}{|S||L|} \sum_{j \in S} \sum_{l \in L}
+        \tanh\Big(\alpha \frac{\tilde M^c_{l,x,y}}{\max_{x,y} \tilde M^c_{l,x,y}}\Big)
+
+Each scale's maps are computed at the input image's size, so the average is over aligned maps.
+The result lies in :math:`[0, \tanh \alpha]`.
+
+The released code instead sums its pairwise contrasts over layers, other classes and scales,
+then normalises the sum once: :math:`\tanh(\alpha\, s / \max s)`, shown divided by its maximum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dcsm.contrast import pairwise_saturated_contrast, subtract_others
+
+
+def tanh_normalize(maps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``tanh(alpha * M / max M)`` per map over its last two dimensions; 0 where max <= 0."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return torch.where(peak > 0, torch.tanh(alpha * maps / safe), torch.zeros_like(maps))
+
+
+class PaperFusion:
+    """Eq. 2 (optional) then Eq. 3: the mean of normalised per-layer maps."""
+
+    def __init__(self, num_layers: int, alpha: float, subtract: bool = True,
+                 keep_layers: bool = False) -> None:
+        self.alpha = alpha
+        self.subtract = subtract
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.per_layer: list[torch.Tensor | None] | None = (
+            [None] * num_layers if keep_layers else None)
+        self.scales_seen = 0
+
+    def add(self, layer: int, maps: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Add one layer's maps ``(K, H, W)`` at one scale (``active`` is not used here)."""
+        contrasted = subtract_others(maps) if self.subtract else maps
+        normalized = tanh_normalize(contrasted, self.alpha)
+        self.total = normalized if self.total is None else self.total + normalized
+        self.count += 1
+        if self.per_layer is not None:
+            prev = self.per_layer[layer]
+            self.per_layer[layer] = normalized if prev is None else prev + normalized
+
+    def result(self) -> torch.Tensor:
+        """Fused maps ``(K, H, W)``."""
+        assert self.total is not None, "no maps were added"
+        return self.total / self.count
+
+    def layer_results(self) -> list[torch.Tensor] | None:
+        """Per-layer maps averaged over scales (for the paper's Fig. 2), if kept."""
+        if self.per_layer is None:
+            return None
+        scales = self.count // len(self.per_layer)
+        return [m / scales for m in self.per_layer if m is not None]
+
+
+class ReleasedFusion:
+    """The released MatConvNet code: summed saturated pairwise contrasts, normalised once.
+
+    ``active`` marks the classes that pass the score threshold at the scale being added; only
+    they receive contributions at that scale (all of them are subtracted).
+    """
+
+    def __init__(self, num_layers: int, alpha: float, subtract: bool = True,
+                 keep_layers: bool = False) -> None:
+        self.alpha = alpha
+        self.subtract = subtract
+        self.total: torch.Tensor | None = None
+        self.per_layer: list[torch.Tensor | None] | None = (
+            [None] * num_layers if keep_layers else None)
+
+    def add(self, layer: int, maps: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Add one layer's maps ``(K, H, W)`` at one scale."""
+        if self.subtract and maps.shape[0] > 1:
+            part = pairwise_saturated_contrast(maps, self.alpha)
+        else:
+            part = tanh_normalize(maps, self.alpha)
+        if active is not None:
+            part = part * active.to(part.dtype).view(-1, 1, 1)
+        self.total = part if self.total is None else self.total + part
+        if self.per_layer is not None:
+            prev = self.per_layer[layer]
+            self.per_layer[layer] = part if prev is None else prev + part
+
+    def _finish(self, s: torch.Tensor) -> torch.Tensor:
+        m = tanh_normalize(s, self.alpha)
+        peak = m.amax(dim=(-2, -1), keepdim=True)
+        return torch.where(peak > 0, m / peak.clamp(min=1e-12), m)
+
+    def result(self) -> torch.Tensor:
+        """Fused maps ``(K, H, W)`` in [0, 1]."""
+        assert self.total is not None, "no maps were added"
+        return self._finish(self.total)
+
+    def layer_results(self) -> list[torch.Tensor] | None:
+        """Per-layer sums, each normalised as the final map is."""
+        if self.per_layer is None:
+            return None
+        return [self._finish(m) for m in self.per_layer if m is not None]

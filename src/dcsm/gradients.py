@@ -1,0 +1,151 @@
+"""One forward pass, then the gradients of several class score maps in one batched backward.
+
+The forward runs with the model's parameters frozen and, unless the input gradient is wanted,
+with an input that does not require gradients: the autograd graph then starts at the first
+requested layer (its output is made a leaf in a forward hook), so the backward goes no lower than
+that layer and no parameter gradient is ever computed. Hooks live only inside the context that
+needs them and are always removed.
+
+For ``K`` target classes the backward seeds are ``K`` one-hot score maps, ``S(:,:,c) = 1`` and 0
+elsewhere (the paper's notation), back-propagated together with
+``torch.autograd.grad(..., is_grads_batched=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dcsm.adapters.base import ModelAdapter
+from dcsm.errors import DcsmError
+from dcsm.rules import BackpropRule
+
+BatchMode = Literal["vmap", "loop"]
+
+
+@contextlib.contextmanager
+def inference_state(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the block; every flag restored afterwards."""
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        model.eval()
+        yield
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def capture_layers(layers: Mapping[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each layer's output during a forward pass (forward hooks, removed on exit).
+
+    The first recorded output that does not already require gradients becomes a leaf that does,
+    which starts the autograd graph there. The module's output is replaced by a clone, so that a
+    later in-place operation (an in-place ReLU after a convolution) cannot change the recorded
+    tensor.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise DcsmError(f"layer '{name}' returns {type(output).__name__}, not a tensor")
+            if name in captured:
+                raise DcsmError(f"layer '{name}' runs more than once per forward pass; "
+                                "choose a layer that is used once")
+            if torch.is_grad_enabled() and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            captured[name] = output
+            return output.clone()
+
+        return hook
+
+    try:
+        for name, module in layers.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class ForwardPass:
+    """The score map of one forward pass and the tensors gradients can be taken at."""
+
+    input: torch.Tensor
+    score_map: torch.Tensor
+    activations: dict[str, torch.Tensor]
+
+
+def forward_pass(
+    adapter: ModelAdapter,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    rule: BackpropRule,
+    input_grad: bool = False,
+) -> ForwardPass:
+    """Run the fully convolutional model on ``x`` (1, 3, H, W), recording ``layers``."""
+    modules = adapter.resolve_layers(layers) if layers else {}
+    x = x.to(adapter.device)
+    if input_grad:
+        x = x.detach().requires_grad_(True)
+    with inference_state(adapter.model), rule.active(), capture_layers(modules) as acts, \
+            torch.enable_grad():
+        score_map = adapter.model(x)
+    if score_map.ndim != 4 or score_map.shape[1] != adapter.num_classes:
+        raise DcsmError(f"model {adapter.name} returned shape {tuple(score_map.shape)}, expected "
+                        f"(N, {adapter.num_classes}, h, w)")
+    missing = [name for name in modules if name not in acts]
+    if missing:
+        raise DcsmError(f"layer(s) {', '.join(missing)} did not run in the forward pass of "
+                        f"{adapter.name}")
+    return ForwardPass(x, score_map, {name: acts[name] for name in modules})
+
+
+def class_seeds(score_map: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """(K, *score_map.shape) one-hot seeds: ``S(:,:,c) = 1`` for each target c."""
+    seeds = torch.zeros((len(targets), *score_map.shape), dtype=score_map.dtype,
+                        device=score_map.device)
+    for k, c in enumerate(targets):
+        seeds[k, :, c] = 1.0
+    return seeds
+
+
+def class_gradients(
+    fp: ForwardPass,
+    targets: Sequence[int],
+    wrt: Sequence[torch.Tensor],
+    batch: BatchMode = "vmap",
+    retain_graph: bool = False,
+) -> list[torch.Tensor]:
+    """Gradients of each target's score map with respect to each tensor of ``wrt``.
+
+    Returns one tensor per ``wrt`` entry, shaped ``(K, *t.shape)``. ``batch="vmap"`` does one
+    batched backward; ``"loop"`` one backward per class (the reference).
+    """
+    if not targets:
+        return [t.new_zeros((0, *t.shape)) for t in wrt]
+    seeds = class_seeds(fp.score_map, targets)
+    if not fp.score_map.requires_grad:
+        raise DcsmError("nothing to differentiate: no requested layer lies before the scores")
+    if batch == "vmap" and len(targets) > 1:
+        return list(torch.autograd.grad(fp.score_map, list(wrt), grad_outputs=seeds,
+                                        is_grads_batched=True, retain_graph=retain_graph))
+    per_class = []
+    for k in range(len(targets)):
+        keep = retain_graph or k < len(targets) - 1
+        per_class.append(torch.autograd.grad(fp.score_map, list(wrt), grad_outputs=seeds[k],
+                                             retain_graph=keep))
+    return [torch.stack([g[i] for g in per_class]) for i in range(len(wrt))]

@@ -1,0 +1,389 @@
+"""Image input and atomic output for dcsm.
+
+Reading: :func:`load_image` turns any image file Pillow can decode into an ``(H, W, 3)`` uint8
+RGB array, and reports every problem a user can fix as a one-line :class:`DcsmError`.
+
+Writing: :func:`atomic_dir` and :func:`write_atomic` make sure that a run which is killed or
+fails half-way never leaves an output directory or file that looks complete. The helpers
+:func:`save_npz`, :func:`save_json`, :func:`save_png` and :func:`save_figure` are built on
+:func:`write_atomic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dcsm.errors import DcsmError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "MIN_SIDE",
+    "atomic_dir",
+    "load_image",
+    "safe_filename",
+    "save_figure",
+    "save_json",
+    "save_npz",
+    "save_png",
+    "write_atomic",
+]
+
+#: The smallest accepted image side, in pixels.
+MIN_SIDE = 8
+
+# Pillow modes holding one integer or float channel with a range other than 0..255.
+_WIDE_GREY_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+# Pillow modes with an alpha (or premultiplied alpha) channel.
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+# Longest stem that safe_filename produces; well below every common file-system limit.
+_MAX_STEM = 120
+# Names that Windows reserves whatever the extension.
+_RESERVED_STEMS = frozenset(
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{i}" for i in range(1, 10)}
+    | {f"LPT{i}" for i in range(1, 10)}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """Collapse all whitespace (newlines included) in ``text`` into single spaces."""
+    return " ".join(text.split())
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, single-line explanation of why Pillow could not read a file."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (
+            "it has too many pixels to decode safely "
+            f"(Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels)"
+        )
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = _one_line(str(exc))
+    return text if text else type(exc).__name__
+
+
+def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map a single-channel array linearly from its own min..max onto 0..255.
+
+    Non-finite values become 0; a constant image becomes all 0.
+    """
+    data = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(data.shape, dtype=np.uint8)
+    low = float(data[finite].min())
+    high = float(data[finite].max())
+    if high <= low:
+        return np.zeros(data.shape, dtype=np.uint8)
+    scaled = (np.where(finite, data, low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite an ``(H, W, 4)`` uint8 RGBA array over an opaque white background."""
+    colour = rgba[..., :3].astype(np.float64)
+    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
+    out = colour * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert a loaded Pillow image of any mode to an ``(H, W, 3)`` uint8 RGB array."""
+    mode = im.mode
+    if mode in _WIDE_GREY_MODES:
+        grey = _rescale_to_uint8(np.asarray(im))
+        return np.repeat(grey[:, :, np.newaxis], 3, axis=2)
+    has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
+    if has_alpha:
+        return _composite_on_white(np.asarray(im.convert("RGBA"), dtype=np.uint8))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im, dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file into an ``(H, W, 3)`` uint8 RGB array.
+
+    * The EXIF orientation tag, if any, is applied, so the array is upright.
+    * Every Pillow mode is accepted. Grey ("L", "1"), palette ("P"), "CMYK", "YCbCr" and the
+      like are converted to RGB. 16-bit, 32-bit integer and float images ("I;16", "I", "F")
+      are rescaled linearly from the image's own minimum..maximum to 0..255 (a constant image
+      becomes all 0).
+    * Transparency (an alpha channel, or a palette or colour-key ``transparency`` entry) is
+      composited over a **white** background.
+    * Of a multi-frame image (animated GIF, multi-page TIFF, ...) only the first frame is read.
+
+    Raises:
+        DcsmError: with a single-line message naming ``path`` if the file is missing, is a
+            directory, cannot be read or decoded (corrupt or truncated data, unknown format),
+            exceeds Pillow's decompression-bomb limit, or is smaller than 8 pixels on a side.
+    """
+    shown = os.fspath(path)
+    file = Path(shown)
+    if not file.exists():
+        raise DcsmError(f"image '{shown}' does not exist")
+    if file.is_dir():
+        raise DcsmError(f"image '{shown}' is a directory, not an image file")
+    try:
+        with Image.open(file) as opened:
+            opened.seek(0)
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
+            if im is None:  # pragma: no cover - only when in_place=True
+                im = opened
+            im.load()
+            rgb = _to_rgb_array(im)
+    except DcsmError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise DcsmError(f"cannot read image '{shown}': {_reason(exc)}") from exc
+    height, width = rgb.shape[:2]
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise DcsmError(
+            f"image '{shown}' is {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed"
+        )
+    return rgb
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic output
+# --------------------------------------------------------------------------------------------
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree, ignoring errors."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _make_parent(parent: Path, target: Path) -> None:
+    """Create ``parent`` (and its parents) or raise a :class:`DcsmError` about ``target``."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DcsmError(f"cannot create the directory for '{target}': {_reason(exc)}") from exc
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name, then move it to ``final`` in one step.
+
+    Yields a fresh, empty directory beside ``final`` (same parent, hidden name
+    ``.{final.name}.partial-<random>``); the parent is created if needed. When the ``with``
+    block ends normally the temporary directory replaces ``final``: an existing ``final`` is
+    first renamed to a hidden trash name, the temporary directory is renamed to ``final``, and
+    the trash is deleted. When the block raises (``KeyboardInterrupt`` included), the
+    temporary directory is deleted and the exception propagates, and an existing ``final`` is
+    left untouched. So a failed or interrupted run never leaves a ``final`` that looks
+    complete.
+
+    Raises:
+        DcsmError: if the parent cannot be created or the renames fail.
+    """
+    final = Path(final)
+    parent = final.parent
+    _make_parent(parent, final)
+    tmp = parent / f".{final.name}.partial-{secrets.token_hex(6)}"
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise DcsmError(f"cannot create output directory '{final}': {_reason(exc)}") from exc
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    trash: Path | None = None
+    try:
+        if final.exists() or final.is_symlink():
+            trash = parent / f".{final.name}.trash-{secrets.token_hex(6)}"
+            os.rename(final, trash)
+        os.rename(tmp, final)
+    except OSError as exc:
+        if trash is not None and not final.exists():
+            with contextlib.suppress(OSError):
+                os.rename(trash, final)
+                trash = None
+        _remove(tmp)
+        if trash is not None:
+            _remove(trash)
+        raise DcsmError(f"cannot replace output directory '{final}': {_reason(exc)}") from exc
+    if trash is not None:
+        _remove(trash)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a file through a temporary name, then move it to ``path`` in one step.
+
+    ``write`` is called with a hidden temporary path in the same directory as ``path`` and
+    with the same suffix (so writers that add a missing suffix, like :func:`numpy.savez`, write
+    exactly where told). The temporary file then replaces ``path`` with :func:`os.replace`.
+    If ``write`` raises, the temporary file is removed; an ``OSError`` becomes a
+    :class:`DcsmError`, anything else propagates unchanged. The parent directory is created
+    if needed.
+
+    Raises:
+        DcsmError: if the directory cannot be created or the file cannot be written or moved.
+    """
+    path = Path(path)
+    parent = path.parent
+    _make_parent(parent, path)
+    tmp = parent / f".{path.stem}.partial-{secrets.token_hex(6)}{path.suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise DcsmError(f"cannot write '{path}': {_reason(exc)}") from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically save named arrays as a compressed ``.npz`` file readable by :func:`np.load`.
+
+    The format is that of :func:`numpy.savez_compressed` (one ``<key>.npy`` member per array,
+    deflate-compressed), written member by member so that any string key works, including keys
+    with spaces or commas and keys such as ``"file"`` that ``savez_compressed``'s keyword
+    arguments cannot take. Object arrays are refused (they would need pickling).
+
+    Raises:
+        ValueError: for an empty or non-string key, or an object array.
+        DcsmError: if the file cannot be written.
+    """
+    items = []
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"npz keys must be non-empty strings, got {key!r}")
+        items.append((key, np.asanyarray(value)))
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for key, value in items:
+                with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)
+
+    write_atomic(Path(path), write)
+
+
+def _json_default(obj: Any) -> Any:
+    """``json`` fallback: numpy scalars and arrays become Python numbers and lists."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Atomically save ``obj`` as UTF-8 JSON (indent 2, key order kept, trailing newline).
+
+    Numpy scalars and arrays are converted to Python numbers and (nested) lists, and paths to
+    strings. Non-ASCII characters are written as they are, not escaped.
+
+    Raises:
+        TypeError: for an object JSON cannot represent.
+        DcsmError: if the file cannot be written.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+    write_atomic(Path(path), write)
+
+
+def save_png(path: Path, image: np.ndarray | Image.Image) -> None:
+    """Atomically save an image as PNG (whatever the suffix of ``path``).
+
+    ``image`` is a Pillow image or a uint8 array of shape ``(H, W)`` (grey), ``(H, W, 3)``
+    (RGB) or ``(H, W, 4)`` (RGBA).
+
+    Raises:
+        ValueError: for an array of another dtype or shape.
+        DcsmError: if the file cannot be written.
+    """
+    if isinstance(image, Image.Image):
+        pil = image
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(f"save_png needs a uint8 array, got dtype {array.dtype}")
+        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+            raise ValueError(
+                f"save_png needs an (H, W), (H, W, 3) or (H, W, 4) array, got {array.shape}"
+            )
+        pil = Image.fromarray(np.ascontiguousarray(array))
+
+    def write(tmp: Path) -> None:
+        pil.save(tmp, format="PNG")
+
+    write_atomic(Path(path), write)
+
+
+def save_figure(path: Path, fig: Figure, dpi: int = 100) -> None:
+    """Atomically save a matplotlib figure; the format follows the suffix of ``path``.
+
+    Raises:
+        DcsmError: if the file cannot be written.
+    """
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=dpi)
+
+    write_atomic(Path(path), write)
+
+
+# --------------------------------------------------------------------------------------------
+# File names
+# --------------------------------------------------------------------------------------------
+
+
+def safe_filename(name: str) -> str:
+    """Turn a class name such as ``"tiger cat"`` or ``"crane/bird"`` into a safe file stem.
+
+    Accents are dropped (``"café"`` becomes ``"cafe"``); ASCII letters, digits, ``-``, ``_``
+    and ``.`` are kept; every run of other characters (spaces and slashes included) becomes a
+    single ``_``; repeated ``_`` and ``.`` are collapsed; ``.``, ``_`` and ``-`` are stripped
+    from both ends. The result is never empty (``"unnamed"``), never starts with ``.``, is at
+    most 120 characters long and is never a name Windows reserves (such as ``"CON"``).
+    """
+    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name)
+    stem = re.sub(r"_{2,}", "_", stem)
+    stem = re.sub(r"\.{2,}", ".", stem)
+    stem = stem[:_MAX_STEM].strip("._-")
+    if not stem:
+        return "unnamed"
+    if stem.split(".")[0].upper() in _RESERVED_STEMS:
+        stem = f"{stem}_"
+    return stem

@@ -1,0 +1,24 @@
+"""Back-propagation rules (plain, guided); a new rule is one new module here."""
+
+from __future__ import annotations
+
+from dcsm.errors import DcsmError
+from dcsm.rules.base import BackpropRule
+from dcsm.rules.guided import GuidedRule, guided_relu
+from dcsm.rules.plain import PlainRule
+
+RULES: dict[str, type[BackpropRule]] = {"plain": PlainRule, "guided": GuidedRule}
+
+
+def get_rule(rule: str | BackpropRule) -> BackpropRule:
+    """A rule instance from its name (``plain``, ``guided``) or an instance."""
+    if isinstance(rule, BackpropRule):
+        return rule
+    try:
+        return RULES[rule]()
+    except KeyError:
+        raise DcsmError(f"unknown back-propagation rule '{rule}'; known: "
+                        + ", ".join(RULES)) from None
+
+
+__all__ = ["RULES", "BackpropRule", "GuidedRule", "PlainRule", "get_rule", "guided_relu"]
