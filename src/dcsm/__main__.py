@@ -1,0 +1,7 @@
+"""``python -m dcsm``."""
+
+import sys
+
+from dcsm.cli import main
+
+sys.exit(main())
