@@ -35,7 +35,8 @@ def main() -> None:
     print(f"model {args.model}, image chelsea_coffee.png {image.shape[1]}x{image.shape[0]}")
     for order, s in seconds.items():
         print(f"  {order:<15} {s:6.2f} s")
-    print(f"  upsample_first / max_first time: {seconds['upsample_first'] / seconds['max_first']:.2f}x")
+    ratio = seconds["upsample_first"] / seconds["max_first"]
+    print(f"  upsample_first / max_first time: {ratio:.2f}x")
     for name in classes:
         a, b = maps["max_first"][name], maps["upsample_first"][name]
         diff = np.abs(a - b)
