@@ -88,7 +88,7 @@ def test_upsample_first_chunking_is_invisible(chunk):
     g = torch.from_numpy(_grad((2, 7, 4, 5), 4))
     ref = layer_saliency(g, (9, 12), "upsample_first", chunk=100)
     torch.testing.assert_close(layer_saliency(g, (9, 12), "upsample_first", chunk=chunk), ref,
-                               rtol=0, atol=0)
+                               rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("shape,size", CASES)

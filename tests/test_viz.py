@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from dcsm import viz
 from dcsm.errors import DcsmError
 from dcsm.viz import colorize, figure_to_array, layers_figure, maps_figure, overlay
 
@@ -113,7 +114,7 @@ def test_maps_figure_axes_and_titles() -> None:
     assert fig.get_suptitle() == "three classes"
     width, height = fig.get_size_inches()
     assert width == pytest.approx(12.0)
-    assert 3.0 <= height <= 4.0
+    assert height == pytest.approx(3.0 * 12 / 16 + viz.TITLE_INCHES)  # rows hug the image
     # The image panel shows the image itself; map panels use jet on a fixed 0..1 scale.
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), _image())
     for ax in fig.axes[1:]:

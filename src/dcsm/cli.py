@@ -164,8 +164,7 @@ def write_explanation(result, directory: Path, image_path: str | None = None) ->
     summary["map_images"] = files
     save_json(directory / "summary.json", summary)
     titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
-    fig = maps_figure(result.image, result.maps, titles,
-                      suptitle=f"{result.method} - {result.model}")
+    fig = maps_figure(result.image, result.maps, titles)
     save_figure(directory / "figure.png", fig)
     if result.layer_maps:
         save_figure(directory / "layers.png",

@@ -97,15 +97,23 @@ def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.5, cmap: str = "j
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
-    """Create an Agg-backed figure with a ``rows`` x ``cols`` grid of axes (a 2-D array)."""
+def _new_figure(rows: int, cols: int, aspect: float = 1.0) -> tuple[Figure, np.ndarray]:
+    """Create an Agg-backed figure with a ``rows`` x ``cols`` grid of axes (a 2-D array).
+
+    ``aspect`` is the panels' height over width (the image's), so rows hug the pictures.
+    """
     fig = Figure(
-        figsize=(PANEL_INCHES * cols, (PANEL_INCHES + TITLE_INCHES) * rows),
+        figsize=(PANEL_INCHES * cols, (PANEL_INCHES * aspect + TITLE_INCHES) * rows),
         layout="constrained",
     )
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
+
+
+def _aspect(image: np.ndarray) -> float:
+    """Height over width of an image, bounded to keep figures reasonable."""
+    return float(min(max(image.shape[0] / max(image.shape[1], 1), 0.25), 4.0))
 
 
 def _show_image(ax: Axes, image: np.ndarray, title: str) -> None:
@@ -139,7 +147,7 @@ def maps_figure(
         DcsmError: if the image or a map has the wrong number of dimensions.
     """
     names = list(maps)
-    fig, axes = _new_figure(1, 1 + len(names))
+    fig, axes = _new_figure(1, 1 + len(names), _aspect(image))
     _show_image(axes[0, 0], image, "image")
     for col, name in enumerate(names, start=1):
         title = titles[name] if titles is not None and name in titles else name
@@ -183,7 +191,7 @@ def layers_figure(
         _show_image(axes[0, 0], image, "image")
         return fig
     layers = _layer_names(layer_maps)
-    fig, axes = _new_figure(len(classes), 2 + len(layers))
+    fig, axes = _new_figure(len(classes), 2 + len(layers), _aspect(image))
     for row, name in enumerate(classes):
         _show_image(axes[row, 0], image, name)
         for col, layer in enumerate(layers, start=1):
