@@ -492,10 +492,15 @@ def test_save_png_rejects_bad_arrays(tmp_path: Path) -> None:
 def test_save_figure(tmp_path: Path) -> None:
     fig = Figure(figsize=(2, 1.5))
     fig.add_subplot().plot([0, 1], [1, 0])
-    save_figure(tmp_path / "fig.png", fig, dpi=50)
+    save_figure(tmp_path / "fig.png", fig, dpi=50, tight=False)
     with Image.open(tmp_path / "fig.png") as im:
         assert im.format == "PNG"
         assert im.size == (100, 75)
+    save_figure(tmp_path / "tight.png", fig, dpi=50)
+    with Image.open(tmp_path / "tight.png") as im:
+        # cropped to the drawn content: the axes' labels may stick out, by a few pixels only
+        assert abs(im.size[0] - 100) <= 10 and abs(im.size[1] - 75) <= 10
+    (tmp_path / "tight.png").unlink()
     save_figure(tmp_path / "fig.svg", fig)
     assert (tmp_path / "fig.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.svg"]

@@ -350,15 +350,17 @@ def save_png(path: Path, image: np.ndarray | Image.Image) -> None:
     write_atomic(Path(path), write)
 
 
-def save_figure(path: Path, fig: Figure, dpi: int = 100) -> None:
+def save_figure(path: Path, fig: Figure, dpi: int = 100, tight: bool = True) -> None:
     """Atomically save a matplotlib figure; the format follows the suffix of ``path``.
+
+    ``tight`` crops the figure to its drawn content (matplotlib's ``bbox_inches="tight"``).
 
     Raises:
         DcsmError: if the file cannot be written.
     """
 
     def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None)
 
     write_atomic(Path(path), write)
 
