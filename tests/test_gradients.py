@@ -12,7 +12,7 @@ from dcsm.gradients import capture_layers, class_gradients, class_seeds, forward
 from dcsm.rules import get_rule
 
 
-def _input(tiny, height: int = 14, width: int = 18, seed: int = 0) -> torch.Tensor:
+def _input(height: int = 14, width: int = 18, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(1, 3, height, width, generator=gen) * 1.5
 
@@ -36,7 +36,7 @@ def _leaves(root: torch.Tensor) -> list[torch.Tensor]:
 def test_vmap_equals_loop_equals_float64_autograd(tiny, act, rule):
     net = tiny.TinyNet(classes=4, act=act, seed=3)
     adapter = tiny.adapter(net)
-    x = _input(tiny)
+    x = _input()
     layers = ["c1", "r1", "c2", "r2"]
     targets = [2, 0, 3]
     ref = tiny.reference_class_grads(net, x, targets, layers, rule)
@@ -62,7 +62,7 @@ def test_vmap_equals_loop_equals_float64_autograd(tiny, act, rule):
 def test_input_gradient_matches_reference(tiny, rule):
     net = tiny.TinyNet(classes=3, act="relu6", seed=4)
     adapter = tiny.adapter(net)
-    x = _input(tiny, seed=2)
+    x = _input(seed=2)
     fp = forward_pass(adapter, x, [], get_rule(rule), input_grad=True)
     assert fp.activations == {} and fp.input.requires_grad and fp.input.is_leaf
     (g,) = class_gradients(fp, [1, 2], [fp.input])
@@ -74,7 +74,7 @@ def test_input_gradient_matches_reference(tiny, rule):
 def test_single_target_and_empty_targets(tiny):
     net = tiny.TinyNet(classes=3)
     adapter = tiny.adapter(net)
-    x = _input(tiny)
+    x = _input()
     fp = forward_pass(adapter, x, ["c2"], get_rule("plain"))
     (g,) = class_gradients(fp, [1], [fp.activations["c2"]], "vmap")
     ref = tiny.reference_class_grads(net, x, [1], ["c2"])["c2"]
@@ -85,7 +85,7 @@ def test_single_target_and_empty_targets(tiny):
 
 def test_retain_graph_allows_a_second_backward(tiny):
     adapter = tiny.adapter(tiny.TinyNet(classes=3))
-    fp = forward_pass(adapter, _input(tiny), ["c2"], get_rule("guided"))
+    fp = forward_pass(adapter, _input(), ["c2"], get_rule("guided"))
     act = fp.activations["c2"]
     first = class_gradients(fp, [0, 2], [act], "vmap", retain_graph=True)[0]
     second = class_gradients(fp, [2, 0], [act], "loop")[0]
@@ -119,7 +119,7 @@ def test_lowest_captured_layer_is_a_leaf_and_backward_stops_there(tiny):
     handles = [net.conv2.register_forward_pre_hook(pre_hook),
                net.act1.register_forward_hook(act1_hook)]
     try:
-        fp = forward_pass(adapter, _input(tiny), ["c2", "r2"], get_rule("guided"))
+        fp = forward_pass(adapter, _input(), ["c2", "r2"], get_rule("guided"))
         c2 = fp.activations["c2"]
         assert c2.is_leaf and c2.requires_grad and c2.grad_fn is None
         assert not fp.activations["r2"].is_leaf
@@ -138,7 +138,7 @@ def test_layer_order_given_does_not_matter_for_the_leaf(tiny):
     """Requesting the higher layer first still makes the lowest one the leaf."""
     net = tiny.TinyNet(classes=3)
     adapter = tiny.adapter(net)
-    x = _input(tiny)
+    x = _input()
     fp = forward_pass(adapter, x, ["c2", "c1"], get_rule("plain"))
     assert list(fp.activations) == ["c2", "c1"]
     assert fp.activations["c1"].is_leaf and not fp.activations["c2"].is_leaf
@@ -151,7 +151,7 @@ def test_layer_order_given_does_not_matter_for_the_leaf(tiny):
 @pytest.mark.parametrize("rule", ["plain", "guided"])
 @pytest.mark.parametrize("act", ["relu", "relu6"])
 def test_inplace_rectifier_after_captured_conv(tiny, rule, act):
-    x = _input(tiny, seed=5)
+    x = _input(seed=5)
     out = {}
     for inplace in (False, True):
         net = tiny.TinyNet(classes=3, act=act, inplace=inplace, seed=8)
@@ -181,7 +181,7 @@ def test_layer_running_twice_raises(tiny):
     net = tiny.TinyNet(classes=3, shared=True)
     adapter = tiny.adapter(net)
     with pytest.raises(DcsmError, match="more than once"):
-        forward_pass(adapter, _input(tiny), ["c1", "r1"], get_rule("guided"))
+        forward_pass(adapter, _input(), ["c1", "r1"], get_rule("guided"))
     assert tiny.leftover_state(net) == []
 
 
@@ -201,7 +201,7 @@ def test_layer_that_does_not_run_raises(tiny):
     adapter = tiny.adapter(model, classes=3)
     adapter.layer_aliases = {"c1": "body.conv1"}
     with pytest.raises(DcsmError, match="did not run"):
-        forward_pass(adapter, _input(tiny), ["c1", "spare"], get_rule("plain"))
+        forward_pass(adapter, _input(), ["c1", "spare"], get_rule("plain"))
     assert tiny.leftover_state(model) == []
 
 
@@ -223,15 +223,15 @@ class _TupleModel(nn.Module):
 def test_non_tensor_layer_and_bad_score_map_raise(tiny):
     adapter = tiny.adapter(_TupleModel(), classes=2)
     with pytest.raises(DcsmError, match="not a tensor"):
-        forward_pass(adapter, _input(tiny), ["split"], get_rule("plain"))
+        forward_pass(adapter, _input(), ["split"], get_rule("plain"))
     wrong = tiny.adapter(tiny.TinyNet(classes=3), classes=4)  # claims 4 classes, outputs 3
     with pytest.raises(DcsmError, match="expected"):
-        forward_pass(wrong, _input(tiny), ["c1"], get_rule("plain"))
+        forward_pass(wrong, _input(), ["c1"], get_rule("plain"))
 
 
 def test_nothing_to_differentiate_raises(tiny):
     adapter = tiny.adapter(tiny.TinyNet(classes=3))
-    fp = forward_pass(adapter, _input(tiny), [], get_rule("plain"))
+    fp = forward_pass(adapter, _input(), [], get_rule("plain"))
     assert not fp.score_map.requires_grad
     with pytest.raises(DcsmError, match="nothing to differentiate"):
         class_gradients(fp, [0], [fp.input])
@@ -240,6 +240,6 @@ def test_nothing_to_differentiate_raises(tiny):
 def test_capture_layers_without_grad_keeps_plain_tensors(tiny):
     net = tiny.TinyNet(classes=3)
     with torch.no_grad(), capture_layers({"c2": net.conv2}) as acts:
-        score = net(_input(tiny))
+        score = net(_input())
     assert not acts["c2"].requires_grad and not score.requires_grad
     assert net.conv2._forward_hooks == {}

@@ -61,6 +61,7 @@ RECTIFIERS = [
     ("F.hardtanh(kw)", 6.0, False, lambda t: F.hardtanh(t, min_val=0.0, max_val=6.0)),
     ("F.hardtanh(0,6,inplace)", 6.0, True, lambda t: F.hardtanh(t, 0.0, 6.0, True)),
     ("F.hardtanh_(0,6)", 6.0, True, lambda t: F.hardtanh_(t, 0.0, 6.0)),
+    ("F.hardtanh(0,1)", 1.0, False, lambda t: F.hardtanh(t, 0.0, 1.0)),
 ]
 
 

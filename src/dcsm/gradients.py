@@ -98,12 +98,13 @@ def forward_pass(
 ) -> ForwardPass:
     """Run the fully convolutional model on ``x`` (1, 3, H, W), recording ``layers``."""
     modules = adapter.resolve_layers(layers) if layers else {}
-    x = x.to(adapter.device)
-    if input_grad:
-        x = x.detach().requires_grad_(True)
-    with inference_state(adapter.model), rule.active(), capture_layers(modules) as acts, \
-            torch.enable_grad():
-        score_map = adapter.model(x)
+    # Gradients are needed even if the caller is inside no_grad() or inference_mode().
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.to(adapter.device).clone()
+        if input_grad:
+            x = x.detach().requires_grad_(True)
+        with inference_state(adapter.model), rule.active(), capture_layers(modules) as acts:
+            score_map = adapter.model(x)
     if score_map.ndim != 4 or score_map.shape[1] != adapter.num_classes:
         raise DcsmError(f"model {adapter.name} returned shape {tuple(score_map.shape)}, expected "
                         f"(N, {adapter.num_classes}, h, w)")
