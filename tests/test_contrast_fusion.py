@@ -236,3 +236,35 @@ def test_tanh_normalize_batched_shapes_and_float32():
     ref = np.stack([[normalise_loop(m[a, b].double().numpy(), 2.0) for b in range(3)]
                     for a in range(2)])
     np.testing.assert_allclose(out.double().numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_subtract_strongest_against_pixel_loops(k):
+    from dcsm.contrast import subtract_strongest
+
+    rng = np.random.default_rng(40 + k)
+    maps = rng.random((k, 4, 5))
+    maps[:, 0, 0] = 0.5  # a tie everywhere at one pixel
+    expected = np.zeros_like(maps)
+    for c in range(k):
+        for y in range(4):
+            for x in range(5):
+                others = [maps[o, y, x] for o in range(k) if o != c]
+                best_other = max(others) if others else 0.0
+                expected[c, y, x] = (max(maps[c, y, x] - best_other, 0.0) if others
+                                     else maps[c, y, x])
+    got = subtract_strongest(torch.from_numpy(maps)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
+
+
+def test_paper_fusion_with_strongest_contrast():
+    from dcsm.contrast import subtract_strongest
+    from dcsm.fusion import PaperFusion, tanh_normalize
+
+    rng = np.random.default_rng(7)
+    layers = [torch.from_numpy(rng.random((3, 6, 7))) for _ in range(4)]
+    fusion = PaperFusion(2, 3.0, contrast="strongest")
+    for i, m in enumerate(layers):
+        fusion.add(i % 2, m)
+    expected = sum(tanh_normalize(subtract_strongest(m), 3.0) for m in layers) / 4
+    np.testing.assert_allclose(fusion.result().numpy(), expected.numpy(), rtol=0, atol=1e-15)

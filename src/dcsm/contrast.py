@@ -19,6 +19,15 @@ its own maximum and saturates it before summing:
 
 A pair whose difference is nowhere positive contributes nothing (the released code divides by a
 negative maximum there, which flips the sign; we treat that as no evidence for ``c``).
+
+A third form subtracts only the strongest other class at each location,
+
+.. math::
+
+    \bar M^c_{i,x,y} = \max\big(M^c_{i,x,y} - \max_{c' \ne c} M^{c'}_{i,x,y}, 0\big)
+
+which, unlike the sum, does not let the differences between two *other* classes' background
+responses add up in a region that belongs to neither.
 """
 
 from __future__ import annotations
@@ -34,6 +43,19 @@ def subtract_others(maps: torch.Tensor) -> torch.Tensor:
     for other in range(maps.shape[0]):
         out += (maps - maps[other]).clamp(min=0)
     return out
+
+
+def subtract_strongest(maps: torch.Tensor) -> torch.Tensor:
+    """``max(M_c - max_{c' != c} M_c', 0)`` over the first dimension; K = 1 is unchanged."""
+    if maps.shape[0] <= 1:
+        return maps
+    top2 = maps.topk(2, dim=0).values  # (2, ...): best and second best at each location
+    is_best = maps >= top2[0]
+    strongest_other = torch.where(is_best, top2[1], top2[0])
+    return (maps - strongest_other).clamp(min=0)
+
+
+CONTRASTS = {"sum": subtract_others, "strongest": subtract_strongest}
 
 
 def pairwise_saturated_contrast(maps: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -106,6 +106,7 @@ class DistinctSaliency:
             "subtract": self.subtract,
             "upsample": self.upsample,
             "fusion": self.preset.fusion,
+            "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
             "min_contrast": self.preset.min_contrast,
         }
@@ -133,7 +134,8 @@ class DistinctSaliency:
                            threshold, self.preset.candidate_rule, self.preset.min_contrast)
         targets = [c.index for c in selection.contrast]
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
-        fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer)
+        fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
+                            contrast=self.preset.contrast)
         for s, fp in enumerate(passes):
             grads = class_gradients(fp, targets, list(fp.activations.values()), self.batch)
             with torch.no_grad():

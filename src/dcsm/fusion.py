@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from dcsm.contrast import pairwise_saturated_contrast, subtract_others
+from dcsm.contrast import CONTRASTS, pairwise_saturated_contrast
 
 
 def tanh_normalize(maps: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -30,12 +30,16 @@ def tanh_normalize(maps: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class PaperFusion:
-    """Eq. 2 (optional) then Eq. 3: the mean of normalised per-layer maps."""
+    """Eq. 2 (optional) then Eq. 3: the mean of normalised per-layer maps.
+
+    ``contrast`` is ``"sum"`` (Eq. 2) or ``"strongest"`` (only the strongest other class).
+    """
 
     def __init__(self, num_layers: int, alpha: float, subtract: bool = True,
-                 keep_layers: bool = False) -> None:
+                 keep_layers: bool = False, contrast: str = "sum") -> None:
         self.alpha = alpha
         self.subtract = subtract
+        self.contrast = CONTRASTS[contrast]
         self.total: torch.Tensor | None = None
         self.count = 0
         self.per_layer: list[torch.Tensor | None] | None = (
@@ -44,7 +48,7 @@ class PaperFusion:
 
     def add(self, layer: int, maps: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Add one layer's maps ``(K, H, W)`` at one scale (``active`` is not used here)."""
-        contrasted = subtract_others(maps) if self.subtract else maps
+        contrasted = self.contrast(maps) if self.subtract else maps
         normalized = tanh_normalize(contrasted, self.alpha)
         self.total = normalized if self.total is None else self.total + normalized
         self.count += 1
@@ -73,7 +77,7 @@ class ReleasedFusion:
     """
 
     def __init__(self, num_layers: int, alpha: float, subtract: bool = True,
-                 keep_layers: bool = False) -> None:
+                 keep_layers: bool = False, contrast: str = "pairwise") -> None:
         self.alpha = alpha
         self.subtract = subtract
         self.total: torch.Tensor | None = None

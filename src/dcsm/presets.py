@@ -32,6 +32,7 @@ class Preset:
     fusion: Literal["paper", "released"]
     candidate_rule: CandidateRule
     min_contrast: int
+    contrast: Literal["sum", "strongest", "pairwise"] = "sum"
     alpha: float = 3.0
     upsample: UpsampleOrder = "max_first"
     description: str = ""
@@ -50,7 +51,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "released": Preset(
         name="released", scales=(0.8, 1.0, 1.2), fusion="released",
-        candidate_rule="any_scale", min_contrast=4,
+        candidate_rule="any_scale", min_contrast=4, contrast="pairwise",
         description="the authors' MatConvNet code: per-pair normalised tanh contrasts summed over "
                     "layers, classes and scales 0.8-1.2",
     ),
