@@ -23,7 +23,7 @@ giving the same maps; the per-layer max-abs / upsample / Eq. 2 / tanh / mean par
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_batched.py [--model efficientnet_lite0]
-        [--repeats 3] [--classes tabby,espresso,"tiger cat"] [--no-memory]
+        [--repeats 3] [--classes "tabby,espresso,tiger cat"] [--threads N] [--no-memory]
 
 Peak memory is measured (unless ``--no-memory``) by running each variant once in a fresh
 subprocess: the resident set size once the model is loaded, and the peak resident set size
@@ -235,6 +235,8 @@ def measure_memory(args: argparse.Namespace, variant: str) -> dict[str, float] |
     """Run one variant once in a fresh interpreter; its RSS before and at peak (MiB)."""
     cmd = [sys.executable, __file__, "--model", args.model, "--classes", args.classes,
            "--memory-child", variant]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"  memory run of {variant!r} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -283,9 +285,15 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated candidate classes (default: {DEFAULT_CLASSES})")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args)
         return

@@ -11,7 +11,8 @@ Pipeline modules, in the paper's order: :mod:`dcsm.adapters` (model adapters), :
 (back-propagation rules), :mod:`dcsm.gradients` (one forward, batched backward),
 :mod:`dcsm.layer_maps` (per-layer maps), :mod:`dcsm.contrast` (Eq. 2), :mod:`dcsm.fusion`
 (Eq. 3), :mod:`dcsm.explainer` (the method), :mod:`dcsm.baselines` (Simonyan et al., guided
-back-propagation, Grad-CAM).
+back-propagation, Grad-CAM), :mod:`dcsm.segmentation` (dense CRF and GrabCut from the maps:
+``dcsm.segment(result)``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ from dcsm.io import load_image
 from dcsm.presets import PRESETS, Preset
 from dcsm.result import SaliencyResult
 from dcsm.rules import BackpropRule, GuidedRule, PlainRule
+from dcsm.segmentation import (
+    SEGMENTERS,
+    CRFParams,
+    GrabCutParams,
+    Segmentation,
+    segment,
+    segment_crf,
+    segment_grabcut,
+)
 
 __version__ = "0.1.0"
 
@@ -32,10 +42,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "METHODS",
     "PRESETS",
+    "SEGMENTERS",
     "BackpropRule",
+    "CRFParams",
     "Candidate",
     "DcsmError",
     "DistinctSaliency",
+    "GrabCutParams",
     "GradCAM",
     "GuidedRule",
     "InputGradient",
@@ -44,9 +57,13 @@ __all__ = [
     "Preprocessing",
     "Preset",
     "SaliencyResult",
+    "Segmentation",
     "explain",
     "list_models",
     "load_image",
     "load_model",
     "make_explainer",
+    "segment",
+    "segment_crf",
+    "segment_grabcut",
 ]

@@ -5,6 +5,13 @@
 name), ``summary.json``, ``<class>.png`` (the map over the image), ``figure.png`` (the image and
 every map side by side) and, with ``--per-layer``, ``layers.png`` (single-layer maps).
 
+``dcsm segment IMAGE... --out DIR`` writes the same plus ``labels.png`` (VOC-palette PNG, 0
+background, v the v-th candidate of ``summary.json``), ``masks.npz`` (one bool array per class)
+and ``segmentation.png``, and adds a ``segmentation`` entry to ``summary.json``; the segmenter is
+a dense CRF on the maps (``--segmenter crf``, maps ``--method dcsm`` by default) or Simonyan et
+al.'s GrabCut (``--segmenter grabcut``, maps ``--method simonyan`` by default).
+``dcsm figure IMAGE --out FILE`` draws the paper's Fig. 1 for the image.
+
 Bad input gets one line on stderr and exit status 2; an image's output directory appears only
 once it is complete.
 """
@@ -12,6 +19,7 @@ once it is complete.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -70,6 +78,37 @@ def _finite(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text}")
+    return value
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options that choose and place the model."""
     from dcsm.adapters import DEFAULT_MODEL
@@ -107,6 +146,63 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="max over channels then upsample (default) or the reverse")
 
 
+def add_crf_options(p: argparse.ArgumentParser) -> None:
+    """The dense CRF's parameters (see :mod:`dcsm.segmentation.crf`)."""
+    from dcsm.segmentation import CRFParams
+
+    d = CRFParams()
+    g = p.add_argument_group("dense CRF", "unaries from the maps; background (1 - max_c M_c)^power")
+    g.add_argument("--crf-bg-power", type=_positive_float, default=d.bg_power, metavar="P",
+                   help="power of the background rule (default %(default)s)")
+    g.add_argument("--crf-iterations", type=_nonnegative_int, default=d.iterations, metavar="N",
+                   help="mean-field steps; 0 = the unaries' argmax (default %(default)s)")
+    g.add_argument("--crf-gaussian-sxy", type=_positive_float, default=d.gaussian_sxy,
+                   metavar="PX", help="smoothness kernel width, pixels (default %(default)s)")
+    g.add_argument("--crf-gaussian-compat", type=_nonnegative_float, default=d.gaussian_compat,
+                   metavar="W", help="smoothness kernel weight (default %(default)s)")
+    g.add_argument("--crf-bilateral-sxy", type=_positive_float, default=d.bilateral_sxy,
+                   metavar="PX", help="appearance kernel width, pixels (default %(default)s)")
+    g.add_argument("--crf-bilateral-srgb", type=_positive_float, default=d.bilateral_srgb,
+                   metavar="L", help="appearance kernel colour width, 0..255 (default %(default)s)")
+    g.add_argument("--crf-bilateral-compat", type=_nonnegative_float, default=d.bilateral_compat,
+                   metavar="W", help="appearance kernel weight (default %(default)s)")
+
+
+def add_grabcut_options(p: argparse.ArgumentParser) -> None:
+    """The GrabCut baseline's parameters (see :mod:`dcsm.segmentation.grabcut`)."""
+    from dcsm.segmentation import GrabCutParams
+
+    d = GrabCutParams()
+    g = p.add_argument_group("GrabCut (Simonyan et al.)", "colour models from map quantiles")
+    g.add_argument("--grabcut-fg-quantile", type=_fraction, default=d.fg_quantile, metavar="Q",
+                   help="pixels at or above this quantile model the foreground (default "
+                        "%(default)s)")
+    g.add_argument("--grabcut-bg-quantile", type=_fraction, default=d.bg_quantile, metavar="Q",
+                   help="pixels at or below this quantile model the background (default "
+                        "%(default)s)")
+    g.add_argument("--grabcut-iterations", type=_positive_int, default=d.iterations, metavar="N",
+                   help="GrabCut rounds; 1 = one graph cut (default %(default)s)")
+    g.add_argument("--grabcut-all-components", action="store_true",
+                   help="keep every foreground component, not only the largest")
+
+
+def crf_params_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments of :func:`dcsm.segmentation.segment_crf`, checked."""
+    from dcsm.segmentation import CRFParams
+
+    return CRFParams(args.crf_bg_power, args.crf_iterations, args.crf_gaussian_sxy,
+                     args.crf_gaussian_compat, args.crf_bilateral_sxy, args.crf_bilateral_srgb,
+                     args.crf_bilateral_compat).as_dict()
+
+
+def grabcut_params_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments of :func:`dcsm.segmentation.segment_grabcut`, checked."""
+    from dcsm.segmentation import GrabCutParams
+
+    return GrabCutParams(args.grabcut_fg_quantile, args.grabcut_bg_quantile,
+                         args.grabcut_iterations, not args.grabcut_all_components).as_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dcsm`` command."""
     parser = _Parser(prog="dcsm", description="Distinct class saliency maps (Shimoda & Yanai).")
@@ -119,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_options(ex)
     ex.add_argument("--per-layer", action="store_true",
                     help="also write layers.png with the single-layer maps (paper Fig. 2)")
+
+    sg = sub.add_parser("segment", help="maps plus a segmentation: dense CRF or GrabCut")
+    sg.add_argument("images", nargs="+", metavar="IMAGE")
+    sg.add_argument("--out", required=True, type=Path, help="output directory")
+    add_model_options(sg)
+    add_method_options(sg)
+    sg.set_defaults(method=None)  # dcsm for the CRF, simonyan for GrabCut, unless given
+    sg.add_argument("--per-layer", action="store_true",
+                    help="also write layers.png with the single-layer maps (paper Fig. 2)")
+    sg.add_argument("--segmenter", choices=["crf", "grabcut"], default="crf",
+                    help="dense CRF on the maps (default; maps: --method dcsm) or Simonyan et "
+                         "al.'s GrabCut (maps: --method simonyan unless given)")
+    add_crf_options(sg)
+    add_grabcut_options(sg)
+
+    fg = sub.add_parser("figure", help="the paper's Fig. 1 for an image: Simonyan maps and "
+                                       "GrabCut against distinct maps and the CRF")
+    fg.add_argument("image", metavar="IMAGE")
+    fg.add_argument("--out", required=True, type=Path,
+                    help="figure file; the suffix picks the format (.png, .pdf, .svg, ...)")
+    add_model_options(fg)
+    add_method_options(fg)
+    fg.add_argument("--dpi", type=_positive_int, default=100, help="default %(default)s")
+    add_crf_options(fg)
+    add_grabcut_options(fg)
     return parser
 
 
@@ -143,6 +264,10 @@ def explainer_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns an 
                           subtract=not args.no_subtract, upsample=args.upsample)
 
 
+# File stems that dcsm writes itself, so a class cannot take them.
+_RESERVED_STEMS = ("figure", "layers", "maps", "summary", "labels", "masks", "segmentation")
+
+
 def write_explanation(result, directory: Path, image_path: str | None = None) -> None:  # noqa: ANN001
     """Write maps.npz, summary.json, per-class PNGs and figures into ``directory``."""
     from dcsm.io import safe_filename, save_figure, save_json, save_npz, save_png
@@ -156,7 +281,7 @@ def write_explanation(result, directory: Path, image_path: str | None = None) ->
     files = {}
     for name, m in result.maps.items():
         stem = safe_filename(name)
-        while stem in used or stem in ("figure", "layers", "maps", "summary"):
+        while stem in used or stem in _RESERVED_STEMS:
             stem += "_"
         used.add(stem)
         files[name] = f"{stem}.png"
@@ -199,6 +324,76 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from dcsm.io import atomic_dir, load_image, save_json
+    from dcsm.segmentation import segment, write_segmentation
+
+    if args.segmenter == "crf":
+        params = crf_params_from_args(args)
+    else:
+        params = grabcut_params_from_args(args)
+    if args.method is None:
+        args.method = "simonyan" if args.segmenter == "grabcut" else "dcsm"
+    stems = _stems(args.images)
+    images = [load_image(p) for p in args.images]  # every input checked before any work
+    explainer = explainer_from_args(args)
+    for path, stem, image in zip(args.images, stems, images, strict=True):
+        result = explainer.explain(image, classes=args.classes, top_k=args.top_k,
+                                   threshold=args.threshold, per_layer=args.per_layer)
+        seg = segment(result, method=args.segmenter, **params)
+        final = args.out / stem
+        with atomic_dir(final) as tmp:
+            write_explanation(result, tmp, path)
+            write_segmentation(seg, result.image, tmp)
+            summary = json.loads((tmp / "summary.json").read_text(encoding="utf-8"))
+            summary["segmentation"] = {**seg.summary(), "files": {
+                "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
+            save_json(tmp / "summary.json", summary)
+        listed = ", ".join(f"{c.name} {c.score:.3f} ({int(m.sum())} px)"
+                           for c, m in zip(result.candidates, seg.masks.values(), strict=True))
+        print(f"{path}: {listed} -> {final}")
+    return 0
+
+
+def _figure_format(path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    known = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in known:
+        raise DcsmError(f"cannot tell the figure format of '{path}': use a suffix such as "
+                        f".png, .pdf or .svg")
+    if path.is_dir():
+        raise DcsmError(f"'{path}' is a directory; --out needs a file name")
+
+
+def _cmd_figure(args: argparse.Namespace) -> int:
+    from dcsm.baselines import make_explainer
+    from dcsm.io import load_image, save_figure
+    from dcsm.segmentation import figure_one, segment_crf, segment_grabcut
+
+    crf_params = crf_params_from_args(args)
+    grabcut_params = grabcut_params_from_args(args)
+    _figure_format(args.out)
+    image = load_image(args.image)
+    explainer = explainer_from_args(args)
+    distinct = explainer.explain(image, classes=args.classes, top_k=args.top_k,
+                                 threshold=args.threshold)
+    simonyan = make_explainer(explainer.adapter, "simonyan").explain(
+        image, classes=[c.index for c in distinct.candidates])
+    crf = segment_crf(distinct, **crf_params)  # type: ignore[arg-type]
+    grabcut = segment_grabcut(simonyan, **grabcut_params)  # type: ignore[arg-type]
+    fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method)
+    save_figure(args.out, fig, dpi=args.dpi)
+    listed = ", ".join(f"{c.name} {c.score:.3f}" for c in distinct.candidates)
+    print(f"{args.image}: {listed} -> {args.out}")
+    return 0
+
+
+_COMMANDS = {"explain": _cmd_explain, "segment": _cmd_segment, "figure": _cmd_figure}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     try:
@@ -208,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _cmd_models()
-        return _cmd_explain(args)
+        return _COMMANDS[args.command](args)
     except DcsmError as exc:
         print(f"dcsm: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

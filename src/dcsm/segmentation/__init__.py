@@ -1,0 +1,126 @@
+"""Segmentation from class saliency maps that were already computed.
+
+* :func:`segment_crf`: a dense CRF (Krähenbühl & Koltun) with the maps as unaries, the
+  paper's Fig. 1 (H); see :mod:`dcsm.segmentation.crf` for the background rule and defaults.
+* :func:`segment_grabcut`: the baseline of Simonyan et al. (2014), one GrabCut per class
+  seeded from the map's 95 % and 30 % quantiles; see :mod:`dcsm.segmentation.grabcut`.
+* :func:`segment` picks one by name. All take a :class:`~dcsm.SaliencyResult` (or a mapping
+  from class name to map, plus the image) and return a :class:`Segmentation`; no gradient is
+  recomputed.
+* :func:`write_segmentation` writes ``labels.png`` (VOC palette, 0 background, v the v-th
+  candidate), ``masks.npz`` and ``segmentation.png``; :func:`figure_one` draws the paper's
+  Fig. 1.
+
+Example::
+
+    import dcsm
+    adapter = dcsm.load_model("efficientnet_lite0")
+    result = dcsm.explain(adapter, "photo.jpg", classes=["tabby", "espresso"])
+    seg = dcsm.segment(result)                       # dense CRF on the distinct maps
+    seg.labels                                       # (H, W) uint8: 0, 1 (tabby), 2 (espresso)
+    seg.masks["tabby"]                               # (H, W) bool
+    simonyan = dcsm.explain(adapter, result.image, method="simonyan", classes=["tabby", "espresso"])
+    baseline = dcsm.segment(simonyan, method="grabcut")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcsm.errors import DcsmError
+from dcsm.images import ImageLike
+from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation
+from dcsm.segmentation.crf import (
+    CRFParams,
+    background_probability,
+    segment_crf,
+    unary_probabilities,
+)
+from dcsm.segmentation.grabcut import GrabCutParams, segment_grabcut
+from dcsm.segmentation.palette import (
+    colorize_labels,
+    label_overlay,
+    labels_image,
+    save_labels,
+    voc_palette,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "SEGMENTERS",
+    "CRFParams",
+    "GrabCutParams",
+    "Segmentation",
+    "background_probability",
+    "colorize_labels",
+    "figure_one",
+    "label_overlay",
+    "labels_image",
+    "save_labels",
+    "segment",
+    "segment_crf",
+    "segment_grabcut",
+    "segmentation_figure",
+    "unary_probabilities",
+    "voc_palette",
+    "write_segmentation",
+]
+
+_LAZY = ("figure_one", "segmentation_figure")  # in .figure: matplotlib loads on first use
+
+
+def __getattr__(name: str) -> Any:
+    """Load the figure functions (and matplotlib) only when asked for."""
+    if name in _LAZY:
+        from dcsm.segmentation import figure
+
+        return getattr(figure, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: The segmenters :func:`segment` knows.
+SEGMENTERS: tuple[str, ...] = ("crf", "grabcut")
+
+
+def segment(
+    source: MapSource,
+    image: ImageLike | None = None,
+    method: str = "crf",
+    **params: Any,
+) -> Segmentation:
+    """Segment with ``method`` ``"crf"`` (:func:`segment_crf`) or ``"grabcut"``
+    (:func:`segment_grabcut`); ``params`` are that function's keyword arguments.
+
+    Raises:
+        DcsmError: for an unknown method or parameter, or a bad value.
+    """
+    if method not in SEGMENTERS:
+        raise DcsmError(f"unknown segmenter '{method}'; known: {', '.join(SEGMENTERS)}")
+    known = list((CRFParams if method == "crf" else GrabCutParams).__dataclass_fields__)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise DcsmError(f"unknown {method} parameter '{unknown[0]}'; known: {', '.join(known)}")
+    if method == "crf":
+        return segment_crf(source, image, **params)
+    return segment_grabcut(source, image, **params)
+
+
+def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) -> None:
+    """Write ``labels.png``, ``masks.npz`` and ``segmentation.png`` into ``directory``.
+
+    * ``labels.png``: "P" mode PNG the size of the image, VOC palette, pixel value = label.
+    * ``masks.npz``: one (H, W) bool array per class name (``labels == v``).
+    * ``segmentation.png``: the image and the labels over it, with a legend.
+
+    Each file is written atomically; use :func:`dcsm.io.atomic_dir` for the directory.
+    """
+    from dcsm.io import save_figure, save_npz
+    from dcsm.segmentation.figure import segmentation_figure
+
+    directory = Path(directory)
+    save_labels(directory / "labels.png", seg.labels)
+    save_npz(directory / "masks.npz", seg.masks)
+    save_figure(directory / "segmentation.png", segmentation_figure(image, seg))

@@ -1,0 +1,181 @@
+r"""Dense CRF segmentation from class saliency maps (the paper's Fig. 1 (H)).
+
+The fully connected CRF of Krähenbühl & Koltun (NIPS 2011), through ``pydensecrf2``, with
+labels :math:`l \in \{0, 1, \dots, K\}`: background and the K candidate classes.
+
+**Unaries.** From the class maps :math:`M_c \in [0, 1]` (c = 1..K), the background gets
+
+.. math::
+
+    v_0(x) = \big(1 - \max_c M_c(x)\big)^{\beta}, \qquad v_c(x) = M_c(x),
+
+(:math:`\beta` = ``bg_power``, default 1: a pixel is background as much as no class claims it;
+:math:`\beta > 1` shrinks the background, :math:`\beta < 1` grows it), then
+
+.. math::
+
+    P_l(x) = \frac{\max(v_l(x), \epsilon)}{\sum_{l'} \max(v_{l'}(x), \epsilon)}, \qquad
+    \psi_u(l, x) = -\log P_l(x), \qquad \epsilon = 10^{-5}.
+
+With one class this is a threshold at 0.5 before any smoothing (for :math:`\beta = 1`).
+
+**Pairwise terms** (Potts compatibility, weights ``compat``):
+
+.. math::
+
+    \psi_p(l_i, l_j) = [l_i \ne l_j] \Big(
+        w_g \exp\big(-\tfrac{|p_i - p_j|^2}{2\theta_\gamma^2}\big)
+      + w_b \exp\big(-\tfrac{|p_i - p_j|^2}{2\theta_\alpha^2}
+                     - \tfrac{|I_i - I_j|^2}{2\theta_\beta^2}\big)\Big)
+
+with positions p in pixels and colours I in 0..255 RGB: the Gaussian (smoothness) kernel with
+:math:`\theta_\gamma` = ``gaussian_sxy`` (3) and :math:`w_g` = ``gaussian_compat`` (3); the
+bilateral (appearance) kernel with :math:`\theta_\alpha` = ``bilateral_sxy`` (80),
+:math:`\theta_\beta` = ``bilateral_srgb`` (13) and :math:`w_b` = ``bilateral_compat`` (10).
+Mean-field inference runs ``iterations`` (10) steps; each pixel takes the label of its largest
+marginal (ties: the lowest label). ``iterations=0`` gives the unaries' own argmax.
+
+The pairwise defaults are those of ``pydensecrf``'s own example (Gaussian 3 px / weight 3,
+bilateral 80 px / 13 levels / weight 10), with 10 mean-field steps. On the bundled test image
+they pull the maps' blurred borders onto the objects' edges (``benchmarks/segmentation_iou.py``
+compares settings); :math:`\beta = 2` grows the objects into similar-coloured background,
+:math:`\beta = 0.5` leaves parts of them out. The kernels are in pixels: for images much larger
+than a few hundred pixels a side, scale the ``sxy`` values with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from types import ModuleType
+
+import numpy as np
+
+from dcsm.errors import DcsmError
+from dcsm.images import ImageLike
+from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, masks_from_labels
+
+#: Probabilities are clipped at this value before the logarithm of the unary.
+EPSILON = 1e-5
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Settings of :func:`segment_crf` (see the module docstring for the model).
+
+    Attributes:
+        bg_power: :math:`\\beta` in :math:`v_0 = (1 - \\max_c M_c)^\\beta`; > 0.
+        iterations: mean-field steps; >= 0.
+        gaussian_sxy: spatial standard deviation of the smoothness kernel, pixels; > 0.
+        gaussian_compat: weight of the smoothness kernel; >= 0.
+        bilateral_sxy: spatial standard deviation of the appearance kernel, pixels; > 0.
+        bilateral_srgb: colour standard deviation of the appearance kernel, 0..255 units; > 0.
+        bilateral_compat: weight of the appearance kernel; >= 0.
+    """
+
+    bg_power: float = 1.0
+    iterations: int = 10
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 80.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+
+    def __post_init__(self) -> None:
+        positive = ("bg_power", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        for name in (*positive, "gaussian_compat", "bilateral_compat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise DcsmError(f"CRF {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise DcsmError(f"CRF {name} must be finite, got {value}")
+            if name in positive and value <= 0:
+                raise DcsmError(f"CRF {name} must be positive, got {value}")
+            if value < 0:
+                raise DcsmError(f"CRF {name} must not be negative, got {value}")
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, int | np.integer) or it < 0:
+            raise DcsmError(f"CRF iterations must be a whole number >= 0, got {it!r}")
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (written to ``summary.json``)."""
+        return {k: (int(v) if k == "iterations" else float(v)) for k, v in asdict(self).items()}
+
+
+def background_probability(maps: np.ndarray, bg_power: float = 1.0) -> np.ndarray:
+    """:math:`v_0 = (1 - \\max_c M_c)^\\beta` for stacked (K, H, W) maps in [0, 1]."""
+    return np.power(1.0 - maps.max(axis=0), bg_power).astype(np.float32)
+
+
+def unary_probabilities(maps: np.ndarray, bg_power: float = 1.0) -> np.ndarray:
+    """The CRF's (K + 1, H, W) label probabilities :math:`P_l` (row 0 background).
+
+    ``maps`` is (K, H, W) in [0, 1]; see the module docstring for the rule.
+    """
+    values = np.concatenate([background_probability(maps, bg_power)[None], maps])
+    values = np.maximum(values.astype(np.float64), EPSILON)
+    return (values / values.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def _densecrf() -> ModuleType:
+    try:
+        import pydensecrf.densecrf as densecrf
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise DcsmError("the CRF needs pydensecrf2: pip install pydensecrf2") from exc
+    return densecrf
+
+
+def crf_marginals(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Mean-field marginals (L, H, W) of the dense CRF on ``image`` with unaries -log P."""
+    densecrf = _densecrf()
+    n_labels, height, width = probabilities.shape
+    crf = densecrf.DenseCRF2D(width, height, n_labels)
+    unary = -np.log(np.maximum(probabilities, EPSILON)).reshape(n_labels, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    if params.gaussian_compat > 0:
+        crf.addPairwiseGaussian(sxy=float(params.gaussian_sxy),
+                                compat=float(params.gaussian_compat))
+    if params.bilateral_compat > 0:
+        crf.addPairwiseBilateral(sxy=float(params.bilateral_sxy),
+                                 srgb=float(params.bilateral_srgb),
+                                 rgbim=np.require(image, np.uint8, ["C", "W"]),  # no views
+                                 compat=float(params.bilateral_compat))
+    q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32)
+    return q.reshape(n_labels, height, width)
+
+
+def segment_crf(
+    source: MapSource,
+    image: ImageLike | None = None,
+    *,
+    bg_power: float = CRFParams.bg_power,
+    iterations: int = CRFParams.iterations,
+    gaussian_sxy: float = CRFParams.gaussian_sxy,
+    gaussian_compat: float = CRFParams.gaussian_compat,
+    bilateral_sxy: float = CRFParams.bilateral_sxy,
+    bilateral_srgb: float = CRFParams.bilateral_srgb,
+    bilateral_compat: float = CRFParams.bilateral_compat,
+) -> Segmentation:
+    """Segment the image into background and the candidate classes with a dense CRF.
+
+    Args:
+        source: a :class:`~dcsm.SaliencyResult` (its image and maps, in candidate order) or a
+            mapping from class name to (H, W) map in [0, 1] (then ``image`` is required).
+        image: the image, when ``source`` is a mapping (or to override the result's image).
+        bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
+            bilateral_compat: see :class:`CRFParams` and the module docstring.
+
+    Returns:
+        A :class:`Segmentation` with the marginals in ``probabilities``.
+
+    Raises:
+        DcsmError: for a bad parameter, or maps that do not fit the image or [0, 1].
+    """
+    params = CRFParams(bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy,
+                       bilateral_srgb, bilateral_compat)
+    img, names, maps = maps_and_image(source, image)
+    q = crf_marginals(img, unary_probabilities(maps, params.bg_power), params)
+    labels = np.argmax(q, axis=0).astype(np.uint8)
+    masks = masks_from_labels(labels, names)
+    return Segmentation(labels=labels, masks=masks, candidates=names, method="crf",
+                        parameters=params.as_dict(), regions=dict(masks), probabilities=q)

@@ -1,0 +1,134 @@
+"""Figures of segmentations: labels over the image with a legend, and the paper's Fig. 1.
+
+Like :mod:`dcsm.viz`, only matplotlib's object API is used (no ``pyplot``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from dcsm.errors import DcsmError
+from dcsm.segmentation.common import Segmentation
+from dcsm.segmentation.palette import label_overlay, voc_palette
+
+#: Width of one panel, in inches.
+PANEL_INCHES = 2.6
+#: Maps are drawn up to this quantile of their own values, so that peaky maps (Simonyan's)
+#: stay visible; distinct maps reach ~1 there anyway.
+DISPLAY_QUANTILE = 0.99
+
+
+def _legend_handles(seg: Segmentation) -> list[Patch]:
+    palette = voc_palette() / 255.0
+    return [Patch(facecolor=tuple(palette[v]), edgecolor="white", label=name)
+            for v, name in seg.label_names().items()]
+
+
+def _new_figure(cols: int, aspect: float, legend_rows: int = 0) -> tuple[Figure, list[Axes]]:
+    height = PANEL_INCHES * aspect + 0.45 + 0.25 * legend_rows
+    fig = Figure(figsize=(PANEL_INCHES * cols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, cols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _aspect(image: np.ndarray) -> float:
+    return float(min(max(image.shape[0] / max(image.shape[1], 1), 0.25), 4.0))
+
+
+def _panel(ax: Axes, picture: np.ndarray, title: str) -> None:
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def _map_panel(ax: Axes, m: np.ndarray, title: str) -> None:
+    values = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    top = float(np.quantile(values, DISPLAY_QUANTILE)) if values.size else 1.0
+    ax.imshow(values, cmap="jet", vmin=0.0, vmax=top if top > 0 else 1.0,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def _region_picture(image: np.ndarray, region: np.ndarray, label: int) -> np.ndarray:
+    """The region in its label's colour over the image, the rest darkened."""
+    return label_overlay(image, np.where(region, label, 0).astype(np.uint8))
+
+
+def segmentation_figure(image: np.ndarray, seg: Segmentation, title: str | None = None) -> Figure:
+    """The image and the labels over it (VOC colours, background darkened), with a legend.
+
+    Raises:
+        DcsmError: if the labels do not fit the image.
+    """
+    img = np.asarray(image)
+    if img.shape[:2] != seg.labels.shape:
+        raise DcsmError("the segmentation does not fit the image")
+    fig, axes = _new_figure(2, _aspect(img), legend_rows=1 + len(seg.candidates) // 4)
+    _panel(axes[0], img, "image")
+    _panel(axes[1], label_overlay(img, seg.labels), title or f"segmentation ({seg.method})")
+    fig.legend(handles=_legend_handles(seg), loc="outside lower center",
+               ncol=min(4, len(seg.candidates) + 1), fontsize=9, frameon=False)
+    return fig
+
+
+def figure_one(
+    image: np.ndarray,
+    simonyan: Mapping[str, np.ndarray],
+    grabcut: Segmentation,
+    distinct: Mapping[str, np.ndarray],
+    crf: Segmentation,
+    distinct_label: str = "ours",
+) -> Figure:
+    """The paper's Fig. 1 for any image, one labelled row of panels.
+
+    (A) the image; per class, Simonyan et al.'s maps; per class, their GrabCut regions (each
+    class's own region, in its label colour, the rest darkened; regions may overlap); per
+    class, the distinct maps; and the CRF labels over the image, with a legend. Maps are jet
+    heat maps from 0 to their own 99th percentile.
+
+    Args:
+        image: (H, W, 3) uint8.
+        simonyan: class name -> Simonyan map (the classes of ``grabcut`` and ``crf``).
+        grabcut: :func:`~dcsm.segmentation.segment_grabcut` of ``simonyan``.
+        distinct: class name -> distinct map.
+        crf: :func:`~dcsm.segmentation.segment_crf` of ``distinct``.
+        distinct_label: how the distinct maps are named in the titles.
+
+    Raises:
+        DcsmError: if the classes or sizes disagree.
+    """
+    img = np.asarray(image)
+    names = list(crf.candidates)
+    if list(grabcut.candidates) != names or any(n not in simonyan or n not in distinct
+                                                for n in names):
+        raise DcsmError("the figure needs the same classes in every panel")
+    if img.shape[:2] != crf.labels.shape or img.shape[:2] != grabcut.labels.shape:
+        raise DcsmError("the segmentations do not fit the image")
+    k = len(names)
+    fig, axes = _new_figure(2 + 3 * k, _aspect(img), legend_rows=1 + k // 6)
+    letters = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+    def label(text: str) -> str:
+        letter = next(letters, None)
+        return f"({letter}) {text}" if letter else text
+
+    _panel(axes[0], img, label("image"))
+    for i, name in enumerate(names):
+        _map_panel(axes[1 + i], simonyan[name], label(f"Simonyan: {name}"))
+    for i, name in enumerate(names):
+        _panel(axes[1 + k + i], _region_picture(img, grabcut.regions[name], i + 1),
+               label(f"GrabCut: {name}"))
+    for i, name in enumerate(names):
+        _map_panel(axes[1 + 2 * k + i], distinct[name], label(f"{distinct_label}: {name}"))
+    _panel(axes[-1], label_overlay(img, crf.labels), label(f"CRF on {distinct_label}"))
+    fig.legend(handles=_legend_handles(crf), loc="outside lower center",
+               ncol=min(6, k + 1), fontsize=9, frameon=False)
+    return fig
