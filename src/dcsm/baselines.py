@@ -40,7 +40,7 @@ class _SingleScale:
 
     method = "baseline"
 
-    def __init__(self, adapter: ModelAdapter, batch: BatchMode = "vmap") -> None:
+    def __init__(self, adapter: ModelAdapter, batch: BatchMode = "loop") -> None:
         self.adapter = adapter
         self.batch: BatchMode = batch
 
@@ -85,7 +85,7 @@ class InputGradient(_SingleScale):
     """Input-gradient saliency: ``plain`` is Simonyan et al. 2014, ``guided`` guided backprop."""
 
     def __init__(self, adapter: ModelAdapter, backprop: str | BackpropRule = "plain",
-                 batch: BatchMode = "vmap") -> None:
+                 batch: BatchMode = "loop") -> None:
         super().__init__(adapter, batch)
         self.rule = get_rule(backprop)
         self.method = "simonyan" if self.rule.name == "plain" else "guided"
@@ -110,7 +110,7 @@ class GradCAM(_SingleScale):
     method = "gradcam"
 
     def __init__(self, adapter: ModelAdapter, layer: str | None = None,
-                 batch: BatchMode = "vmap") -> None:
+                 batch: BatchMode = "loop") -> None:
         super().__init__(adapter, batch)
         self.layer = layer or adapter.gradcam_layer or adapter.default_layers[-1]
         adapter.resolve_layers([self.layer])

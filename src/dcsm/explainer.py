@@ -31,7 +31,7 @@ from dcsm.adapters.base import ModelAdapter
 from dcsm.candidates import select
 from dcsm.errors import DcsmError
 from dcsm.fusion import PaperFusion, ReleasedFusion
-from dcsm.gradients import BatchMode, class_gradients, forward_pass
+from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
 from dcsm.images import ImageLike, as_rgb_array, model_input, reference_scale
 from dcsm.layer_maps import UPSAMPLE_ORDERS, UpsampleOrder, layer_saliency
 from dcsm.presets import Preset, get_preset
@@ -61,7 +61,10 @@ class DistinctSaliency:
         alpha: the saturation of ``tanh(alpha * M / max M)`` (3).
         subtract: apply the class contrast (Eq. 2); False gives the "raw" maps of Fig. 3.
         upsample: ``"max_first"`` (the text, default) or ``"upsample_first"`` (the formula).
-        batch: ``"vmap"`` (all classes in one batched backward) or ``"loop"``.
+        batch: ``"loop"`` (default: one backward per class through the scale's single forward
+            graph) or ``"vmap"`` (``torch.autograd.grad(..., is_grads_batched=True)``). PyTorch
+            has no batching rule for convolution backward, so ``vmap`` runs a per-class loop
+            internally and measured 5-10% slower on CPU (``benchmarks/bench_batched.py``).
     """
 
     method = "dcsm"
@@ -76,7 +79,7 @@ class DistinctSaliency:
         alpha: float | None = None,
         subtract: bool = True,
         upsample: UpsampleOrder | None = None,
-        batch: BatchMode = "vmap",
+        batch: BatchMode = "loop",
     ) -> None:
         self.adapter = adapter
         self.preset = get_preset(preset)
@@ -126,24 +129,43 @@ class DistinctSaliency:
         """
         img = as_rgb_array(image)
         size = (img.shape[0], img.shape[1])
-        passes = [forward_pass(self.adapter, model_input(self.adapter, img, s), self.layers,
-                               self.rule) for s in self.scales]
-        probs = torch.cat([self.adapter.probabilities(self.adapter.pool(fp.score_map.detach()))
-                           for fp in passes])
-        selection = select(self.adapter, probs, reference_scale(self.scales), classes, top_k,
+        ref = reference_scale(self.scales)
+
+        def run(s: int) -> ForwardPass:
+            x = model_input(self.adapter, img, self.scales[s])
+            return forward_pass(self.adapter, x, self.layers, self.rule)
+
+        def probabilities(fp: ForwardPass) -> torch.Tensor:
+            return self.adapter.probabilities(self.adapter.pool(fp.score_map.detach()))
+
+        # The paper's candidates come from the image as given: run that scale first, then each
+        # other scale's forward and backward in turn, so one graph is alive at a time. The
+        # released code's rule needs every scale's scores first.
+        all_scales = self.preset.candidate_rule == "any_scale"
+        if all_scales:
+            order = list(range(len(self.scales)))
+            passes = {s: run(s) for s in order}
+            probs = torch.cat([probabilities(passes[s]) for s in order])
+        else:
+            order = [ref, *(s for s in range(len(self.scales)) if s != ref)]
+            passes = {ref: run(ref)}
+            probs = probabilities(passes[ref])
+        selection = select(self.adapter, probs, ref if all_scales else 0, classes, top_k,
                            threshold, self.preset.candidate_rule, self.preset.min_contrast)
         targets = [c.index for c in selection.contrast]
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
                             contrast=self.preset.contrast)
-        for s, fp in enumerate(passes):
+        for s in order:
+            fp = passes.pop(s) if s in passes else run(s)
+            active = selection.active[s if all_scales else 0]
             grads = class_gradients(fp, targets, list(fp.activations.values()), self.batch)
+            del fp  # free this scale's graph before the next forward
             with torch.no_grad():
                 for i, g in enumerate(grads):
                     fusion.add(i, layer_saliency(g[:, 0], size, self.upsample),
-                               selection.active[s].to(g.device))
-            passes[s] = None  # type: ignore[call-overload]  # free this scale's graph
-            del grads, fp
+                               active.to(g.device))
+            del grads
         n = len(selection.selected)
         fused = fusion.result()[:n].clamp(0, 1).float().cpu().numpy()
         names = [c.name for c in selection.selected]

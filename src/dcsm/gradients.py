@@ -7,8 +7,12 @@ that layer and no parameter gradient is ever computed. Hooks live only inside th
 needs them and are always removed.
 
 For ``K`` target classes the backward seeds are ``K`` one-hot score maps, ``S(:,:,c) = 1`` and 0
-elsewhere (the paper's notation), back-propagated together with
-``torch.autograd.grad(..., is_grads_batched=True)``.
+elsewhere (the paper's notation), back-propagated through the one forward graph: one backward per
+class (``batch="loop"``, the default) or all together with
+``torch.autograd.grad(..., is_grads_batched=True)`` (``batch="vmap"``). The second has no real
+batching for convolution backward in PyTorch (it falls back to a per-class loop) and measured
+5-10% slower on CPU; ``benchmarks/bench_batched.py`` times both, and the image repeated in the
+batch, against a naive per-class loop.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def class_gradients(
     fp: ForwardPass,
     targets: Sequence[int],
     wrt: Sequence[torch.Tensor],
-    batch: BatchMode = "vmap",
+    batch: BatchMode = "loop",
     retain_graph: bool = False,
 ) -> list[torch.Tensor]:
     """Gradients of each target's score map with respect to each tensor of ``wrt``.
