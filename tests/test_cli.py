@@ -71,7 +71,8 @@ def test_models_lists_offline_models(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()]
-    assert names == ["efficientnet_lite0", "squeezenet1_1", "torchvision:<arch>"]
+    assert names == ["efficientnet_lite0", "squeezenet1_1", "torchvision:<arch>",
+                     "checkpoint:<path>"]
 
 
 def corrupt_file(tmp_path: Path) -> str:

@@ -240,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--dpi", type=_positive_int, default=100, help="default %(default)s")
     add_crf_options(fg)
     add_grabcut_options(fg)
+    from dcsm.batch.cli import add_batch_parser
+
+    add_batch_parser(sub)  # dcsm batch: folders and lists, resumable, sharded (torchrun)
+    from dcsm.training.cli import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)  # dcsm data synthetic|check, dcsm train, dcsm evaluate
+    from dcsm.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)  # dcsm bench gridpg: the grid pointing game against the peers
     return parser
 
 
@@ -391,7 +400,32 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"explain": _cmd_explain, "segment": _cmd_segment, "figure": _cmd_figure}
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from dcsm.batch.cli import run_batch
+
+    return run_batch(args)
+
+
+_COMMANDS = {"explain": _cmd_explain, "segment": _cmd_segment, "figure": _cmd_figure,
+             "batch": _cmd_batch}
+
+
+def _cmd_training(args: argparse.Namespace) -> int:
+    from dcsm.training.cli import run
+
+    return run(args)
+
+
+_COMMANDS.update(dict.fromkeys(("data", "train", "evaluate"), _cmd_training))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dcsm.bench.cli import run
+
+    return run(args)
+
+
+_COMMANDS["bench"] = _cmd_bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,7 +56,8 @@ class DistinctSaliency:
         adapter: the model (see :func:`dcsm.load_model`).
         preset: ``"paper"`` (default) or ``"released"``; the other arguments override it.
         scales: scale ratios (paper: 1, 1.2, 1.4, 1.6).
-        layers: layer names (default: the adapter's, VGG-16's conv3_1..conv5_3).
+        layers: layer names (default: the preset's for this model if it names any, else the
+            adapter's, VGG-16's conv3_1..conv5_3).
         backprop: ``"guided"`` (default) or ``"plain"``, or a rule instance.
         alpha: the saturation of ``tanh(alpha * M / max M)`` (3).
         subtract: apply the class contrast (Eq. 2); False gives the "raw" maps of Fig. 3.
@@ -84,7 +85,9 @@ class DistinctSaliency:
         self.adapter = adapter
         self.preset = get_preset(preset)
         self.scales = check_scales(self.preset.scales if scales is None else scales)
-        self.layers = list(adapter.default_layers if layers is None else layers)
+        if layers is None:
+            layers = self.preset.layers_for(adapter.name) or adapter.default_layers
+        self.layers = list(layers)
         adapter.resolve_layers(self.layers)  # fail early on unknown names
         self.rule = get_rule(backprop)
         self.alpha = float(self.preset.alpha if alpha is None else alpha)

@@ -11,6 +11,13 @@ scales; one final ``tanh(3 s / max s)``; candidates are the classes over the thr
 scale, and the set they are contrasted with is topped up to at least four by summed score. (The
 released code also pads the image into a 500 x 500 canvas first; dcsm works on the image as
 given.)
+
+``tuned`` is dcsm's own choice, measured on the grid pointing game (``dcsm bench gridpg``,
+``docs/RESULTS.md``): each class's map minus only the strongest other candidate's at each
+location (:func:`dcsm.contrast.subtract_strongest`), ``tanh(M / max M)`` (alpha 1), the image at
+scale 1 only, and per-model layers (``layers``): EfficientNet-Lite0's stride-16 blocks
+``block5``..``block10`` and SqueezeNet 1.1's ``fire3``..``fire5`` (strides 4 and 8); any other
+model keeps its default layers.
 """
 
 from __future__ import annotations
@@ -36,10 +43,18 @@ class Preset:
     alpha: float = 3.0
     upsample: UpsampleOrder = "max_first"
     description: str = ""
+    layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form."""
         return asdict(self)
+
+    def layers_for(self, model: str) -> list[str] | None:
+        """The preset's layers for the model named ``model``, or None (the model's defaults)."""
+        for name, names in self.layers:
+            if name == model:
+                return list(names)
+        return None
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,6 +69,15 @@ PRESETS: dict[str, Preset] = {
         candidate_rule="any_scale", min_contrast=4, contrast="pairwise",
         description="the authors' MatConvNet code: per-pair normalised tanh contrasts summed over "
                     "layers, classes and scales 0.8-1.2",
+    ),
+    "tuned": Preset(
+        name="tuned", scales=(1.0,), fusion="paper", candidate_rule="reference_scale",
+        min_contrast=1, contrast="strongest", alpha=1.0,
+        layers=(("efficientnet_lite0", tuple(f"block{i}" for i in range(5, 11))),
+                ("squeezenet1_1", ("fire3", "fire4", "fire5"))),
+        description="tuned on the grid pointing game (docs/RESULTS.md): only the strongest other "
+                    "class subtracted, tanh(M/max M), scale 1; EfficientNet-Lite0 blocks 5-10 "
+                    "(stride 16), SqueezeNet fire3-5 (strides 4-8), other models their defaults",
     ),
 }
 

@@ -43,6 +43,8 @@ def list_models() -> list[tuple[str, str]]:
         "efficientnet_b0, ...); --weights PATH, a torchvision weight name (needs a network) or "
         "'random'",
     ))
+    rows.append(("checkpoint:<path>", "a model trained by `dcsm train` (its model.pt or its "
+                 "directory): multi-label, global max pooling, its own classes"))
     return rows
 
 
@@ -60,8 +62,12 @@ def load_model(
         adapter = _OFFLINE[name][0](weights)
     elif name.startswith("torchvision:"):
         adapter = torchvision_adapter(name.split(":", 1)[1], weights)
+    elif name.startswith("checkpoint:"):
+        from dcsm.adapters.checkpoint import checkpoint_adapter
+
+        adapter = checkpoint_adapter(name.split(":", 1)[1], weights)
     else:
-        known = ", ".join([*_OFFLINE, "torchvision:<arch>"])
+        known = ", ".join([*_OFFLINE, "torchvision:<arch>", "checkpoint:<path>"])
         raise DcsmError(f"unknown model '{name}'; known: {known}")
     if multilabel is not None:
         adapter.multilabel = multilabel

@@ -1,0 +1,69 @@
+"""Decoding images in worker processes while the model runs: a torch DataLoader.
+
+Each sample is one image (inputs may differ in size, so nothing is stacked): the item's
+position, the decoded ``(H, W, 3)`` uint8 array or None, and the reason it could not be read.
+A file that cannot be read does not stop the loader; the runner records it as failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from dcsm.batch.inputs import InputItem
+from dcsm.errors import DcsmError
+from dcsm.io import load_image
+
+
+@dataclass
+class Loaded:
+    """One sample: ``items[index]`` decoded (``image``) or not (``error``)."""
+
+    index: int
+    image: np.ndarray | None
+    error: str | None
+
+
+class ImageDataset(Dataset):
+    """Decodes ``items[i]`` with :func:`dcsm.io.load_image`; errors become :class:`Loaded`."""
+
+    def __init__(self, items: Sequence[InputItem]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Loaded:
+        item = self.items[index]
+        try:
+            return Loaded(index, load_image(item.path), None)
+        except DcsmError as exc:
+            return Loaded(index, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bad file must not stop the run
+            return Loaded(index, None, f"cannot read image '{item.path}': "
+                                       f"{type(exc).__name__}: {exc}")
+
+
+def _keep(sample: Loaded) -> Loaded:
+    return sample
+
+
+def iterate(items: Sequence[InputItem], workers: int = 2, prefetch: int = 4,
+            ) -> Iterator[Loaded]:
+    """The decoded images in order; ``workers`` processes decode ahead (0: in this process)."""
+    if not items:
+        return iter(())
+    workers = max(0, min(workers, len(items)))
+    loader = DataLoader(
+        ImageDataset(items),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_keep,
+        prefetch_factor=prefetch if workers else None,
+        persistent_workers=False,
+    )
+    return iter(loader)

@@ -1,0 +1,275 @@
+"""The batch runner: every input of this rank's shard explained (and segmented), resumably.
+
+For each image not done yet (see :mod:`dcsm.batch.manifest`): decode it in a loader worker,
+compute the maps (and the segmentation), write ``DIR/<name>/`` exactly as ``dcsm explain``
+(``dcsm segment``) does under a temporary name, rename it into place, and only then append the
+``done`` record. An image that cannot be read or explained gets a ``failed`` record with the
+reason and the run goes on.
+
+Example::
+
+    import dcsm
+    from dcsm.batch import BatchOptions, discover, run
+
+    explainer = dcsm.DistinctSaliency(dcsm.load_model(), scales=[1.0])
+    report = run(explainer, discover("images/"), "out/", BatchOptions(classes="auto"))
+    report.done, report.skipped, report.failed  # counts; report.failures: (key, reason)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcsm.baselines import Explainer
+from dcsm.batch.inputs import InputItem
+from dcsm.batch.loader import iterate
+from dcsm.batch.manifest import Manifest
+from dcsm.batch.progress import Progress
+from dcsm.batch.shard import Group, Rank, shard
+from dcsm.candidates import parse_classes
+from dcsm.errors import DcsmError
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
+
+
+@dataclass
+class BatchOptions:
+    """What to compute for each image, and how to run.
+
+    ``classes``, ``top_k``, ``threshold`` and ``per_layer`` are those of
+    :meth:`dcsm.DistinctSaliency.explain`; ``segmenter`` (``"crf"`` or ``"grabcut"``, None for
+    maps only) and ``segment_params`` those of :func:`dcsm.segment`. ``workers``: decoding
+    processes (0: decode in this process). ``force``: redo outputs made with other settings
+    instead of stopping. ``progress``: the bar (None: on a terminal, rank 0 only).
+    """
+
+    classes: str | Sequence[str | int] | None = None
+    top_k: int | None = None
+    threshold: float | None = None
+    per_layer: bool = False
+    segmenter: str | None = None
+    segment_params: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    force: bool = False
+    progress: bool | None = None
+
+
+@dataclass
+class BatchReport:
+    """What a run did: ``total`` inputs, ``assigned`` to the rank(s), of which ``skipped``
+    (already done), ``done`` now and ``failed`` now. The counts are over all ``ranks`` when a
+    process group summed them, else this rank's; ``failures`` lists this rank's (key, reason).
+    """
+
+    total: int
+    assigned: int
+    skipped: int
+    done: int
+    failed: int
+    failures: list[tuple[str, str]]
+    seconds: float
+    manifest: Path
+    ranks: int = 1
+
+    @property
+    def images_per_second(self) -> float:
+        """Images processed (done or failed) in this run per second of it."""
+        n = self.done + self.failed
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the model's state: names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_settings(explainer: Explainer, options: BatchOptions) -> dict[str, Any]:
+    """The settings that decide the outputs (the manifest's fingerprint is taken of them).
+
+    The device, the number of ranks and workers and the progress bar do not count.
+    """
+    import dcsm
+
+    classes = parse_classes(options.classes)
+    seg = None
+    if options.segmenter is not None:
+        seg = {"segmenter": options.segmenter, "parameters": dict(options.segment_params)}
+    return {
+        "dcsm": dcsm.__version__,
+        "model": explainer.adapter.name,
+        "weights_sha256": weights_digest(explainer.adapter.model),
+        "method": explainer.method,
+        "parameters": explainer.parameters(),
+        "classes": "auto" if classes is None else list(classes),
+        "top_k": options.top_k,
+        "threshold": options.threshold,
+        "per_layer": options.per_layer,
+        "segmentation": seg,
+    }
+
+
+def check_classes(explainer: Explainer, options: BatchOptions) -> None:
+    """Fail before any work if a named class is unknown (it would fail every image)."""
+    named = parse_classes(options.classes)
+    for c in named or []:
+        explainer.adapter.class_index(c)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def remove_leftovers(out: Path, names: set[str]) -> int:
+    """Delete temporary directories a killed run left for ``names`` (this rank's images)."""
+    removed = 0
+    try:
+        entries = list(out.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        m = _LEFTOVER.match(entry.name)
+        if m and m.group("name") in names:
+            _remove(entry)
+            removed += 1
+    return removed
+
+
+def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
+                  options: BatchOptions) -> list[dict[str, Any]]:
+    """Explain (and segment) one image and write ``out/<name>/`` atomically; the candidates."""
+    from dcsm.cli import write_explanation
+    from dcsm.io import atomic_dir, save_json
+
+    result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
+                               threshold=options.threshold, per_layer=options.per_layer)
+    seg = None
+    if options.segmenter is not None:
+        from dcsm.segmentation import segment
+
+        seg = segment(result, method=options.segmenter, **dict(options.segment_params))
+    with atomic_dir(out / item.name) as tmp:
+        write_explanation(result, tmp, str(item.path))
+        if seg is not None:  # as `dcsm segment` writes it
+            from dcsm.segmentation import write_segmentation
+
+            write_segmentation(seg, result.image, tmp)
+            summary = json.loads((tmp / "summary.json").read_text(encoding="utf-8"))
+            summary["segmentation"] = {**seg.summary(), "files": {
+                "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
+            save_json(tmp / "summary.json", summary)
+    return [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DcsmError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def run(
+    explainer: Explainer,
+    items: Sequence[InputItem],
+    out: str | Path,
+    options: BatchOptions | None = None,
+    rank: Rank | None = None,
+) -> BatchReport:
+    """Process this rank's share of ``items`` (from :func:`dcsm.batch.discover`) into ``out``.
+
+    Raises:
+        DcsmError: if ``out`` holds outputs made with other settings (and not
+            ``options.force``), or another run writes this rank's manifest.
+    """
+    options = options or BatchOptions()
+    rank = rank or Rank()
+    out = Path(out)
+    start = time.perf_counter()
+    check_classes(explainer, options)
+    manifest = Manifest(out, rank.rank)
+    fp = manifest.check_settings(run_settings(explainer, options), force=options.force)
+    mine = shard(items, rank)
+    state = manifest.state(fp)
+    pending = [it for it in mine if not manifest.is_done(state, it.key, it.name)]
+    skipped = len(mine) - len(pending)
+    # Start the decoding workers first: forked later, they would inherit the manifest's open
+    # file and its lock, and hold it for a few seconds after this process is killed.
+    samples = iterate(pending, options.workers)
+    manifest.open()
+    failed: list[tuple[str, str]] = []
+    done = 0
+    try:
+        cleaned = remove_leftovers(out, {it.name for it in pending})
+        manifest.start(fingerprint=fp, world_size=rank.world_size, inputs=len(items),
+                       assigned=len(mine), skipped=skipped, pending=len(pending),
+                       leftovers_removed=cleaned, device=str(explainer.adapter.device))
+        desc = "dcsm batch" if rank.world_size == 1 else f"rank {rank.rank}/{rank.world_size}"
+        show = options.progress
+        if show is None and rank.rank != 0:
+            show = False
+        bar = Progress(len(pending), desc, show)
+        try:
+            for sample in samples:
+                item = pending[sample.index]
+                t0 = time.perf_counter()
+                common = {"key": item.key, "image": str(item.path), "output": item.name,
+                          "fingerprint": fp}
+                if sample.image is None:
+                    reason, stage = sample.error or "cannot read image", "read"
+                else:
+                    try:
+                        cands = write_outputs(explainer, sample.image, item, out, options)
+                    except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+                        reason, stage = _reason(exc), "explain"
+                        if torch.cuda.is_available():
+                            torch.cuda.empty_cache()
+                    else:
+                        manifest.write("done", **common, candidates=cands,
+                                       seconds=round(time.perf_counter() - t0, 4))
+                        done += 1
+                        bar.step()
+                        continue
+                manifest.write("failed", **common, stage=stage, reason=reason)
+                failed.append((item.key, reason))
+                bar.message(f"dcsm batch: {item.path}: failed: {reason}")
+                bar.step(failed=True)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        manifest.write("end", fingerprint=fp, done=done, failed=len(failed), skipped=skipped,
+                       seconds=round(seconds, 3))
+    finally:
+        manifest.close()
+    return BatchReport(len(items), len(mine), skipped, done, len(failed), failed, seconds,
+                       manifest.path)
+
+
+def combine(report: BatchReport, group: Group) -> BatchReport:
+    """The counts summed over every rank of ``group`` (waits for all); unchanged without one."""
+    if not group.active:
+        return report
+    report.assigned, report.skipped, report.done, report.failed = group.sum(
+        [report.assigned, report.skipped, report.done, report.failed])
+    report.ranks = group.rank.world_size
+    return report

@@ -1,0 +1,324 @@
+"""The methods the grid pointing game compares, each behind one small interface.
+
+A method turns an image and the classes to explain into one map per class, at the image's size
+(a :data:`MapFunction`). Classes a method gives no map for (dcsm with automatically chosen
+candidates that miss a class) are simply absent from the returned dict and score 0.
+
+dcsm's own methods: the method with its ``paper``, ``released`` and ``tuned`` presets, the paper
+preset without the class contrast, and its baselines (Simonyan et al.'s input gradient, guided
+back-propagation, Grad-CAM). The peers run through their own public APIs on the same model,
+given a module that returns logits ``(N, C)`` (the adapter's fully convolutional model followed
+by its pooling, :class:`Logits`) and the adapter's preprocessing:
+
+* Captum: ``Saliency`` (absolute input gradient) and ``GuidedBackprop``; both reduced over the
+  colour channels by the largest absolute value, as dcsm's input-gradient baselines. Captum's
+  guided rule only replaces ``nn.ReLU`` modules, so on EfficientNet-Lite (``nn.ReLU6``) its
+  ``GuidedBackprop`` is a plain gradient.
+* pytorch-grad-cam: ``GradCAM`` at the layer dcsm's Grad-CAM reads, ``GradCAM`` over the
+  model's default dcsm layers (the library averages its per-layer maps), ``LayerCAM`` over those
+  layers, and ``FinerCAM`` (its contrastive variant: the class score minus the other candidates'
+  scores, weighted by their probabilities) at the Grad-CAM layer.
+* TorchCAM: ``GradCAM`` and ``LayerCAM`` at the Grad-CAM layer.
+
+Peers are called once per image with the image repeated once per class in the batch (each copy
+with its own target), which is how their APIs explain several classes in one call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcsm.adapters.base import ModelAdapter
+from dcsm.errors import DcsmError
+
+MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
+Candidates = Literal["oracle", "auto", "auto-map"]
+#: How contrastive methods learn the classes to tell apart: ``oracle``, the cells' classes;
+#: ``auto``, chosen from the grid's own scores by dcsm's candidate rule (the top ``n^2`` of the
+#: pooled probabilities); ``auto-map``, the ``n^2`` classes that win the most locations of the
+#: model's class score map at scale 1 (a rule dcsm does not offer yet; see :func:`map_candidates`).
+CANDIDATE_MODES: tuple[str, ...] = ("oracle", "auto", "auto-map")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the benchmark.
+
+    ``key`` names it on the command line; ``label`` in tables; ``source`` is the library that
+    computes it (``dcsm``, ``captum``, ``pytorch-grad-cam``, ``torchcam``); ``contrastive``
+    methods depend on the other classes, so they run once per candidate mode; ``requires`` is
+    the module that must be importable; ``build(adapter, mode)`` returns the map function.
+    """
+
+    key: str
+    label: str
+    source: str
+    contrastive: bool
+    requires: str
+    build: Callable[[ModelAdapter, Candidates], MapFunction]
+
+    def available(self) -> bool:
+        """Whether the library it needs is installed."""
+        return importlib.util.find_spec(self.requires) is not None
+
+
+class Logits(nn.Module):
+    """The adapter's fully convolutional model followed by its pooling: ``(N, C)`` logits."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        super().__init__()
+        self.fcn = adapter.model
+        self.pooling = adapter.pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed images -> (N, C) logits."""
+        s = self.fcn(x)
+        return s.amax(dim=(2, 3)) if self.pooling == "max" else s.mean(dim=(2, 3))
+
+
+# --------------------------------------------------------------------------- dcsm's own
+def _result_maps(result: object, classes: Sequence[int]) -> dict[int, np.ndarray]:
+    by_index = {c.index: result.maps[c.name] for c in result.candidates}  # type: ignore[attr-defined]
+    return {c: by_index[c] for c in classes if c in by_index}
+
+
+@torch.no_grad()
+def map_candidates(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
+    """The ``k`` classes that are the most probable at the most locations of the class score
+    map (softmax over classes at each location), ties broken by the class's highest probability
+    anywhere; for a grid of photos, the classes of the cells rather than of the whole."""
+    from dcsm.images import model_input
+
+    scores = adapter.model(model_input(adapter, image, 1.0))[0]  # (C, h, w)
+    probs = torch.sigmoid(scores) if adapter.multilabel else torch.softmax(scores, dim=0)
+    wins = torch.bincount(probs.argmax(dim=0).flatten(), minlength=probs.shape[0]).float()
+    rank = wins + probs.amax(dim=(1, 2))  # probabilities < 1 only break ties between counts
+    return rank.topk(min(k, rank.numel())).indices.tolist()
+
+
+def dcsm_method(preset: str, subtract: bool = True) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
+    """dcsm with ``preset``. Candidates: ``oracle``, the cells' classes; ``auto``, dcsm's own
+    selection with ``top_k = len(classes)``; ``auto-map``, :func:`map_candidates`."""
+
+    def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
+        from dcsm.explainer import DistinctSaliency
+
+        explainer = DistinctSaliency(adapter, preset=preset, subtract=subtract)
+
+        def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            if mode == "oracle":
+                result = explainer.explain(image, classes=list(classes))
+            elif mode == "auto-map":
+                result = explainer.explain(image,
+                                           classes=map_candidates(adapter, image, len(classes)))
+            else:
+                result = explainer.explain(image, classes="auto", top_k=len(classes))
+            return _result_maps(result, classes)
+
+        return run
+
+    return build
+
+
+def baseline_method(method: str) -> Callable[[ModelAdapter, Candidates], MapFunction]:
+    """One of dcsm's baselines (``simonyan``, ``guided``, ``gradcam``)."""
+
+    def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
+        from dcsm.baselines import make_explainer
+
+        explainer = make_explainer(adapter, method)
+
+        def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            return _result_maps(explainer.explain(image, classes=list(classes)), classes)
+
+        return run
+
+    return build
+
+
+# --------------------------------------------------------------------------- peers
+def _batch(adapter: ModelAdapter, image: np.ndarray, k: int) -> torch.Tensor:
+    x = adapter.preprocess(image).to(adapter.device)
+    return x.expand(k, -1, -1, -1).contiguous()
+
+
+def _to_image(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) maps -> (K, H, W) float32 numpy, bilinearly resized if needed."""
+    t = torch.as_tensor(np.asarray(maps) if isinstance(maps, np.ndarray) else maps.detach())
+    t = t.float().cpu()
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return t.numpy().astype(np.float32)
+
+
+def _gradcam_module(adapter: ModelAdapter) -> nn.Module:
+    layer = adapter.gradcam_layer or adapter.default_layers[-1]
+    return adapter.resolve_layers([layer])[layer]
+
+
+def _default_modules(adapter: ModelAdapter) -> list[nn.Module]:
+    return list(adapter.resolve_layers(adapter.default_layers).values())
+
+
+def captum_method(kind: Literal["saliency", "guided"]) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
+    """Captum's ``Saliency`` or ``GuidedBackprop``, max |.| over colour channels."""
+
+    def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
+        from captum.attr import GuidedBackprop, Saliency
+
+        model = Logits(adapter).eval()
+
+        def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            x = _batch(adapter, image, len(classes))
+            if kind == "saliency":
+                attr = Saliency(model).attribute(x, target=list(classes), abs=True)
+            else:
+                with warnings.catch_warnings():  # "Setting backward hooks on ReLU activations"
+                    warnings.simplefilter("ignore", UserWarning)
+                    attr = GuidedBackprop(model).attribute(x, target=list(classes))
+            model.zero_grad(set_to_none=True)
+            maps = attr.detach().abs().amax(dim=1)
+            return dict(zip(classes, _to_image(maps, image.shape[:2]), strict=True))
+
+        return run
+
+    return build
+
+
+def grad_cam_method(kind: Literal["gradcam", "gradcam_layers", "layercam_layers", "finercam"]
+                    ) -> Callable[[ModelAdapter, Candidates], MapFunction]:
+    """pytorch-grad-cam's ``GradCAM`` (Grad-CAM layer or dcsm's layers), ``LayerCAM`` (dcsm's
+    layers) or ``FinerCAM`` (Grad-CAM layer; compared with the other candidates)."""
+
+    def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import (
+            ClassifierOutputTarget,
+            FinerWeightedTarget,
+        )
+
+        model = Logits(adapter).eval()
+        layers = _default_modules(adapter) if kind.endswith("_layers") else [
+            _gradcam_module(adapter)]
+        cls = pgc.LayerCAM if kind == "layercam_layers" else pgc.GradCAM
+
+        def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            classes = list(classes)
+            x = _batch(adapter, image, len(classes))
+            if kind == "finercam":
+                others = _comparison_classes(adapter, model, image, x[:1], classes, mode)
+                targets = [FinerWeightedTarget(c, others[c], 1.0) for c in classes]
+                with pgc.FinerCAM(model, layers) as cam:
+                    maps = cam(input_tensor=x, targets=targets)
+            else:
+                targets = [ClassifierOutputTarget(c) for c in classes]
+                with cls(model=model, target_layers=layers) as cam:
+                    maps = cam(input_tensor=x, targets=targets)
+            model.zero_grad(set_to_none=True)
+            return dict(zip(classes, _to_image(maps, image.shape[:2]), strict=True))
+
+        return run
+
+    return build
+
+
+def _comparison_classes(adapter: ModelAdapter, model: nn.Module, image: np.ndarray,
+                        x: torch.Tensor, classes: list[int], mode: Candidates
+                        ) -> dict[int, list[int]]:
+    """The classes each class is compared with: the other cells' classes (``oracle``), or the
+    other classes among the image's top ``len(classes)`` by pooled score (``auto``) or by
+    :func:`map_candidates` (``auto-map``), ``len(classes) - 1`` of them."""
+    if mode == "oracle":
+        return {c: [o for o in classes if o != c] for c in classes}
+    if mode == "auto-map":
+        order = map_candidates(adapter, image, len(classes) + 1)
+    else:
+        with torch.no_grad():
+            order = model(x)[0].argsort(descending=True)[:len(classes) + 1].tolist()
+    return {c: [o for o in order if o != c][:max(1, len(classes) - 1)] for c in classes}
+
+
+def torchcam_method(kind: Literal["gradcam", "layercam"]) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
+    """TorchCAM's ``GradCAM`` or ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled."""
+
+    def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
+        from torchcam.methods import GradCAM, LayerCAM
+
+        model = Logits(adapter).eval()
+        layer = _gradcam_module(adapter)
+        cls = GradCAM if kind == "gradcam" else LayerCAM
+
+        def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            classes = list(classes)
+            x = _batch(adapter, image, len(classes))
+            with cls(model, target_layer=layer) as extractor:
+                scores = model(x)
+                (maps,) = extractor(class_idx=classes, scores=scores)
+            model.zero_grad(set_to_none=True)
+            return dict(zip(classes, _to_image(maps, image.shape[:2]), strict=True))
+
+        return run
+
+    return build
+
+
+METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec("dcsm-paper", "dcsm (paper preset)", "dcsm", True, "dcsm", dcsm_method("paper")),
+    MethodSpec("dcsm-released", "dcsm (released preset)", "dcsm", True, "dcsm",
+               dcsm_method("released")),
+    MethodSpec("dcsm-tuned", "dcsm (tuned preset)", "dcsm", True, "dcsm", dcsm_method("tuned")),
+    MethodSpec("dcsm-no-subtract", "dcsm, no subtraction", "dcsm", False, "dcsm",
+               dcsm_method("paper", subtract=False)),
+    MethodSpec("simonyan", "Simonyan et al. (dcsm)", "dcsm", False, "dcsm",
+               baseline_method("simonyan")),
+    MethodSpec("guided", "guided backprop (dcsm)", "dcsm", False, "dcsm",
+               baseline_method("guided")),
+    MethodSpec("gradcam", "Grad-CAM (dcsm)", "dcsm", False, "dcsm", baseline_method("gradcam")),
+    MethodSpec("captum-saliency", "Captum Saliency", "captum", False, "captum",
+               captum_method("saliency")),
+    MethodSpec("captum-guided", "Captum GuidedBackprop", "captum", False, "captum",
+               captum_method("guided")),
+    MethodSpec("pgc-gradcam", "pytorch-grad-cam GradCAM", "pytorch-grad-cam", False,
+               "pytorch_grad_cam", grad_cam_method("gradcam")),
+    MethodSpec("pgc-gradcam-layers", "pytorch-grad-cam GradCAM, dcsm's layers",
+               "pytorch-grad-cam", False, "pytorch_grad_cam", grad_cam_method("gradcam_layers")),
+    MethodSpec("pgc-layercam-layers", "pytorch-grad-cam LayerCAM, dcsm's layers",
+               "pytorch-grad-cam", False, "pytorch_grad_cam", grad_cam_method("layercam_layers")),
+    MethodSpec("pgc-finercam", "pytorch-grad-cam FinerCAM", "pytorch-grad-cam", True,
+               "pytorch_grad_cam", grad_cam_method("finercam")),
+    MethodSpec("torchcam-gradcam", "TorchCAM GradCAM", "torchcam", False, "torchcam",
+               torchcam_method("gradcam")),
+    MethodSpec("torchcam-layercam", "TorchCAM LayerCAM", "torchcam", False, "torchcam",
+               torchcam_method("layercam")),
+)
+
+
+def method_keys() -> list[str]:
+    """Every method's key, in table order."""
+    return [m.key for m in METHODS]
+
+
+def get_methods(keys: Sequence[str] | None = None) -> list[MethodSpec]:
+    """The methods named (all by default); DcsmError for an unknown key, or for a named method
+    whose library is not installed. Unnamed methods whose library is missing are left out."""
+    by_key = {m.key: m for m in METHODS}
+    if keys is None:
+        return [m for m in METHODS if m.available()]
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise DcsmError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(by_key)}")
+    chosen = [by_key[k] for k in dict.fromkeys(keys)]
+    missing = [m for m in chosen if not m.available()]
+    if missing:
+        raise DcsmError(f"method {missing[0].key} needs the package '{missing[0].requires}': "
+                        "pip install 'distinct-saliency[bench]'")
+    return chosen

@@ -1,0 +1,33 @@
+"""Multi-label training of fully convolutional classifiers (the paper's set-up).
+
+* :mod:`dcsm.training.models`: the backbones (``vgg16``, ``small_vgg``) as class-score-map
+  networks with VGG-style layer names.
+* :mod:`dcsm.training.data`: reproducible batches with random resizing and flips.
+* :mod:`dcsm.training.trainer`: :func:`train` (sigmoid BCE on globally max-pooled scores,
+  atomic resumable checkpoints, validation mAP, mixed precision on a GPU).
+* :mod:`dcsm.training.cli`: the ``dcsm data``, ``dcsm train`` and ``dcsm evaluate`` commands.
+
+A trained model loads as ``dcsm.load_model("checkpoint:DIR/model.pt")``.
+"""
+
+from __future__ import annotations
+
+from dcsm.training.models import BACKBONES, Backbone, build_backbone
+from dcsm.training.trainer import (
+    RunOptions,
+    TrainConfig,
+    TrainResult,
+    load_checkpoint,
+    train,
+)
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "RunOptions",
+    "TrainConfig",
+    "TrainResult",
+    "build_backbone",
+    "load_checkpoint",
+    "train",
+]

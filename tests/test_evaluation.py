@@ -1,0 +1,147 @@
+"""Scores against hand-computed values, and ``dcsm evaluate`` end to end on a tiny set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcsm import cli
+from dcsm.errors import DcsmError
+from dcsm.evaluation import (
+    average_precision,
+    confusion_matrix,
+    iou_per_label,
+    mean_average_precision,
+    mean_iou,
+    pixel_accuracy,
+)
+
+# Labels 0..4: background and four classes. Class 3 occurs nowhere and is never predicted;
+# class 4 is predicted once but occurs nowhere; 255 is VOC's void and must be ignored.
+TRUTH_A = np.array([[0, 1, 1],
+                    [0, 255, 2]], np.uint8)
+PRED_A = np.array([[0, 1, 2],
+                   [1, 1, 2]], np.uint8)
+TRUTH_B = np.array([[2, 2],
+                    [0, 255]], np.uint8)
+PRED_B = np.array([[2, 0],
+                   [4, 0]], np.uint8)
+# Counted by hand, rows truth, columns prediction (void pixels left out):
+#   A: (0,0) 0->0, (0,1) 1->1, (0,2) 1->2, (1,0) 0->1, (1,2) 2->2
+#   B: (0,0) 2->2, (0,1) 2->0, (1,0) 0->4
+HAND = np.array([[1, 1, 0, 0, 1],
+                 [0, 1, 1, 0, 0],
+                 [1, 0, 2, 0, 0],
+                 [0, 0, 0, 0, 0],
+                 [0, 0, 0, 0, 0]])
+# IoU = TP / (row + column - TP): 1/(3+2-1), 1/(2+2-1), 2/(3+3-2), nan, 0/(0+1-0)
+HAND_IOU = [1 / 4, 1 / 3, 1 / 2, np.nan, 0.0]
+
+
+def test_confusion_matrix_by_hand():
+    cm = confusion_matrix(TRUTH_A, PRED_A, 5) + confusion_matrix(TRUTH_B, PRED_B, 5)
+    np.testing.assert_array_equal(cm, HAND)
+    np.testing.assert_allclose(iou_per_label(cm), HAND_IOU, equal_nan=True)
+    # the absent class (nan) is left out of the mean; the false-positive class (0) counts
+    assert mean_iou(cm) == pytest.approx((1 / 4 + 1 / 3 + 1 / 2 + 0) / 4)
+    assert pixel_accuracy(cm) == pytest.approx(4 / 8)
+
+
+def test_void_is_ignored_whatever_is_predicted():
+    truth = np.array([[255, 1], [255, 0]], np.uint8)
+    a = confusion_matrix(truth, np.array([[0, 1], [1, 0]], np.uint8), 3)
+    b = confusion_matrix(truth, np.array([[2, 1], [2, 0]], np.uint8), 3)
+    np.testing.assert_array_equal(a, b)
+    assert a.sum() == 2 and mean_iou(a) == 1.0
+
+
+def test_bad_labels_and_shapes_are_errors():
+    with pytest.raises(DcsmError, match="prediction holds label 7"):
+        confusion_matrix(TRUTH_A, np.full((2, 3), 7, np.uint8), 5)
+    with pytest.raises(DcsmError, match="ground truth holds label 9"):
+        confusion_matrix(np.full((2, 3), 9, np.uint8), PRED_A, 5)
+    with pytest.raises(DcsmError, match="ground truth"):
+        confusion_matrix(TRUTH_A, PRED_B, 5)
+    assert np.isnan(mean_iou(np.zeros((3, 3), np.int64)))
+
+
+def test_average_precision_by_hand():
+    scores = np.array([[0.9, 0.2], [0.8, 0.1], [0.7, 0.3], [0.1, 0.4]])
+    targets = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    # class 0: positives at ranks 1 and 3: (1/1 + 2/3) / 2; class 1: no positive -> nan
+    np.testing.assert_allclose(average_precision(scores, targets), [(1 + 2 / 3) / 2, np.nan],
+                               equal_nan=True)
+    assert mean_average_precision(scores, targets) == pytest.approx((1 + 2 / 3) / 2)
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny synthetic set and a model trained on it for two iterations."""
+    from dcsm.datasets import SyntheticConfig, write_synthetic
+    from dcsm.training import RunOptions, TrainConfig, train
+
+    root = tmp_path_factory.mktemp("evaldata") / "syn"
+    write_synthetic(root, SyntheticConfig(train=4, val=3, size=48, seed=3))
+    run = root.parent / "run"
+    train(root, run, TrainConfig(batch_size=2, epochs=1, min_size=32, max_size=48,
+                                 val_split=None),
+          RunOptions(progress=False, log=lambda text: None))
+    return root, run
+
+
+def test_evaluate_writes_metrics_predictions_and_table(tiny_run, tmp_path, capsys):
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--data", str(root), "--split", "val", "--model",
+                     f"checkpoint:{run}", "--out", str(out), "--scales", "1,1.5",
+                     "--oracle-labels", "--methods",
+                     "simonyan_grabcut,dcsm_no_subtract,dcsm_single_scale,dcsm_single_layer,"
+                     "dcsm_crf,simonyan_crf", "--no-progress"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "| dcsm (full) + CRF |" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = ["background", "disc", "leaf", "tile", "star", "ring", "cross"]
+    assert list(metrics["per_class_iou"]) == names
+    assert metrics["method"] == "dcsm_crf"
+    assert metrics["miou"] == metrics["methods"]["dcsm_crf"]["miou"]
+    assert metrics["settings"]["oracle_labels"] is True
+    assert metrics["settings"]["images"] == 3
+    assert metrics["candidates"]["exact"] == 1.0  # oracle candidates are the truth
+    groups = metrics["settings"]["images_by_classes_in_image"]
+    assert set(groups) == {"one", "several"} and sum(groups.values()) == 3
+    assert set(metrics["methods"]["dcsm_crf"]["miou_by_classes_in_image"]) == set(groups)
+    assert metrics["settings"]["maps_layers"]["single_layer"] == ["conv4_2"]
+    for m, r in metrics["methods"].items():
+        cm = np.array(r["confusion"])
+        assert r["miou"] == pytest.approx(mean_iou(cm)), m
+    ids = (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    for i in ids:
+        pred = Image.open(out / "pred" / f"{i}.png")
+        assert pred.mode == "P" and pred.size == (48, 48)
+        assert np.asarray(pred).max() <= 6
+        assert (out / "methods" / "simonyan_grabcut" / f"{i}.png").is_file()
+    assert "Per-class IoU" in (out / "table.md").read_text()
+    lines = (out / "images.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ids
+
+
+def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys):
+    root, run = tiny_run
+    cases = [
+        (["--model", f"checkpoint:{run}", "--method", "simonyan"], "--methods"),
+        (["--model", f"checkpoint:{run}", "--methods", "magic"], "unknown method 'magic'"),
+        (["--model", "squeezenet1_1"], "not a class of the data set"),
+        (["--model", f"checkpoint:{tmp_path / 'nope'}"], "does not exist"),
+        ([], "needs --model"),
+    ]
+    for extra, needle in cases:
+        code = cli.main(["evaluate", "--data", str(root), "--out", str(tmp_path / "e"),
+                         "--no-progress", *extra])
+        _, err = capsys.readouterr()
+        assert code == 2 and needle in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / "e").exists()
