@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark the options describe; returns the exit status."""
     from dcsm.adapters import load_model
-    from dcsm.bench.gridpg import gridpg
+    from dcsm.bench.gridpg import gridpg, plan_runs
     from dcsm.bench.methods import get_methods
     from dcsm.bench.photos import file_photos, package_photos
     from dcsm.bench.report import markdown_table, write_report
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.tau <= 1.0:
         raise DcsmError(f"--tau must lie in [0, 1], got {args.tau}")
     methods = get_methods(args.methods)
+    plan_runs(methods, args.candidates)  # checks the candidate modes before any work
     photos = file_photos(args.images) if args.images else package_photos()
     adapter = load_model(args.model, weights=args.weights, device=args.device)
     report = gridpg(adapter, photos, n=args.grid, count=args.grids, tau=args.tau,

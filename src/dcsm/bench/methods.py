@@ -26,6 +26,7 @@ with its own target), which is how their APIs explain several classes in one cal
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,10 +66,15 @@ class MethodSpec:
     contrastive: bool
     requires: str
     build: Callable[[ModelAdapter, Candidates], MapFunction]
+    requires_name: str = ""
 
     def available(self) -> bool:
-        """Whether the library it needs is installed."""
-        return importlib.util.find_spec(self.requires) is not None
+        """Whether the library it needs is installed (and has ``requires_name``, if given)."""
+        if importlib.util.find_spec(self.requires) is None:
+            return False
+        if self.requires_name:
+            return hasattr(importlib.import_module(self.requires), self.requires_name)
+        return True
 
 
 class Logits(nn.Module):
@@ -179,11 +185,11 @@ def captum_method(kind: Literal["saliency", "guided"]) -> Callable[[ModelAdapter
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
             x = _batch(adapter, image, len(classes))
-            if kind == "saliency":
-                attr = Saliency(model).attribute(x, target=list(classes), abs=True)
-            else:
-                with warnings.catch_warnings():  # "Setting backward hooks on ReLU activations"
-                    warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings():  # Captum's notes on hooks and requires_grad
+                warnings.simplefilter("ignore", UserWarning)
+                if kind == "saliency":
+                    attr = Saliency(model).attribute(x, target=list(classes), abs=True)
+                else:
                     attr = GuidedBackprop(model).attribute(x, target=list(classes))
             model.zero_grad(set_to_none=True)
             maps = attr.detach().abs().amax(dim=1)
@@ -294,7 +300,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("pgc-layercam-layers", "pytorch-grad-cam LayerCAM, dcsm's layers",
                "pytorch-grad-cam", False, "pytorch_grad_cam", grad_cam_method("layercam_layers")),
     MethodSpec("pgc-finercam", "pytorch-grad-cam FinerCAM", "pytorch-grad-cam", True,
-               "pytorch_grad_cam", grad_cam_method("finercam")),
+               "pytorch_grad_cam", grad_cam_method("finercam"), "FinerCAM"),
     MethodSpec("torchcam-gradcam", "TorchCAM GradCAM", "torchcam", False, "torchcam",
                torchcam_method("gradcam")),
     MethodSpec("torchcam-layercam", "TorchCAM LayerCAM", "torchcam", False, "torchcam",

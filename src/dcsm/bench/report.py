@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -21,6 +22,15 @@ from dcsm.io import save_figure, save_json, write_atomic
 #: Colours of the box plot by the library that computes the method.
 SOURCE_COLOURS = {"dcsm": "#d62728", "captum": "#1f77b4", "pytorch-grad-cam": "#2ca02c",
                   "torchcam": "#9467bd"}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as ``3.11.2``."""
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def markdown_table(report: Mapping[str, Any]) -> str:
@@ -54,8 +64,12 @@ def box_plot(report: Mapping[str, Any]) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     positions = np.arange(len(entries))[::-1]
-    parts = ax.boxplot(data, positions=positions, vert=False, widths=0.6, patch_artist=True,
-                       showfliers=True, flierprops={"markersize": 2.5, "alpha": 0.5})
+    # matplotlib 3.10 replaced vert=False by orientation="horizontal" (vert is deprecated).
+    horizontal: dict[str, Any] = (
+        {"orientation": "horizontal"} if _version(matplotlib.__version__) >= (3, 10)
+        else {"vert": False})
+    parts = ax.boxplot(data, positions=positions, widths=0.6, patch_artist=True, showfliers=True,
+                       flierprops={"markersize": 2.5, "alpha": 0.5}, **horizontal)
     for box, e in zip(parts["boxes"], entries, strict=True):
         box.set_facecolor(SOURCE_COLOURS.get(e["source"], "#7f7f7f"))
         box.set_alpha(0.55)
