@@ -427,3 +427,24 @@ def test_progress_bar_and_status_lines():
     p.close()
     text = stream.getvalue()
     assert "rank 0/2" in text and "2/4" in text and "img/s" in text and "1 failed" in text
+
+
+def test_voc_split_source(tmp_path):
+    from dcsm.batch.inputs import discover
+
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for image_id in ("2007_000002", "2007_000001"):
+        Image.new("RGB", (16, 12), (10, 20, 30)).save(root / "JPEGImages" / f"{image_id}.jpg")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000002\n2007_000001\n")
+    items = discover(f"voc:{tmp_path}:val")
+    assert [i.key for i in items] == ["2007_000001", "2007_000002"]
+    assert [i.name for i in items] == ["2007_000001", "2007_000002"]
+    assert items[0].path == root / "JPEGImages" / "2007_000001.jpg"
+    with pytest.raises(DcsmError, match="split 'test' not found"):
+        discover(f"voc:{tmp_path}:test")
+    with pytest.raises(DcsmError, match="voc:ROOT:SPLIT"):
+        discover("voc:val")
+    with pytest.raises(DcsmError, match="does not exist"):
+        discover(f"voc:{tmp_path / 'nope'}:val")

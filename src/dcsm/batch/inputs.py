@@ -8,10 +8,12 @@ An input *source* turns the command's ``INPUT`` argument into a sorted list of
 * a text file: one image path per line (blank lines and lines starting with ``#`` skipped;
   relative paths are relative to the text file's folder), keyed by the path as written;
 
-and a single image file is taken as a list of one. A new source (a PASCAL VOC split, once the
-VOC readers exist) is a function ``(spec, exclude) -> list[InputItem] | None`` registered with
-:func:`register_source`: it returns None for a spec it does not handle, and is tried before the
-built-in ones.
+* a PASCAL VOC split, written ``voc:ROOT:SPLIT`` (``voc:data/VOCdevkit:val``; ``train_aug``
+  needs SBD beside it, see :mod:`dcsm.datasets.voc`), keyed by image id;
+
+and a single image file is taken as a list of one. A new source is a function
+``(spec, exclude) -> list[InputItem] | None`` registered with :func:`register_source`: it returns
+None for a spec it does not handle, and is tried before the built-in ones.
 
 Output names follow ``dcsm explain``: ``DIR/<image stem>/``. Stems shared by several inputs
 (``a/cat.jpg`` and ``b/cat.jpg``; compared case-insensitively) are replaced, for those inputs
@@ -157,6 +159,23 @@ def assign_names(items: Iterable[InputItem]) -> list[InputItem]:
     if len(taken) != len(final):  # a numbered name met an existing one: extremely rare
         raise DcsmError("cannot give every input its own output directory; rename the inputs")
     return [InputItem(it.key, it.path, n) for it, n in zip(ordered, final, strict=True)]
+
+
+def voc_split_items(spec: str, exclude: Path | None = None) -> list[InputItem] | None:
+    """The images of ``voc:ROOT:SPLIT`` (None for any other spec)."""
+    if not spec.startswith("voc:"):
+        return None
+    root, sep, split = spec[len("voc:"):].rpartition(":")
+    if not sep or not root or not split:
+        raise DcsmError(f"expected voc:ROOT:SPLIT (e.g. voc:data/VOCdevkit:val), got '{spec}'")
+    from dcsm.datasets.voc import VOCDataset
+
+    voc = VOCDataset(root)
+    return [InputItem(key=image_id, path=voc.image_path(image_id))
+            for image_id in sorted(set(voc.ids(split)))]
+
+
+register_source(voc_split_items)
 
 
 def discover(spec: str | os.PathLike[str], exclude: Path | None = None) -> list[InputItem]:
