@@ -19,6 +19,7 @@ from torch import nn
 
 import dcsm
 from dcsm.adapters.base import ModelAdapter, Preprocessing
+from dcsm.bench import methods as bench_methods
 from dcsm.bench.gridpg import (
     Grid,
     compose,
@@ -29,7 +30,7 @@ from dcsm.bench.gridpg import (
     sample_grids,
     score_maps,
 )
-from dcsm.bench.methods import METHODS, MethodSpec, get_methods, map_candidates
+from dcsm.bench.methods import METHODS, MethodSpec, contrast_sets, get_methods, map_candidates
 from dcsm.bench.photos import (
     Photo,
     View,
@@ -244,6 +245,39 @@ def test_dcsm_methods_on_the_colour_model(colour, colour_grid):
     assert sorted(map_candidates(colour, colour_grid.image, 4)) == [0, 1, 2, 3]
     auto = by_key["dcsm-tuned"].build(colour, "auto-map")(colour_grid.image, colour_grid.classes)
     assert sorted(auto) == [0, 1, 2, 3]
+
+
+def test_contrast_sets_per_candidate_mode(monkeypatch, colour):
+    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [9, 1, 2, 8, 3])
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    classes = [1, 2, 3, 4]
+    assert contrast_sets(colour, image, classes, "oracle") == {
+        1: [2, 3, 4], 2: [1, 3, 4], 3: [1, 2, 4], 4: [1, 2, 3]}
+    assert contrast_sets(colour, image, classes, "target") == {
+        1: [9, 2, 8], 2: [9, 1, 8], 3: [9, 1, 2], 4: [9, 1, 2]}
+    assert contrast_sets(colour, image, classes, "auto") == {
+        1: [9, 2, 8], 2: [9, 1, 8], 3: None, 4: None}
+
+
+def test_dcsm_target_mode_shares_one_explanation_per_candidate_set(monkeypatch, colour,
+                                                                   colour_grid):
+    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [2, 0, 1, 3])
+    calls = []
+    explain = dcsm.DistinctSaliency.explain
+
+    def counted(self, image, classes=None, *args, **kwargs):
+        calls.append(classes)
+        return explain(self, image, classes, *args, **kwargs)
+
+    monkeypatch.setattr(dcsm.DistinctSaliency, "explain", counted)
+    spec = {m.key: m for m in METHODS}["dcsm-tuned"]
+    maps = spec.build(colour, "target")(colour_grid.image, colour_grid.classes)
+    assert len(calls) == 1 and sorted(calls[0]) == [0, 1, 2, 3]
+    assert score_maps(maps, colour_grid.classes, 2, (32, 32)) == pytest.approx([1.0] * 4)
+    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [2, 0, 1])
+    calls.clear()  # k = 2: each class against the most probable other one, 2 (two sets)
+    maps = spec.build(colour, "target")(colour_grid.image, [0, 3])
+    assert sorted(maps) == [0, 3] and [sorted(c) for c in calls] == [[0, 2], [2, 3]]
 
 
 @pytest.mark.parametrize("key,expected", [

@@ -1,7 +1,8 @@
 """``dcsm bench gridpg``: the grid pointing game from the command line.
 
 ``dcsm bench gridpg --out DIR [--model NAME] [--grid 2|3] [--grids N] [--images IMAGE...]
-[--tau T] [--methods a,b] [--candidates oracle,auto,auto-map] [--cell PX] [--seed S] [--no-crops]``
+[--tau T] [--methods a,b] [--candidates oracle,target,auto,auto-map] [--cell PX] [--seed S]
+[--no-crops]``
 writes ``DIR/gridpg.json``, ``DIR/gridpg.md`` and ``DIR/gridpg.png`` (each atomically) and
 prints the table. Bad options print one line on stderr and exit with status 2.
 """
@@ -16,7 +17,7 @@ from dcsm.errors import DcsmError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` (with ``gridpg`` under it) to the ``dcsm`` command's subparsers."""
-    from dcsm.bench.methods import CANDIDATE_MODES, method_keys
+    from dcsm.bench.methods import DEFAULT_MODES, method_keys
     from dcsm.cli import (
         _finite,
         _names,
@@ -49,11 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gp.add_argument("--methods", type=_names, default=None,
                     help="comma-separated methods (default: all whose library is installed): "
                          + ", ".join(method_keys()))
-    gp.add_argument("--candidates", type=_names, default=list(CANDIDATE_MODES),
+    gp.add_argument("--candidates", type=_names, default=list(DEFAULT_MODES),
                     help="for the contrastive methods (dcsm, FinerCAM), comma-separated: "
-                         "'oracle' (the cells' classes), 'auto' (dcsm's own choice from the "
-                         "grid's pooled scores), 'auto-map' (the classes that win the most "
-                         "locations of the score map); default all three")
+                         "'oracle' (every cell's class given), 'target' (the cell's class given, "
+                         "the others the image's most probable), 'auto' (nothing given: the "
+                         "method's own top classes), 'auto-map' (nothing given: the classes that "
+                         "win the most locations of the score map); default oracle,target,auto")
     gp.add_argument("--cell", type=_positive_int, default=224,
                     help="cell side in pixels (default %(default)s)")
     gp.add_argument("--seed", type=_nonnegative_int, default=0,

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcsm.adapters.base import ModelAdapter
-from dcsm.bench.methods import CANDIDATE_MODES, Candidates, MapFunction, MethodSpec
+from dcsm.bench.methods import (
+    CANDIDATE_MODES,
+    DEFAULT_MODES,
+    Candidates,
+    MapFunction,
+    MethodSpec,
+)
 from dcsm.bench.photos import Photo, View, find_views
 from dcsm.errors import DcsmError
 from dcsm.metrics import grid_pointing_game, summarize
@@ -129,7 +135,7 @@ class Run:
         return self.spec.label if self.mode is None else f"{self.spec.label}, {self.mode}"
 
 
-def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = CANDIDATE_MODES) -> list[Run]:
+def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODES) -> list[Run]:
     """One run per method, or per method and candidate mode for contrastive methods."""
     bad = [m for m in modes if m not in CANDIDATE_MODES]
     if bad or not modes:
@@ -147,43 +153,48 @@ def run_benchmark(
     adapter: ModelAdapter,
     grids: Sequence[Grid],
     methods: Sequence[MethodSpec],
-    modes: Sequence[str] = CANDIDATE_MODES,
+    modes: Sequence[str] = DEFAULT_MODES,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, object]]:
-    """Every method on every grid: per run key, its label, source, candidate mode, every cell's
-    score (one list per grid), the summary (mean, median, quartiles, n), seconds per grid
-    (the first grid, a warm-up, is run twice and timed the second time) and, for automatic
-    candidates, the share of cells whose class got a map (``candidate_recall``)."""
+    """Every method on every grid.
+
+    Returns, per run key: its label, library, candidate mode, every cell's score (one list per
+    grid), the summary (mean, median, quartiles, n), ``seconds_per_grid`` (the median over the
+    grids, which leaves out the first call's imports and allocations) and, for automatic
+    candidates, the share of cells whose class got a map (``candidate_recall``).
+    The methods take turns on each grid, so that a load that comes and goes on a shared
+    machine slows them alike.
+    """
     if not grids:
         raise DcsmError("no grids to run")
     runs = plan_runs(methods, modes)
+    for run in runs:
+        run.function = run.spec.build(adapter, run.mode or "oracle")
+    scores: dict[str, list[list[float]]] = {run.key: [] for run in runs}
+    seconds: dict[str, list[float]] = {run.key: [] for run in runs}
+    found = dict.fromkeys(scores, 0)
+    for g, grid in enumerate(grids):
+        for run in runs:
+            assert run.function is not None
+            start = time.perf_counter()
+            maps = run.function(grid.image, grid.classes)
+            seconds[run.key].append(time.perf_counter() - start)
+            found[run.key] += sum(c in maps for c in grid.classes)
+            scores[run.key].append(score_maps(maps, grid.classes, grid.n, grid.image.shape[:2]))
+        if progress is not None:
+            progress(f"grid {g + 1}/{len(grids)}: " + ", ".join(
+                f"{v.class_name}" for v in grid.views))
     results: dict[str, dict[str, object]] = {}
     for run in runs:
-        function = run.spec.build(adapter, run.mode or "oracle")
-        scores: list[list[float]] = []
-        seconds: list[float] = []
-        found = 0
-        for g, grid in enumerate(grids):
-            if g == 0:
-                function(grid.image, grid.classes)  # warm-up (first calls allocate, import)
-            start = time.perf_counter()
-            maps = function(grid.image, grid.classes)
-            seconds.append(time.perf_counter() - start)
-            found += sum(c in maps for c in grid.classes)
-            scores.append(score_maps(maps, grid.classes, grid.n, grid.image.shape[:2]))
-        flat = [s for row in scores for s in row]
+        flat = [s for row in scores[run.key] for s in row]
         entry: dict[str, object] = {
             "label": run.label, "method": run.spec.key, "source": run.spec.source,
-            "candidates": run.mode or "n/a", "scores": scores, "summary": summarize(flat),
-            "seconds_per_grid": float(np.mean(seconds)),
+            "candidates": run.mode or "n/a", "scores": scores[run.key],
+            "summary": summarize(flat), "seconds_per_grid": float(np.median(seconds[run.key])),
         }
         if run.mode not in (None, "oracle"):
-            entry["candidate_recall"] = found / len(flat)
+            entry["candidate_recall"] = found[run.key] / len(flat)
         results[run.key] = entry
-        if progress is not None:
-            s = entry["summary"]
-            progress(f"{run.key:32s} mean {s['mean']:.3f} median {s['median']:.3f} "  # type: ignore[index]  # noqa: E501
-                     f"{entry['seconds_per_grid']:.2f} s/grid")
     return results
 
 
@@ -201,7 +212,7 @@ def gridpg(
     seed: int = 0,
     crops: bool = True,
     methods: Sequence[MethodSpec] | None = None,
-    modes: Sequence[str] = CANDIDATE_MODES,
+    modes: Sequence[str] = DEFAULT_MODES,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """The whole benchmark: views, grids, every method; returns the report (JSON-friendly)."""

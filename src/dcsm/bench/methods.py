@@ -42,12 +42,21 @@ from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError
 
 MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
-Candidates = Literal["oracle", "auto", "auto-map"]
-#: How contrastive methods learn the classes to tell apart: ``oracle``, the cells' classes;
-#: ``auto``, chosen from the grid's own scores by dcsm's candidate rule (the top ``n^2`` of the
-#: pooled probabilities); ``auto-map``, the ``n^2`` classes that win the most locations of the
-#: model's class score map at scale 1 (a rule dcsm does not offer yet; see :func:`map_candidates`).
-CANDIDATE_MODES: tuple[str, ...] = ("oracle", "auto", "auto-map")
+Candidates = Literal["oracle", "target", "auto", "auto-map"]
+#: What contrastive methods (dcsm, FinerCAM) are told about the classes to tell apart, with k the
+#: number of cells:
+#:
+#: * ``oracle``: the cell's class and every other cell's class;
+#: * ``target``: the cell's class; the other k - 1 are the image's most probable other classes
+#:   (pooled scores at scale 1), as a user who asks about one class would get;
+#: * ``auto``: nothing; the method explains k classes it picks itself (dcsm: its own candidate
+#:   rule with ``top_k = k``; FinerCAM: the k most probable), and a cell whose class is not
+#:   among them gets no map (score 0);
+#: * ``auto-map``: as ``auto``, with the k classes that win the most locations of the class score
+#:   map (:func:`map_candidates`), a rule dcsm does not offer yet.
+CANDIDATE_MODES: tuple[str, ...] = ("oracle", "target", "auto", "auto-map")
+#: The modes ``dcsm bench gridpg`` runs by default.
+DEFAULT_MODES: tuple[str, ...] = ("oracle", "target", "auto")
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,35 @@ def map_candidates(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int
     return rank.topk(min(k, rank.numel())).indices.tolist()
 
 
+@torch.no_grad()
+def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
+    """The ``k`` most probable classes of the image as a whole (pooled scores at scale 1)."""
+    from dcsm.images import model_input
+
+    scores = adapter.pool(adapter.model(model_input(adapter, image, 1.0)))[0]
+    return scores.topk(min(k, scores.numel())).indices.tolist()
+
+
+def contrast_sets(adapter: ModelAdapter, image: np.ndarray, classes: Sequence[int],
+                  mode: Candidates) -> dict[int, list[int] | None]:
+    """For each class of ``classes``, the classes it is contrasted with under ``mode`` (itself
+    excluded), or None where the mode gives it no map (see :data:`CANDIDATE_MODES`)."""
+    k = len(classes)
+    if mode == "oracle":
+        return {c: [o for o in classes if o != c] for c in classes}
+    if mode == "auto-map":
+        ranked = map_candidates(adapter, image, k + 1)
+    else:
+        ranked = pooled_ranking(adapter, image, k + 1)
+    if mode == "target":
+        return {c: [o for o in ranked if o != c][:k - 1] for c in classes}
+    top = ranked[:k]
+    return {c: [o for o in top if o != c] if c in top else None for c in classes}
+
+
 def dcsm_method(preset: str, subtract: bool = True) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
-    """dcsm with ``preset``. Candidates: ``oracle``, the cells' classes; ``auto``, dcsm's own
-    selection with ``top_k = len(classes)``; ``auto-map``, :func:`map_candidates`."""
+    """dcsm with ``preset``, one explanation per distinct candidate set (see
+    :data:`CANDIDATE_MODES`; ``auto`` uses dcsm's own candidate rule)."""
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         from dcsm.explainer import DistinctSaliency
@@ -121,14 +156,21 @@ def dcsm_method(preset: str, subtract: bool = True) -> Callable[[ModelAdapter, C
         explainer = DistinctSaliency(adapter, preset=preset, subtract=subtract)
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
-            if mode == "oracle":
-                result = explainer.explain(image, classes=list(classes))
-            elif mode == "auto-map":
-                result = explainer.explain(image,
-                                           classes=map_candidates(adapter, image, len(classes)))
-            else:
+            if mode == "auto":
                 result = explainer.explain(image, classes="auto", top_k=len(classes))
-            return _result_maps(result, classes)
+                return _result_maps(result, classes)
+            sets = contrast_sets(adapter, image, classes, mode)
+            maps: dict[int, np.ndarray] = {}
+            for c, others in sets.items():
+                if others is None or c in maps:
+                    continue
+                result = explainer.explain(image, classes=[c, *others])
+                # Every class of this set with the same set of classes gets its map from it.
+                for cand in result.candidates:
+                    other = sets.get(cand.index)
+                    if other is not None and {cand.index, *other} == {c, *others}:
+                        maps[cand.index] = result.maps[cand.name]
+            return maps
 
         return run
 
@@ -221,10 +263,13 @@ def grad_cam_method(kind: Literal["gradcam", "gradcam_layers", "layercam_layers"
             classes = list(classes)
             x = _batch(adapter, image, len(classes))
             if kind == "finercam":
-                others = _comparison_classes(adapter, model, image, x[:1], classes, mode)
-                targets = [FinerWeightedTarget(c, others[c], 1.0) for c in classes]
+                sets = contrast_sets(adapter, image, classes, mode)
+                classes = [c for c in classes if sets[c]]  # classes the mode gives no map: out
+                if not classes:
+                    return {}
+                targets = [FinerWeightedTarget(c, sets[c], 1.0) for c in classes]
                 with pgc.FinerCAM(model, layers) as cam:
-                    maps = cam(input_tensor=x, targets=targets)
+                    maps = cam(input_tensor=x[:len(classes)], targets=targets)
             else:
                 targets = [ClassifierOutputTarget(c) for c in classes]
                 with cls(model=model, target_layers=layers) as cam:
@@ -235,22 +280,6 @@ def grad_cam_method(kind: Literal["gradcam", "gradcam_layers", "layercam_layers"
         return run
 
     return build
-
-
-def _comparison_classes(adapter: ModelAdapter, model: nn.Module, image: np.ndarray,
-                        x: torch.Tensor, classes: list[int], mode: Candidates
-                        ) -> dict[int, list[int]]:
-    """The classes each class is compared with: the other cells' classes (``oracle``), or the
-    other classes among the image's top ``len(classes)`` by pooled score (``auto``) or by
-    :func:`map_candidates` (``auto-map``), ``len(classes) - 1`` of them."""
-    if mode == "oracle":
-        return {c: [o for o in classes if o != c] for c in classes}
-    if mode == "auto-map":
-        order = map_candidates(adapter, image, len(classes) + 1)
-    else:
-        with torch.no_grad():
-            order = model(x)[0].argsort(descending=True)[:len(classes) + 1].tolist()
-    return {c: [o for o in order if o != c][:max(1, len(classes) - 1)] for c in classes}
 
 
 def torchcam_method(kind: Literal["gradcam", "layercam"]) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
