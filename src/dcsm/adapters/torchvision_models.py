@@ -109,12 +109,16 @@ class PooledLinearFCN(nn.Module):
 
 
 # --------------------------------------------------------------------------- families
-def _vgg_aliases(features: nn.Sequential, prefix: str = "net.features") -> dict[str, str]:
+def vgg_aliases(features: nn.Sequential, prefix: str = "net.features") -> dict[str, str]:
+    """VGG-style names for a ``features`` stack: ``conv{b}_{i}`` (the convolution's output, or
+    its batch norm's when there is one), ``relu{b}_{i}`` and ``pool{b}``."""
     aliases: dict[str, str] = {}
     block, index = 1, 0
     for i, module in enumerate(features):
         if isinstance(module, nn.Conv2d):
             index += 1
+            aliases[f"conv{block}_{index}"] = f"{prefix}.{i}"
+        elif isinstance(module, nn.BatchNorm2d):
             aliases[f"conv{block}_{index}"] = f"{prefix}.{i}"
         elif isinstance(module, nn.ReLU):
             aliases[f"relu{block}_{index}"] = f"{prefix}.{i}"
@@ -140,7 +144,7 @@ def fully_convolutional(arch: str, net: nn.Module) -> tuple[nn.Module, dict[str,
     """(fcn, aliases, default layers, Grad-CAM layer, min input) for a torchvision model."""
     if arch.startswith("vgg"):
         head = convolutionalize(net.classifier, 512, 7)
-        aliases = _vgg_aliases(net.features)
+        aliases = vgg_aliases(net.features)
         aliases |= {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
         defaults = [n for n in aliases if n[:5] in {"conv3", "conv4", "conv5"}]
         last_relu = [n for n in aliases if n.startswith("relu5_")][-1]

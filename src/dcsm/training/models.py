@@ -30,7 +30,11 @@ import torch
 from torch import nn
 
 from dcsm.adapters.base import IMAGENET_TORCHVISION, Preprocessing
+from dcsm.adapters.torchvision_models import vgg_aliases
 from dcsm.errors import DcsmError
+
+#: The convolutional head's fc6, fc7 and fc8 (conv, ReLU, dropout, conv, ReLU, dropout, conv).
+HEAD_ALIASES = {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
 
 SMALL_PREPROCESSING = Preprocessing(mean=(127.5, 127.5, 127.5), std=(64.0, 64.0, 64.0))
 SMALL_DEFAULTS: dict[str, object] = {
@@ -71,25 +75,6 @@ class Backbone:
     pretrained: set[str] = field(default_factory=set)
 
 
-def feature_aliases(features: nn.Sequential, prefix: str = "features") -> dict[str, str]:
-    """VGG-style names: ``conv{b}_{i}`` (after batch norm when there is one), ``relu{b}_{i}``,
-    ``pool{b}``."""
-    aliases: dict[str, str] = {}
-    block, index = 1, 0
-    for i, module in enumerate(features):
-        if isinstance(module, nn.Conv2d):
-            index += 1
-            aliases[f"conv{block}_{index}"] = f"{prefix}.{i}"
-        elif isinstance(module, nn.BatchNorm2d):
-            aliases[f"conv{block}_{index}"] = f"{prefix}.{i}"
-        elif isinstance(module, nn.ReLU):
-            aliases[f"relu{block}_{index}"] = f"{prefix}.{i}"
-        elif isinstance(module, nn.MaxPool2d):
-            aliases[f"pool{block}"] = f"{prefix}.{i}"
-            block, index = block + 1, 0
-    return aliases
-
-
 def _head(channels: int, kernel: int, fc: int, classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(channels, fc, kernel, padding=kernel // 2), nn.ReLU(inplace=True),
@@ -123,7 +108,7 @@ def small_vgg(num_classes: int, config: Mapping[str, object] | None = None) -> B
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     nn.init.normal_(head[-1].weight, 0, 0.01)
-    aliases = feature_aliases(features) | {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
+    aliases = vgg_aliases(features, "features") | HEAD_ALIASES
     blocks = len(widths)
     defaults = [n for n in aliases if n.startswith("conv")
                 and int(n[4:].split("_")[0]) >= max(1, blocks - 2)]
@@ -152,7 +137,7 @@ def vgg16(num_classes: int, weights: str | Path | None = None) -> Backbone:
     nn.init.zeros_(fc8.bias)
     head = nn.Sequential(*layers, fc8)
     model = FCNClassifier(net.features, head)
-    aliases = feature_aliases(net.features) | {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
+    aliases = vgg_aliases(net.features, "features") | HEAD_ALIASES
     defaults = [n for n in aliases if n[:5] in {"conv3", "conv4", "conv5"}]
     names = {n for n, _ in model.named_parameters() if not n.startswith("head.6")}
     return Backbone("vgg16", {}, model, IMAGENET_TORCHVISION, aliases, defaults, "relu5_3", 224,
