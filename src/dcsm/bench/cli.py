@@ -17,7 +17,7 @@ from dcsm.errors import DcsmError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` (with ``gridpg`` under it) to the ``dcsm`` command's subparsers."""
-    from dcsm.bench.methods import DEFAULT_MODES, method_keys
+    from dcsm.bench.methods import method_keys
     from dcsm.cli import (
         _finite,
         _names,
@@ -50,12 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gp.add_argument("--methods", type=_names, default=None,
                     help="comma-separated methods (default: all whose library is installed): "
                          + ", ".join(method_keys()))
-    gp.add_argument("--candidates", type=_names, default=list(DEFAULT_MODES),
+    gp.add_argument("--candidates", type=_names, default=None,
                     help="for the contrastive methods (dcsm, FinerCAM), comma-separated: "
                          "'oracle' (every cell's class given), 'target' (the cell's class given, "
                          "the others the image's most probable), 'auto' (nothing given: the "
                          "method's own top classes), 'auto-map' (nothing given: the classes that "
-                         "win the most locations of the score map); default oracle,target,auto")
+                         "win the most locations of the score map); default oracle,target,auto on "
+                         "2x2 grids, oracle,auto on 3x3")
     gp.add_argument("--cell", type=_positive_int, default=224,
                     help="cell side in pixels (default %(default)s)")
     gp.add_argument("--seed", type=_nonnegative_int, default=0,
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.tau <= 1.0:
         raise DcsmError(f"--tau must lie in [0, 1], got {args.tau}")
     methods = get_methods(args.methods)
-    plan_runs(methods, args.candidates)  # checks the candidate modes before any work
+    if args.candidates is not None:
+        plan_runs(methods, args.candidates)  # checks the candidate modes before any work
     photos = file_photos(args.images) if args.images else package_photos()
     adapter = load_model(args.model, weights=args.weights, device=args.device)
     report = gridpg(adapter, photos, n=args.grid, count=args.grids, tau=args.tau,

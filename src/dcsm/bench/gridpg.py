@@ -26,6 +26,7 @@ from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import (
     CANDIDATE_MODES,
     DEFAULT_MODES,
+    DEFAULT_MODES_3X3,
     Candidates,
     MapFunction,
     MethodSpec,
@@ -212,10 +213,13 @@ def gridpg(
     seed: int = 0,
     crops: bool = True,
     methods: Sequence[MethodSpec] | None = None,
-    modes: Sequence[str] = DEFAULT_MODES,
+    modes: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
-    """The whole benchmark: views, grids, every method; returns the report (JSON-friendly)."""
+    """The whole benchmark: views, grids, every method; returns the report (JSON-friendly).
+
+    ``modes`` defaults to oracle, target and auto on 2x2 grids, oracle and auto on larger ones.
+    """
     from dcsm.bench.methods import get_methods
 
     if n < 2:
@@ -223,6 +227,8 @@ def gridpg(
     if cell < adapter.min_input:
         raise DcsmError(f"--cell must be at least {adapter.min_input} for {adapter.name}")
     count = DEFAULT_GRIDS.get(n, 8) if count is None else count
+    if modes is None:
+        modes = DEFAULT_MODES if n == 2 else DEFAULT_MODES_3X3
     methods = get_methods() if methods is None else list(methods)
     views = find_views(adapter, photos, cell, tau, crops)
     grids = sample_grids(views, n, count, seed)
@@ -237,7 +243,8 @@ def gridpg(
                       "(0 when the total is below 1e-7, or when the method gives no map for the "
                       "class); chance = 1/n^2",
         "model": adapter.name, "grid": n, "cell": cell, "tau": tau, "seed": seed,
-        "crops": crops, "cells_scored": sum(len(g.views) for g in grids),
+        "crops": crops, "candidate_modes": list(modes),
+        "cells_scored": sum(len(g.views) for g in grids),
         "photos": [p.name for p in photos],
         "views": [v.as_dict() for v in views],
         "grids": [g.as_dict() for g in grids],
