@@ -169,3 +169,56 @@ def test_top_up_with_named_classes_and_single_class():
     assert torch.equal(sel.active, torch.tensor([[True, False, False], [True, False, False]]))
     one = select(_adapter(False), probs, 0, top_k=1)
     assert len(one.selected) == 1 and len(one.contrast) == 1
+
+
+# ----------------------------------------------------------------------------- score map rule
+def _location_probs() -> torch.Tensor:
+    """(6 classes, 2, 3 locations): gamma is the most probable at 3 locations, epsilon at 2,
+    alpha at 1; Beta and delta win none, Beta peaks higher (0.4) than delta (0.3)."""
+    winners = [[2, 2, 4], [0, 2, 4]]
+    peaks = {1: 0.4, 3: 0.3}
+    p = torch.full((6, 2, 3), 0.02)
+    for i in range(2):
+        for j in range(3):
+            p[winners[i][j], i, j] = 0.5
+    for c, v in peaks.items():
+        p[c, 0, 0] = v
+    return p
+
+
+def test_map_ranking_by_wins_then_peak():
+    from dcsm.candidates import map_ranking
+
+    assert map_ranking(_location_probs()) == [2, 4, 0, 1, 3, 5]
+    tie = torch.zeros(3, 1, 2)
+    tie[1] = 0.9  # class 1 wins both locations; 0 and 2 tie at no wins and peak 0: by index
+    assert map_ranking(tie) == [1, 0, 2]
+
+
+def test_score_map_rule_selects_and_tops_up_by_the_map():
+    # pooled scores rank delta and Beta first; the map's winners are gamma, epsilon, alpha
+    pooled = _probs([0.1, 0.3, 0.15, 0.35, 0.05, 0.05])
+    loc = _location_probs()
+    sel = select(_adapter(False), pooled, 0, top_k=2, rule="score_map", location_probs=loc)
+    assert _idx(sel.selected) == [2, 4]
+    assert [c.score for c in sel.selected] == pytest.approx([0.15, 0.05])  # pooled, reported
+    assert _idx(select(_adapter(False), pooled, 0, rule="reference_scale").selected) == [3, 1]
+    # the threshold applies to the highest probability anywhere: only the winners reach 0.45
+    sel = select(_adapter(False), pooled, 0, top_k=5, threshold=0.45, rule="score_map",
+                 location_probs=loc)
+    assert _idx(sel.selected) == [2, 4, 0]
+    # a named class's contrast set is topped up by the map's ranking, not the pooled one
+    sel = select(_adapter(False), pooled, 0, classes=["delta"], rule="score_map",
+                 min_contrast=3, location_probs=loc)
+    assert _idx(sel.selected) == [3] and _idx(sel.contrast) == [3, 2, 4]
+    assert sel.active.tolist() == [[True, False, False]]
+
+
+def test_score_map_rule_errors():
+    pooled = _probs([0.1, 0.3, 0.15, 0.35, 0.05, 0.05])
+    with pytest.raises(DcsmError, match="per location"):
+        select(_adapter(False), pooled, 0, rule="score_map")
+    with pytest.raises(DcsmError, match="unknown candidate rule"):
+        select(_adapter(False), pooled, 0, rule="nope")  # type: ignore[arg-type]
+    with pytest.raises(DcsmError, match="at least 1 class"):
+        select(_adapter(False), pooled, 0, min_contrast=0)

@@ -67,6 +67,22 @@ def test_image_modes(tmp_path, capsys, mode):
         assert all(npz[k].shape == (48, 64) for k in npz.files)
 
 
+def test_tuned_preset_and_min_contrast(tmp_path, capsys):
+    code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path), "--preset", "tuned",
+                        "--classes", "tabby", "--min-contrast", "3"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "chelsea_coffee" / "summary.json").read_text())
+    assert summary["parameters"]["min_contrast"] == 3
+    assert summary["parameters"]["candidate_rule"] == "score_map"
+    assert [c["name"] for c in summary["candidates"]] == ["tabby"]
+    expected = dcsm.DistinctSaliency(dcsm.load_model(), preset="tuned", min_contrast=3).explain(
+        BUNDLED, classes=["tabby"])
+    assert [c["index"] for c in summary["contrast_classes"]] == [c.index for c in expected.contrast]
+    assert "espresso" in [c["name"] for c in summary["contrast_classes"]]  # the other photo's class
+    with np.load(tmp_path / "chelsea_coffee" / "maps.npz") as npz:
+        np.testing.assert_allclose(npz["tabby"], expected.maps["tabby"], atol=1e-6)
+
+
 def test_models_lists_offline_models(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0
@@ -101,6 +117,9 @@ BAD = {
     "missing weights": (lambda t: [str(BUNDLED), "--weights", str(t / "w.pth")],
                         "does not exist"),
     "same stem": (lambda t: [str(BUNDLED), str(BUNDLED)], "share"),
+    "min-contrast zero": (lambda t: [str(BUNDLED), "--min-contrast", "0"], "min-contrast"),
+    "min-contrast baseline": (lambda t: [str(BUNDLED), "--method", "gradcam", "--min-contrast",
+                                         "3"], "dcsm method only"),
 }
 
 

@@ -134,7 +134,8 @@ def _net(tiny, classes: int = 6, act: str = "relu6", seed: int = 12, **kw):
     return tiny.TinyNet(classes=classes, act=act, seed=seed, **kw)
 
 
-def _check(result, names: list[str], fused: np.ndarray, shape=IMAGE_SHAPE, tol: float = 1e-5):
+def _check(result, names: list[str], fused: np.ndarray, shape=IMAGE_SHAPE, tol: float = 1e-5,
+           floor: float = 0.5):
     assert list(result.maps) == names
     for k, name in enumerate(names):
         m = result.maps[name]
@@ -142,7 +143,7 @@ def _check(result, names: list[str], fused: np.ndarray, shape=IMAGE_SHAPE, tol: 
         assert m.min() >= 0 and m.max() <= 1
         diff = np.abs(m.astype(np.float64) - fused[k]).max()
         assert diff < tol, f"{name}: max abs diff {diff}"
-    assert fused.max() > 0.5  # real, non-trivial maps
+    assert fused.max() > floor  # real, non-trivial maps
 
 
 # ----------------------------------------------------------------------------- exact tests
@@ -376,3 +377,53 @@ def test_max_pooled_multilabel_candidates(tiny):
                                layers=LAYERS, rule="guided", alpha=3.0, subtract=True,
                                order="max_first", fusion="paper", min_contrast=1)
     _check(result, [tiny.names[i] for i in chosen], fused)
+
+
+# ----------------------------------------------------------------------------- tuned preset
+def _map_rank64(score: np.ndarray) -> list[int]:
+    """Classes by the locations of a (C, h, w) score map where they are the most probable
+    (softmax), then by their highest probability: a float64 re-statement of the rule."""
+    p = np.exp(score - score.max(axis=0))
+    p /= p.sum(axis=0)
+    wins = np.bincount(p.argmax(axis=0).ravel(), minlength=p.shape[0])
+    return sorted(range(p.shape[0]), key=lambda c: (-wins[c], -p[c].max(), c))
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_tuned_preset_matches_float64_reference(tiny, named):
+    """Scale 1, the strongest other class subtracted, tanh(M / max M), mean over layers, and
+    candidates (or the named class's contrast set, with min_contrast 3) from the score map."""
+    net = _net(tiny, seed=14)
+    adapter = tiny.adapter(net, layers=tuple(LAYERS))
+    image = tiny.image(*IMAGE_SHAPE, seed=5)
+    explainer = dcsm.DistinctSaliency(adapter, preset="tuned", min_contrast=3)
+    result = (explainer.explain(image, classes=["delta"]) if named
+              else explainer.explain(image, top_k=2))
+    x = tiny.reference_input(image, 1.0)
+    _, score = tiny.reference_forward(net, x, "plain")
+    ranking = _map_rank64(score.detach()[0].numpy())
+    if named:
+        chosen = [3]
+        contrast = chosen + [c for c in ranking if c != 3][:2]
+    else:
+        chosen = ranking[:2]
+        contrast = chosen + ranking[2:3]
+    assert [c.index for c in result.candidates] == chosen
+    assert [c.index for c in result.contrast] == contrast
+    grads = tiny.reference_class_grads(net, x, contrast, LAYERS, "guided")
+    fused = np.zeros((len(contrast), *IMAGE_SHAPE))
+    for name in LAYERS:
+        m = _layer_map(tiny, grads[name].numpy(), IMAGE_SHAPE, "max_first")
+        strongest = np.stack([np.maximum(m[c] - np.delete(m, c, axis=0).max(axis=0), 0.0)
+                              for c in range(len(contrast))])
+        fused += tiny.tanh_norm(strongest, 1.0) / len(LAYERS)
+    # (tanh(1) = 0.76 at most, and the strongest other class takes much of each map)
+    _check(result, [tiny.names[i] for i in chosen], fused[:len(chosen)], floor=0.2)
+    assert result.parameters["candidate_rule"] == "score_map"
+    assert result.parameters["min_contrast"] == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_min_contrast_raises(tiny, bad):
+    with pytest.raises(DcsmError, match="min_contrast"):
+        dcsm.DistinctSaliency(tiny.adapter(_net(tiny)), min_contrast=bad)

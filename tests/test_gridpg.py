@@ -30,7 +30,7 @@ from dcsm.bench.gridpg import (
     sample_grids,
     score_maps,
 )
-from dcsm.bench.methods import METHODS, MethodSpec, contrast_sets, get_methods, map_candidates
+from dcsm.bench.methods import METHODS, MethodSpec, contrast_sets, get_methods
 from dcsm.bench.photos import (
     Photo,
     View,
@@ -242,9 +242,9 @@ def test_dcsm_methods_on_the_colour_model(colour, colour_grid):
     assert min(scores_of(by_key["dcsm-paper"], colour, colour_grid)) > 0.9
     assert scores_of(by_key["guided"], colour, colour_grid) == pytest.approx([1.0] * 4)
     assert scores_of(by_key["simonyan"], colour, colour_grid) == pytest.approx([0.5] * 4)
-    assert sorted(map_candidates(colour, colour_grid.image, 4)) == [0, 1, 2, 3]
-    auto = by_key["dcsm-tuned"].build(colour, "auto-map")(colour_grid.image, colour_grid.classes)
-    assert sorted(auto) == [0, 1, 2, 3]
+    # The tuned preset's score-map candidates find all four cells' classes by themselves.
+    assert scores_of(by_key["dcsm-tuned"], colour, colour_grid, "auto") == pytest.approx(
+        [1.0] * 4, abs=1e-6)
 
 
 def test_contrast_sets_per_candidate_mode(monkeypatch, colour):
@@ -259,25 +259,27 @@ def test_contrast_sets_per_candidate_mode(monkeypatch, colour):
         1: [9, 2, 8], 2: [9, 1, 8], 3: None, 4: None}
 
 
-def test_dcsm_target_mode_shares_one_explanation_per_candidate_set(monkeypatch, colour,
-                                                                   colour_grid):
-    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [2, 0, 1, 3])
+def test_dcsm_target_mode_names_one_class_and_tops_up(monkeypatch, colour, colour_grid):
     calls = []
     explain = dcsm.DistinctSaliency.explain
 
     def counted(self, image, classes=None, *args, **kwargs):
-        calls.append(classes)
-        return explain(self, image, classes, *args, **kwargs)
+        result = explain(self, image, classes, *args, **kwargs)
+        calls.append((classes, self.min_contrast, [c.index for c in result.contrast]))
+        return result
 
     monkeypatch.setattr(dcsm.DistinctSaliency, "explain", counted)
     spec = {m.key: m for m in METHODS}["dcsm-tuned"]
     maps = spec.build(colour, "target")(colour_grid.image, colour_grid.classes)
-    assert len(calls) == 1 and sorted(calls[0]) == [0, 1, 2, 3]
+    # one call per cell, naming its class alone; the score map's ranking adds the other three
+    assert [(c, m) for c, m, _ in calls] == [([k], 4) for k in range(4)]
+    assert all(sorted(contrast) == [0, 1, 2, 3] and contrast[0] == k
+               for k, (_, _, contrast) in enumerate(calls))
     assert score_maps(maps, colour_grid.classes, 2, (32, 32)) == pytest.approx([1.0] * 4)
-    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [2, 0, 1])
-    calls.clear()  # k = 2: each class against the most probable other one, 2 (two sets)
-    maps = spec.build(colour, "target")(colour_grid.image, [0, 3])
-    assert sorted(maps) == [0, 3] and [sorted(c) for c in calls] == [[0, 2], [2, 3]]
+    calls.clear()
+    released = {m.key: m for m in METHODS}["dcsm-released"]
+    released.build(colour, "target")(colour_grid.image, [0, 3])
+    assert [m for _, m, _ in calls] == [4, 4]  # the released preset's own top-up to 4 stays
 
 
 @pytest.mark.parametrize("key,expected", [

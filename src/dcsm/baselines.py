@@ -144,12 +144,15 @@ def make_explainer(
     alpha: float | None = None,
     subtract: bool = True,
     upsample: str | None = None,
+    min_contrast: int | None = None,
 ) -> Explainer:
     """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``)."""
     if method == "dcsm":
         return DistinctSaliency(adapter, preset=preset, scales=scales, layers=layers,
                                 backprop=backprop, alpha=alpha, subtract=subtract,
-                                upsample=upsample)  # type: ignore[arg-type]
+                                upsample=upsample, min_contrast=min_contrast)  # type: ignore[arg-type]
+    if min_contrast is not None:
+        raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
     if method == "simonyan":
         return InputGradient(adapter, "plain")
     if method == "guided":

@@ -107,6 +107,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="at most this many auto candidates (softmax default 2)")
     p.add_argument("--threshold", type=_finite, default=None,
                    help="score threshold for auto candidates (sigmoid default 0.5)")
+    p.add_argument("--min-contrast", type=_positive_int, default=None,
+                   help="contrast the classes with at least this many in all, topped up by the "
+                        "candidate rule's ranking (preset default: 1, released 4)")
     p.add_argument("--method", choices=METHODS, default="dcsm")
     p.add_argument("--preset", choices=list(PRESETS), default="paper")
     p.add_argument("--scales", type=_floats, default=None,
@@ -245,7 +248,8 @@ def explainer_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns an 
     adapter = load_model(args.model, weights=args.weights, device=args.device)
     return make_explainer(adapter, args.method, preset=args.preset, scales=args.scales,
                           layers=args.layers, backprop=args.backprop, alpha=args.alpha,
-                          subtract=not args.no_subtract, upsample=args.upsample)
+                          subtract=not args.no_subtract, upsample=args.upsample,
+                          min_contrast=args.min_contrast)
 
 
 # File stems that dcsm writes itself, so a class cannot take them.

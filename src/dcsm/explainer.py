@@ -66,6 +66,10 @@ class DistinctSaliency:
             graph) or ``"vmap"`` (``torch.autograd.grad(..., is_grads_batched=True)``). PyTorch
             has no batching rule for convolution backward, so ``vmap`` runs a per-class loop
             internally and measured 5-10% slower on CPU (``benchmarks/bench_batched.py``).
+        min_contrast: contrast the candidates with at least this many classes in all (the
+            preset's: 1 for ``paper`` and ``tuned``, 4 for ``released``), topped up by the
+            candidate rule's ranking (see :mod:`dcsm.candidates`); with one named class, the
+            map of that class kept apart from what else the model sees in the image.
     """
 
     method = "dcsm"
@@ -81,6 +85,7 @@ class DistinctSaliency:
         subtract: bool = True,
         upsample: UpsampleOrder | None = None,
         batch: BatchMode = "loop",
+        min_contrast: int | None = None,
     ) -> None:
         self.adapter = adapter
         self.preset = get_preset(preset)
@@ -100,6 +105,10 @@ class DistinctSaliency:
         if batch not in ("vmap", "loop"):
             raise DcsmError(f"unknown batch mode '{batch}'")
         self.batch: BatchMode = batch
+        self.min_contrast = self.preset.min_contrast if min_contrast is None else min_contrast
+        if isinstance(self.min_contrast, bool) or not isinstance(self.min_contrast, int) \
+                or self.min_contrast < 1:
+            raise DcsmError(f"min_contrast must be a positive integer, got {min_contrast}")
 
     def parameters(self) -> dict[str, object]:
         """The settings, as written to ``summary.json``."""
@@ -114,7 +123,7 @@ class DistinctSaliency:
             "fusion": self.preset.fusion,
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
-            "min_contrast": self.preset.min_contrast,
+            "min_contrast": self.min_contrast,
         }
 
     def explain(
@@ -153,8 +162,13 @@ class DistinctSaliency:
             order = [ref, *(s for s in range(len(self.scales)) if s != ref)]
             passes = {ref: run(ref)}
             probs = probabilities(passes[ref])
+        location_probs = None
+        if self.preset.candidate_rule == "score_map":
+            scores = passes[ref].score_map.detach()[0]  # (C, h, w)
+            location_probs = self.adapter.probabilities(scores.movedim(0, -1)).movedim(-1, 0)
         selection = select(self.adapter, probs, ref if all_scales else 0, classes, top_k,
-                           threshold, self.preset.candidate_rule, self.preset.min_contrast)
+                           threshold, self.preset.candidate_rule, self.min_contrast,
+                           location_probs)
         targets = [c.index for c in selection.contrast]
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,

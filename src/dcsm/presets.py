@@ -15,9 +15,10 @@ given.)
 ``tuned`` is dcsm's own choice, measured on the grid pointing game (``dcsm bench gridpg``,
 ``docs/RESULTS.md``): each class's map minus only the strongest other candidate's at each
 location (:func:`dcsm.contrast.subtract_strongest`), ``tanh(M / max M)`` (alpha 1), the image at
-scale 1 only, and per-model layers (``layers``): EfficientNet-Lite0's stride-16 blocks
-``block5``..``block10`` and SqueezeNet 1.1's ``fire3``..``fire5`` (strides 4 and 8); any other
-model keeps its default layers.
+scale 1 only, per-model layers (``layers``): EfficientNet-Lite0's stride-16 blocks
+``block5``..``block10`` and SqueezeNet 1.1's ``fire3``..``fire5`` (strides 4 and 8), any other
+model its default layers; and candidates ranked by the locations of the class score map they win
+(the ``score_map`` rule of :mod:`dcsm.candidates`) rather than by the pooled scores.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ PRESETS: dict[str, Preset] = {
                     "layers, classes and scales 0.8-1.2",
     ),
     "tuned": Preset(
-        name="tuned", scales=(1.0,), fusion="paper", candidate_rule="reference_scale",
+        name="tuned", scales=(1.0,), fusion="paper", candidate_rule="score_map",
         min_contrast=1, contrast="strongest", alpha=1.0,
         layers=(("efficientnet_lite0", tuple(f"block{i}" for i in range(5, 11))),
                 ("squeezenet1_1", ("fire3", "fire4", "fire5"))),
         description="tuned on the grid pointing game (docs/RESULTS.md): only the strongest other "
                     "class subtracted, tanh(M/max M), scale 1; EfficientNet-Lite0 blocks 5-10 "
-                    "(stride 16), SqueezeNet fire3-5 (strides 4-8), other models their defaults",
+                    "(stride 16), SqueezeNet fire3-5 (strides 4-8), other models their defaults; "
+                    "candidates ranked by the score map's locations they win",
     ),
 }
 

@@ -1,7 +1,7 @@
 """``dcsm bench gridpg``: the grid pointing game from the command line.
 
 ``dcsm bench gridpg --out DIR [--model NAME] [--grid 2|3] [--grids N] [--images IMAGE...]
-[--tau T] [--methods a,b] [--candidates oracle,target,auto,auto-map] [--cell PX] [--seed S]
+[--tau T] [--methods a,b] [--candidates oracle,target,auto] [--cell PX] [--seed S]
 [--no-crops]``
 writes ``DIR/gridpg.json``, ``DIR/gridpg.md`` and ``DIR/gridpg.png`` (each atomically) and
 prints the table. Bad options print one line on stderr and exit with status 2.
@@ -53,10 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gp.add_argument("--candidates", type=_names, default=None,
                     help="for the contrastive methods (dcsm, FinerCAM), comma-separated: "
                          "'oracle' (every cell's class given), 'target' (the cell's class given, "
-                         "the others the image's most probable), 'auto' (nothing given: the "
-                         "method's own top classes), 'auto-map' (nothing given: the classes that "
-                         "win the most locations of the score map); default oracle,target,auto on "
-                         "2x2 grids, oracle,auto on 3x3")
+                         "the method picks the others), 'auto' (nothing given: the method's own "
+                         "candidates); default oracle,target,auto on 2x2 grids, oracle,auto on "
+                         "3x3")
     gp.add_argument("--cell", type=_positive_int, default=224,
                     help="cell side in pixels (default %(default)s)")
     gp.add_argument("--seed", type=_nonnegative_int, default=0,

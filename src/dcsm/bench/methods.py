@@ -42,22 +42,21 @@ from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError
 
 MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
-Candidates = Literal["oracle", "target", "auto", "auto-map"]
+Candidates = Literal["oracle", "target", "auto"]
 #: What contrastive methods (dcsm, FinerCAM) are told about the classes to tell apart, with k the
 #: number of cells:
 #:
 #: * ``oracle``: the cell's class and every other cell's class;
-#: * ``target``: the cell's class; the other k - 1 are the image's most probable other classes
-#:   (pooled scores at scale 1), as a user who asks about one class would get;
-#: * ``auto``: nothing; the method explains k classes it picks itself (dcsm: its own candidate
-#:   rule with ``top_k = k``; FinerCAM: the k most probable), and a cell whose class is not
-#:   among them gets no map (score 0);
-#: * ``auto-map``: as ``auto``, with the k classes that win the most locations of the class score
-#:   map (:func:`map_candidates`), a rule dcsm does not offer yet.
-CANDIDATE_MODES: tuple[str, ...] = ("oracle", "target", "auto", "auto-map")
-#: The modes ``dcsm bench gridpg`` runs by default. (``target`` takes one explanation per cell
-#: whose class is not among the image's top classes: on 3x3 grids, with the paper's four
-#: scales, most of a run's time; ask for it with ``--candidates``.)
+#: * ``target``: the cell's class only, as a user who asks about one class; the method picks the
+#:   k - 1 classes it contrasts it with (dcsm: the explainer's ``min_contrast = k``, topped up by
+#:   the preset's candidate rule; FinerCAM: the image's most probable other classes);
+#: * ``auto``: nothing; the method explains k classes it picks itself (dcsm: its preset's
+#:   candidate rule with ``top_k = k``; FinerCAM: the k most probable), and a cell whose class is
+#:   not among them gets no map (score 0).
+CANDIDATE_MODES: tuple[str, ...] = ("oracle", "target", "auto")
+#: The modes ``dcsm bench gridpg`` runs by default. (``target`` takes one explanation per cell:
+#: on 3x3 grids, with the paper's four scales, most of a run's time; ask for it with
+#: ``--candidates``.)
 DEFAULT_MODES: tuple[str, ...] = ("oracle", "target", "auto")
 DEFAULT_MODES_3X3: tuple[str, ...] = ("oracle", "auto")
 
@@ -110,20 +109,6 @@ def _result_maps(result: object, classes: Sequence[int]) -> dict[int, np.ndarray
 
 
 @torch.no_grad()
-def map_candidates(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
-    """The ``k`` classes that are the most probable at the most locations of the class score
-    map (softmax over classes at each location), ties broken by the class's highest probability
-    anywhere; for a grid of photos, the classes of the cells rather than of the whole."""
-    from dcsm.images import model_input
-
-    scores = adapter.model(model_input(adapter, image, 1.0))[0]  # (C, h, w)
-    probs = torch.sigmoid(scores) if adapter.multilabel else torch.softmax(scores, dim=0)
-    wins = torch.bincount(probs.argmax(dim=0).flatten(), minlength=probs.shape[0]).float()
-    rank = wins + probs.amax(dim=(1, 2))  # probabilities < 1 only break ties between counts
-    return rank.topk(min(k, rank.numel())).indices.tolist()
-
-
-@torch.no_grad()
 def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
     """The ``k`` most probable classes of the image as a whole (pooled scores at scale 1)."""
     from dcsm.images import model_input
@@ -134,15 +119,13 @@ def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int
 
 def contrast_sets(adapter: ModelAdapter, image: np.ndarray, classes: Sequence[int],
                   mode: Candidates) -> dict[int, list[int] | None]:
-    """For each class of ``classes``, the classes it is contrasted with under ``mode`` (itself
-    excluded), or None where the mode gives it no map (see :data:`CANDIDATE_MODES`)."""
+    """For a peer's contrastive method, the classes each class of ``classes`` is contrasted with
+    under ``mode`` (itself excluded), from the image's pooled ranking, or None where the mode
+    gives it no map (see :data:`CANDIDATE_MODES`)."""
     k = len(classes)
     if mode == "oracle":
         return {c: [o for o in classes if o != c] for c in classes}
-    if mode == "auto-map":
-        ranked = map_candidates(adapter, image, k + 1)
-    else:
-        ranked = pooled_ranking(adapter, image, k + 1)
+    ranked = pooled_ranking(adapter, image, k + 1)
     if mode == "target":
         return {c: [o for o in ranked if o != c][:k - 1] for c in classes}
     top = ranked[:k]
@@ -150,30 +133,28 @@ def contrast_sets(adapter: ModelAdapter, image: np.ndarray, classes: Sequence[in
 
 
 def dcsm_method(preset: str, subtract: bool = True) -> Callable[[ModelAdapter, Candidates], MapFunction]:  # noqa: E501
-    """dcsm with ``preset``, one explanation per distinct candidate set (see
-    :data:`CANDIDATE_MODES`; ``auto`` uses dcsm's own candidate rule)."""
+    """dcsm with ``preset``; the classes it contrasts depend on the mode (see
+    :data:`CANDIDATE_MODES`): given (``oracle``), the named class topped up by the preset's own
+    candidate rule (``target``), or chosen by that rule (``auto``)."""
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         from dcsm.explainer import DistinctSaliency
 
         explainer = DistinctSaliency(adapter, preset=preset, subtract=subtract)
+        by_size: dict[int, DistinctSaliency] = {}
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
+            k = len(classes)
+            if mode == "oracle":
+                return _result_maps(explainer.explain(image, classes=list(classes)), classes)
             if mode == "auto":
-                result = explainer.explain(image, classes="auto", top_k=len(classes))
-                return _result_maps(result, classes)
-            sets = contrast_sets(adapter, image, classes, mode)
-            maps: dict[int, np.ndarray] = {}
-            for c, others in sets.items():
-                if others is None or c in maps:
-                    continue
-                result = explainer.explain(image, classes=[c, *others])
-                # Every class of this set with the same set of classes gets its map from it.
-                for cand in result.candidates:
-                    other = sets.get(cand.index)
-                    if other is not None and {cand.index, *other} == {c, *others}:
-                        maps[cand.index] = result.maps[cand.name]
-            return maps
+                return _result_maps(explainer.explain(image, classes="auto", top_k=k), classes)
+            if k not in by_size:
+                by_size[k] = DistinctSaliency(
+                    adapter, preset=preset, subtract=subtract,
+                    min_contrast=max(k, explainer.preset.min_contrast))
+            return {c: _result_maps(by_size[k].explain(image, classes=[c]), [c])[c]
+                    for c in classes}
 
         return run
 
