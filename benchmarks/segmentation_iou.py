@@ -46,6 +46,7 @@ def main() -> None:
         adapter = dcsm.load_model(model)
         distinct = dcsm.explain(adapter, image, classes=CLASSES)
         simonyan = dcsm.explain(adapter, image, method="simonyan", classes=CLASSES)
+        tuned = dcsm.explain(adapter, image, classes=CLASSES, preset="tuned")
         runs = {
             "CRF on dcsm maps": dcsm.segment(distinct),
             "dcsm maps, unaries only (0 CRF steps)": dcsm.segment(distinct, iterations=0),
@@ -53,6 +54,9 @@ def main() -> None:
             "GrabCut on Simonyan maps (baseline)": dcsm.segment(simonyan, method="grabcut"),
             "CRF on Simonyan maps": dcsm.segment(simonyan),
             "GrabCut on dcsm maps": dcsm.segment(distinct, method="grabcut"),
+            "CRF on dcsm tuned-preset maps": dcsm.segment(tuned),
+            "CRF on dcsm tuned-preset maps, bg_power 3": dcsm.segment(tuned, bg_power=3),
+            "GrabCut on dcsm tuned-preset maps": dcsm.segment(tuned, method="grabcut"),
         }
         for label, seg in runs.items():
             cat_iou, cup_iou, cat_in, cup_in = scores(seg.masks)

@@ -32,6 +32,7 @@ def main() -> None:
         runs = {
             "dcsm (paper)": {"method": "dcsm"},
             "dcsm (released)": {"method": "dcsm", "preset": "released"},
+            "dcsm (tuned)": {"method": "dcsm", "preset": "tuned"},
             "dcsm, no subtraction": {"method": "dcsm", "subtract": False},
             "Simonyan et al.": {"method": "simonyan"},
             "guided backprop": {"method": "guided"},
