@@ -20,7 +20,7 @@ from __future__ import annotations
 from dcsm.adapters import DEFAULT_MODEL, ModelAdapter, Preprocessing, list_models, load_model
 from dcsm.baselines import METHODS, GradCAM, InputGradient, explain, make_explainer
 from dcsm.candidates import Candidate
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.explainer import DistinctSaliency
 from dcsm.io import load_image
 from dcsm.presets import PRESETS, Preset
@@ -47,6 +47,7 @@ __all__ = [
     "CRFParams",
     "Candidate",
     "DcsmError",
+    "DcsmWarning",
     "DistinctSaliency",
     "GrabCutParams",
     "GradCAM",

@@ -17,7 +17,7 @@ the most probable class, ties broken by their highest probability anywhere on th
 class passes the threshold if its probability does somewhere. On an image of several objects a
 softmax classifier's pooled scores favour one object's look-alike classes (tabby, tiger cat,
 Egyptian cat), while each object wins the locations that see it: on 2x2 grids of photos of four
-classes, the four most probable pooled classes held 37% (EfficientNet-Lite0) and 18%
+classes, the four most probable pooled classes held 36% (EfficientNet-Lite0) and 18%
 (SqueezeNet 1.1) of the cells' classes, the four that won the most locations 71% and 34%
 (``docs/RESULTS.md``).
 

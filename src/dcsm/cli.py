@@ -23,11 +23,12 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, DcsmWarning
 
 EXIT_USAGE = 2
 
@@ -407,6 +408,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 _COMMANDS["bench"] = _cmd_bench
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """dcsm's own warnings as one line on stderr; others as Python prints them."""
+    if issubclass(category, DcsmWarning):
+        print(f"dcsm: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     try:
@@ -414,9 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        if args.command == "models":
-            return _cmd_models()
-        return _COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("always", DcsmWarning)
+            if args.command == "models":
+                return _cmd_models()
+            return _COMMANDS[args.command](args)
     except DcsmError as exc:
         print(f"dcsm: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

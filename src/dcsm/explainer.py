@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 
 from dcsm.adapters.base import ModelAdapter
 from dcsm.candidates import select
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.fusion import PaperFusion, ReleasedFusion
 from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
 from dcsm.images import ImageLike, as_rgb_array, model_input, reference_scale
@@ -186,6 +187,15 @@ class DistinctSaliency:
         n = len(selection.selected)
         fused = fusion.result()[:n].clamp(0, 1).float().cpu().numpy()
         names = [c.name for c in selection.selected]
+        if self.subtract and len(selection.contrast) > 1:
+            for k, name in enumerate(names):
+                if not fused[k].max() > 0:
+                    others = ", ".join(c.name for c in selection.contrast if c.name != name)
+                    warnings.warn(
+                        f"the distinct map of '{name}' is zero everywhere: a class it is "
+                        f"contrasted with ({others}) responds more strongly at every location, "
+                        "as look-alike classes of one object do; contrast it with fewer or "
+                        "other classes", DcsmWarning, stacklevel=2)
         result = SaliencyResult(
             image=img,
             maps={name: fused[k].astype(np.float32) for k, name in enumerate(names)},
