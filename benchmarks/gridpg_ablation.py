@@ -88,7 +88,7 @@ def target_table(grids_count: int) -> int:
     """The tuned preset with one class named, per ranking and contrast-set size."""
     photos = package_photos()
     print("| contrast set of the named class (tuned preset, 2x2 grids, seed 0) | "
-          + " | ".join(MODELS) + " | ")
+          + " | ".join(MODELS) + " |")
     print("|---|" + "---|" * len(MODELS))
     rows: dict[str, list[str]] = {}
     for model in MODELS:
