@@ -55,7 +55,8 @@ class DistinctSaliency:
 
     Args:
         adapter: the model (see :func:`dcsm.load_model`).
-        preset: ``"paper"`` (default) or ``"released"``; the other arguments override it.
+        preset: ``"paper"`` (default), ``"released"`` or ``"tuned"``; the other arguments
+            override it.
         scales: scale ratios (paper: 1, 1.2, 1.4, 1.6).
         layers: layer names (default: the preset's for this model if it names any, else the
             adapter's, VGG-16's conv3_1..conv5_3).
