@@ -173,7 +173,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     """Remove a file, link or directory tree, ignoring errors."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -217,7 +217,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
     trash: Path | None = None
     try:
@@ -230,12 +230,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 os.rename(trash, final)
                 trash = None
-        _remove(tmp)
+        remove_path(tmp)
         if trash is not None:
-            _remove(trash)
+            remove_path(trash)
         raise DcsmError(f"cannot replace output directory '{final}': {_reason(exc)}") from exc
     if trash is not None:
-        _remove(trash)
+        remove_path(trash)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -259,10 +259,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        _remove(tmp)
+        remove_path(tmp)
         raise DcsmError(f"cannot write '{path}': {_reason(exc)}") from exc
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 

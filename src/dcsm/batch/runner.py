@@ -18,11 +18,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
 from dcsm.candidates import parse_classes
 from dcsm.errors import DcsmError
+from dcsm.io import atomic_dir, remove_path, save_json
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
 
@@ -131,14 +130,6 @@ def check_classes(explainer: Explainer, options: BatchOptions) -> None:
         explainer.adapter.class_index(c)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 def remove_leftovers(out: Path, names: set[str]) -> int:
     """Delete temporary directories a killed run left for ``names`` (this rank's images)."""
     removed = 0
@@ -149,7 +140,7 @@ def remove_leftovers(out: Path, names: set[str]) -> int:
     for entry in entries:
         m = _LEFTOVER.match(entry.name)
         if m and m.group("name") in names:
-            _remove(entry)
+            remove_path(entry)
             removed += 1
     return removed
 
@@ -158,7 +149,6 @@ def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
                   options: BatchOptions) -> list[dict[str, Any]]:
     """Explain (and segment) one image and write ``out/<name>/`` atomically; the candidates."""
     from dcsm.cli import write_explanation
-    from dcsm.io import atomic_dir, save_json
 
     result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
                                threshold=options.threshold, per_layer=options.per_layer)
