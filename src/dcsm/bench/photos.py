@@ -28,6 +28,7 @@ from PIL import Image
 
 from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError
+from dcsm.images import as_rgb_array
 
 #: Crop sizes, as fractions of the photo's short side.
 ZOOMS: tuple[float, ...] = (1.0, 0.75, 0.5)
@@ -73,17 +74,11 @@ class View:
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 from a grey, RGB or RGBA array (uint8 or bool)."""
+    """(H, W, 3) uint8 from a grey, RGB or RGBA array (uint8, or bool as 0/255)."""
     a = np.asarray(image)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
-    if a.dtype != np.uint8:
-        raise DcsmError(f"photos must be uint8 arrays, got {a.dtype}")
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise DcsmError(f"photos must be (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
-    return np.ascontiguousarray(a[:, :, :3])
+    return as_rgb_array(a)
 
 
 def package_photos() -> list[Photo]:
