@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model, status_kib
 
 import dcsm
 from dcsm.adapters.base import ModelAdapter
@@ -223,16 +224,6 @@ def timed(fn: Callable[[Case], np.ndarray], case: Case) -> tuple[float, np.ndarr
     return time.perf_counter() - start, out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure_memory(args: argparse.Namespace, variant: str) -> dict[str, float] | None:
     """Run one variant once in a fresh interpreter; its RSS before and at peak (MiB)."""
     cmd = [sys.executable, __file__, "--model", args.model, "--classes", args.classes,
@@ -244,16 +235,6 @@ def measure_memory(args: argparse.Namespace, variant: str) -> dict[str, float] |
         print(f"  memory run of {variant!r} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -269,11 +250,11 @@ def memory_child(args: argparse.Namespace) -> None:
         reset = True
     except OSError:
         reset = False
-    before = _status_kib("VmRSS") if reset else None
+    before = status_kib("VmRSS") if reset else None
     if before is None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     VARIANTS[args.memory_child](case)
-    peak = _status_kib("VmHWM") if reset else None
+    peak = status_kib("VmHWM") if reset else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"before": before / 1024, "peak": peak / 1024}))

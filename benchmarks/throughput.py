@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model, status_kib
 from PIL import Image
 from torch import nn
 
@@ -294,16 +294,6 @@ def matmul_rate(device: str, n: int = 2048, repeats: int = 10) -> float:
 
 
 # --------------------------------------------------------------------------- child runs
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def precision_context(precision: str, device: str):  # noqa: ANN201
     """Set TF32 flags and return the autocast context for ``precision``."""
     tf32 = precision == "tf32"
@@ -333,7 +323,7 @@ def child(args: argparse.Namespace) -> None:
 
     try:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-        before = _status_kib("VmRSS")
+        before = status_kib("VmRSS")
     except OSError:
         before = None
     if cuda:
@@ -345,7 +335,7 @@ def child(args: argparse.Namespace) -> None:
         t, _ = call()
         times.append(t)
         spent += t
-    peak = _status_kib("VmHWM") if before is not None else None
+    peak = status_kib("VmHWM") if before is not None else None
     np.save(args.maps_out, maps)
     print(json.dumps({
         "warmup": warm, "times": times,
@@ -403,16 +393,6 @@ def runner_throughput(args: argparse.Namespace, images: int = 8) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
