@@ -132,6 +132,9 @@ def select(
     thr = default_threshold(adapter) if threshold is None else threshold
     k = default_top_k(adapter) if top_k is None else top_k
     ref = probs[reference]
+    # The score map's ranking, for choosing and for topping up (``score_map`` rule only).
+    map_order = map_ranking(location_probs) if location_probs is not None and \
+        rule == "score_map" else None
 
     def cand(i: int) -> Candidate:
         return Candidate(i, adapter.class_names[i], float(ref[i]))
@@ -144,10 +147,10 @@ def select(
         chosen = idx
         active = torch.ones(probs.shape[0], len(idx), dtype=torch.bool)
     else:
-        if rule == "score_map":
+        if map_order is not None:
             assert location_probs is not None
             level = location_probs.detach().float().cpu().flatten(1).amax(dim=1)
-            order = map_ranking(location_probs)
+            order = map_order
         else:
             level = probs.amax(dim=0) if rule == "any_scale" else ref
             order = torch.argsort(level, descending=True).tolist()
@@ -162,11 +165,8 @@ def select(
             active = torch.ones(probs.shape[0], len(chosen), dtype=torch.bool)
     contrast = list(chosen)
     if len(contrast) < min_contrast:
-        if rule == "score_map":
-            assert location_probs is not None
-            ranking = map_ranking(location_probs)
-        else:
-            ranking = torch.argsort(probs.sum(dim=0), descending=True).tolist()
+        ranking = map_order if map_order is not None else \
+            torch.argsort(probs.sum(dim=0), descending=True).tolist()
         for i in ranking:
             if len(contrast) >= min(min_contrast, adapter.num_classes):
                 break
