@@ -386,17 +386,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return run_batch(args)
 
 
-_COMMANDS = {"explain": _cmd_explain, "segment": _cmd_segment, "figure": _cmd_figure,
-             "batch": _cmd_batch}
-
-
 def _cmd_training(args: argparse.Namespace) -> int:
     from dcsm.training.cli import run
 
     return run(args)
-
-
-_COMMANDS.update(dict.fromkeys(("data", "train", "evaluate"), _cmd_training))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -405,7 +398,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
-_COMMANDS["bench"] = _cmd_bench
+_COMMANDS = {"explain": _cmd_explain, "segment": _cmd_segment, "figure": _cmd_figure,
+             "batch": _cmd_batch, "data": _cmd_training, "train": _cmd_training,
+             "evaluate": _cmd_training, "bench": _cmd_bench}
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
