@@ -145,7 +145,8 @@ def test_gradcam_against_direct_float64(tiny, layer):
     targets = [4, 1]
     kwargs = {} if layer == "r2" else {"layers": [layer]}
     result = dcsm.explain(adapter, image, method="gradcam", classes=targets, **kwargs)
-    assert result.parameters == {"scales": [1.0], "layers": [layer], "backprop": "plain"}
+    assert result.parameters == {"scales": [1.0], "layers": [layer], "backprop": "plain",
+                                 "max_side": 512, "precision": "float32"}
     x = tiny.reference_input(image, 1.0)
     acts, score = tiny.reference_forward(net, x, "plain")
     for c in targets:

@@ -107,7 +107,7 @@ def test_models_lists_offline_models(capsys):
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()]
     assert names == ["efficientnet_lite0", "squeezenet1_1", "torchvision:<arch>",
-                     "checkpoint:<path>"]
+                     "timm:<name>", "checkpoint:<path>"]
 
 
 def corrupt_file(tmp_path: Path) -> str:

@@ -184,6 +184,7 @@ def test_explain_matches_float64_reference(tiny, preset, rule, subtract, order):
         "preset": preset, "scales": list(p.scales), "layers": LAYERS, "backprop": rule,
         "alpha": 3.0, "subtract": subtract, "upsample": order, "fusion": p.fusion,
         "contrast": p.contrast, "candidate_rule": p.candidate_rule, "min_contrast": p.min_contrast,
+        "max_side": 512, "precision": "float32",
     }
     assert result.method == "dcsm" and result.model == "tiny"
     assert np.array_equal(result.image, image)

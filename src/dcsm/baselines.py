@@ -7,27 +7,24 @@ r"""Baselines in the same API: Simonyan et al. 2014, guided back-propagation, Gr
   :math:`\mathrm{ReLU}(\sum_k \bar g_k A_k)` with :math:`\bar g_k` the spatial mean of
   :math:`\partial S_c / \partial A_k`, bilinearly upsampled and divided by its maximum.
 
-All run once at scale 1 and use the same candidate selection as the method.
+All run once at scale 1, at the same working resolution, on single images or tensor batches,
+and use the same candidate selection as the method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
+from torch import nn
 
-from dcsm.adapters.base import ModelAdapter
-from dcsm.candidates import Selection, select
+from dcsm.adapters.base import LayerRef, ModelAdapter
+from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError
-from dcsm.explainer import DistinctSaliency
+from dcsm.explainer import Prepared, _Explainer
 from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
-from dcsm.images import ImageLike, as_rgb_array, model_input
+from dcsm.images import DEFAULT_MAX_SIDE, scaled_input
 from dcsm.layer_maps import upsample
-from dcsm.result import SaliencyResult
+from dcsm.layouts import resolve_layout, to_grid
 from dcsm.rules import BackpropRule, get_rule
-
-METHODS: tuple[str, ...] = ("dcsm", "simonyan", "guided", "gradcam")
 
 
 def _normalize_max(maps: torch.Tensor) -> torch.Tensor:
@@ -35,73 +32,69 @@ def _normalize_max(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(peak > 0, maps / peak.clamp(min=1e-30), torch.zeros_like(maps))
 
 
-class _SingleScale:
+class _SingleScale(_Explainer):
     """Shared flow of the single-scale baselines: forward, select, backward, reduce."""
 
     method = "baseline"
 
-    def __init__(self, adapter: ModelAdapter, batch: BatchMode = "loop") -> None:
-        self.adapter = adapter
+    def __init__(self, model: ModelAdapter | nn.Module | str, batch: BatchMode = "loop",
+                 max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
+                 **model_options: object) -> None:
+        super().__init__(model, max_side, precision, model_options)
         self.batch: BatchMode = batch
 
     def _forward(self, x: torch.Tensor) -> ForwardPass:
         raise NotImplementedError
 
-    def _maps(self, fp: ForwardPass, targets: list[int], size: tuple[int, int]) -> torch.Tensor:
+    def _maps(self, fp: ForwardPass, targets: torch.Tensor, size: tuple[int, int]
+              ) -> torch.Tensor:
+        """``(N, K, H, W)`` maps of the targets' class slots."""
         raise NotImplementedError
 
     def parameters(self) -> dict[str, object]:
         """Settings written to summary.json."""
-        return {"scales": [1.0]}
+        return {"scales": [1.0], **super().parameters()}
 
-    def explain(
-        self,
-        image: ImageLike,
-        classes: str | Sequence[str | int] | None = None,
-        top_k: int | None = None,
-        threshold: float | None = None,
-        per_layer: bool = False,
-    ) -> SaliencyResult:
-        """Maps of the candidate classes (``per_layer`` is ignored: one layer or the input)."""
-        img = as_rgb_array(image)
-        fp = self._forward(model_input(self.adapter, img, 1.0))
-        probs = self.adapter.probabilities(self.adapter.pool(fp.score_map.detach()))
-        selection: Selection = select(self.adapter, probs, 0, classes, top_k, threshold)
-        targets = [c.index for c in selection.selected]
-        maps = self._maps(fp, targets, (img.shape[0], img.shape[1]))
-        maps = _normalize_max(maps).clamp(0, 1).float().cpu().numpy()
-        return SaliencyResult(
-            image=img,
-            maps={c.name: maps[k].astype(np.float32) for k, c in enumerate(selection.selected)},
-            candidates=selection.selected,
-            method=self.method,
-            model=self.adapter.name,
-            parameters=self.parameters(),
-            contrast=selection.selected,
-        )
+    def _run(self, prepared: Prepared, classes: ClassSpec, top_k: int | None,
+             threshold: float | None, per_layer: bool
+             ) -> tuple[torch.Tensor, list[Selection], dict[str, torch.Tensor] | None]:
+        x = prepared.x
+        fp = self._forward(scaled_input(self.adapter, x, 1.0))
+        probs = self.adapter.probabilities(self.adapter.pool(fp.score_map.detach().float()))
+        wanted = per_image_classes(classes, x.shape[0])
+        selections = [select(self.adapter, probs[i:i + 1], 0, wanted[i], top_k, threshold)
+                      for i in range(x.shape[0])]
+        uniform(selections)
+        targets = torch.tensor([[c.index for c in s.selected] for s in selections])
+        maps = self._maps(fp, targets, (int(x.shape[-2]), int(x.shape[-1])))
+        return _normalize_max(maps.float()).clamp(0, 1), selections, None
 
 
 class InputGradient(_SingleScale):
     """Input-gradient saliency: ``plain`` is Simonyan et al. 2014, ``guided`` guided backprop."""
 
-    def __init__(self, adapter: ModelAdapter, backprop: str | BackpropRule = "plain",
-                 batch: BatchMode = "loop") -> None:
-        super().__init__(adapter, batch)
+    def __init__(self, model: ModelAdapter | nn.Module | str,
+                 backprop: str | BackpropRule = "plain", batch: BatchMode = "loop",
+                 max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
+                 **model_options: object) -> None:
+        super().__init__(model, batch, max_side, precision, **model_options)
         self.rule = get_rule(backprop)
         self.method = "simonyan" if self.rule.name == "plain" else "guided"
 
     def parameters(self) -> dict[str, object]:
         """Settings written to summary.json."""
-        return {"scales": [1.0], "backprop": self.rule.name, "wrt": "input"}
+        return {**super().parameters(), "backprop": self.rule.name, "wrt": "input"}
 
     def _forward(self, x: torch.Tensor) -> ForwardPass:
-        return forward_pass(self.adapter, x, [], self.rule, input_grad=True)
+        return forward_pass(self.adapter, x, [], self.rule, input_grad=True,
+                            autocast=self.autocast)
 
-    def _maps(self, fp: ForwardPass, targets: list[int], size: tuple[int, int]) -> torch.Tensor:
-        (g,) = class_gradients(fp, targets, [fp.input], self.batch)
+    def _maps(self, fp: ForwardPass, targets: torch.Tensor, size: tuple[int, int]
+              ) -> torch.Tensor:
+        (g,) = class_gradients(fp, targets, [fp.input], self.batch)  # (K, N, 3, h, w)
         with torch.no_grad():
-            m = g[:, 0].abs().amax(dim=1, keepdim=True)  # max |.| over colour channels
-            return upsample(m, size)[:, 0]
+            m = g.float().abs().amax(dim=2).transpose(0, 1)  # max |.| over colour channels
+            return upsample(m, size)
 
 
 class GradCAM(_SingleScale):
@@ -109,71 +102,43 @@ class GradCAM(_SingleScale):
 
     method = "gradcam"
 
-    def __init__(self, adapter: ModelAdapter, layer: str | None = None,
-                 batch: BatchMode = "loop") -> None:
-        super().__init__(adapter, batch)
-        self.layer = layer or adapter.gradcam_layer or adapter.default_layers[-1]
+    def __init__(self, model: ModelAdapter | nn.Module | str, layer: LayerRef | None = None,
+                 batch: BatchMode = "loop", max_side: int | None = DEFAULT_MAX_SIDE,
+                 precision: str = "float32", **model_options: object) -> None:
+        super().__init__(model, batch, max_side, precision, **model_options)
+        adapter = self.adapter
+        chosen = layer or adapter.gradcam_layer or (adapter.default_layers or [None])[-1]
+        if chosen is None:
+            raise DcsmError(f"name Grad-CAM's layer for model {adapter.name}")
+        self.layer = adapter.layer_name(chosen)
         adapter.resolve_layers([self.layer])
+
+    def _layers(self) -> list[str]:
+        return [self.layer]
 
     def parameters(self) -> dict[str, object]:
         """Settings written to summary.json."""
-        return {"scales": [1.0], "layers": [self.layer], "backprop": "plain"}
+        return {**super().parameters(), "layers": [self.layer], "backprop": "plain"}
 
     def _forward(self, x: torch.Tensor) -> ForwardPass:
-        return forward_pass(self.adapter, x, [self.layer], get_rule("plain"))
+        return forward_pass(self.adapter, x, [self.layer], get_rule("plain"),
+                            autocast=self.autocast)
 
-    def _maps(self, fp: ForwardPass, targets: list[int], size: tuple[int, int]) -> torch.Tensor:
-        act = fp.activations[self.layer]
-        (g,) = class_gradients(fp, targets, [act], self.batch)
+    def _maps(self, fp: ForwardPass, targets: torch.Tensor, size: tuple[int, int]
+              ) -> torch.Tensor:
+        raw = fp.activations[self.layer]
+        in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
+        layout = resolve_layout(tuple(raw.shape), in_hw, self.adapter.layer_layout(self.layer),
+                                self.layer)
+        (g,) = class_gradients(fp, targets, [raw], self.batch)  # (K, *raw.shape)
         with torch.no_grad():
-            weights = g[:, 0].mean(dim=(2, 3), keepdim=True)  # (K, C, 1, 1)
-            cam = (weights * act.detach()).sum(dim=1, keepdim=True).clamp(min=0)
-            return upsample(cam, size)[:, 0]
+            act = to_grid(raw.detach().float(), layout, in_hw, self.layer)  # (N, C, h, w)
+            cams = []
+            for k in range(g.shape[0]):
+                grad = to_grid(g[k].float(), layout, in_hw, self.layer)
+                weights = grad.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+                cams.append((weights * act).sum(dim=1).clamp(min=0))  # (N, h, w)
+            return upsample(torch.stack(cams, dim=1), size)
 
 
-Explainer = DistinctSaliency | InputGradient | GradCAM
-
-
-def make_explainer(
-    adapter: ModelAdapter,
-    method: str = "dcsm",
-    preset: str = "paper",
-    scales: Sequence[float] | None = None,
-    layers: Sequence[str] | None = None,
-    backprop: str = "guided",
-    alpha: float | None = None,
-    subtract: bool = True,
-    upsample: str | None = None,
-    min_contrast: int | None = None,
-) -> Explainer:
-    """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``)."""
-    if method == "dcsm":
-        return DistinctSaliency(adapter, preset=preset, scales=scales, layers=layers,
-                                backprop=backprop, alpha=alpha, subtract=subtract,
-                                upsample=upsample, min_contrast=min_contrast)  # type: ignore[arg-type]
-    if min_contrast is not None:
-        raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
-    if method == "simonyan":
-        return InputGradient(adapter, "plain")
-    if method == "guided":
-        return InputGradient(adapter, "guided")
-    if method == "gradcam":
-        if layers is not None and len(layers) != 1:
-            raise DcsmError("Grad-CAM reads exactly one layer")
-        return GradCAM(adapter, layers[0] if layers else None)
-    raise DcsmError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
-
-
-def explain(
-    adapter: ModelAdapter,
-    image: ImageLike,
-    method: str = "dcsm",
-    classes: str | Sequence[str | int] | None = None,
-    top_k: int | None = None,
-    threshold: float | None = None,
-    per_layer: bool = False,
-    **settings: object,
-) -> SaliencyResult:
-    """One call: ``make_explainer(adapter, method, **settings).explain(image, ...)``."""
-    explainer = make_explainer(adapter, method, **settings)  # type: ignore[arg-type]
-    return explainer.explain(image, classes, top_k, threshold, per_layer)
+__all__ = ["GradCAM", "InputGradient"]

@@ -175,3 +175,43 @@ def select(
     pad = torch.zeros(probs.shape[0], len(contrast) - len(chosen), dtype=torch.bool)
     return Selection([cand(i) for i in chosen], [cand(i) for i in contrast],
                      torch.cat([active, pad], dim=1))
+
+
+ClassSpec = str | Sequence[str | int] | Sequence[Sequence[str | int]] | torch.Tensor | None
+"""Classes for a batch: ``"auto"``/None, one list for every image, a list per image, or an
+(N, K) index tensor."""
+
+
+def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | int] | None]:
+    """``classes`` for a batch of ``n`` images as one entry per image."""
+    if isinstance(classes, torch.Tensor):
+        if classes.ndim == 1:
+            classes = classes.unsqueeze(0).expand(n, -1)
+        if classes.ndim != 2 or classes.shape[0] != n:
+            raise DcsmError(f"a class tensor for {n} images must be ({n}, K), got "
+                            f"{tuple(classes.shape)}")
+        return [[int(i) for i in row] for row in classes.tolist()]
+    if classes is None or isinstance(classes, str):
+        return [classes] * n
+    items = list(classes)
+    if items and all(isinstance(c, Sequence) and not isinstance(c, str) for c in items):
+        if len(items) != n:
+            raise DcsmError(f"{len(items)} class lists given for {n} images")
+        lengths = {len(c) for c in items}  # type: ignore[arg-type]
+        if len(lengths) != 1:
+            raise DcsmError("every image of a batch needs the same number of classes, got "
+                            + ", ".join(str(len(c)) for c in items))  # type: ignore[arg-type]
+        return [list(c) for c in items]  # type: ignore[arg-type]
+    if any(isinstance(c, Sequence) and not isinstance(c, str) for c in items):
+        raise DcsmError("classes mix names with lists: give one list for every image or a "
+                        "list per image")
+    return [items] * n  # type: ignore[list-item]
+
+
+def uniform(selections: Sequence[Selection]) -> None:
+    """DcsmError unless every image's selection has the same numbers of classes."""
+    sizes = {(len(s.selected), len(s.contrast)) for s in selections}
+    if len(sizes) > 1:
+        counts = ", ".join(str(len(s.selected)) for s in selections)
+        raise DcsmError(f"the automatic candidates differ in number between the images of the "
+                        f"batch ({counts}); give top_k, or name the classes")

@@ -98,7 +98,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of the saliency method and of candidate selection."""
-    from dcsm.baselines import METHODS
+    from dcsm.api import METHODS
     from dcsm.layer_maps import UPSAMPLE_ORDERS
     from dcsm.presets import PRESETS
 
@@ -244,7 +244,7 @@ def _cmd_models() -> int:
 def explainer_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns an Explainer
     """Load the model and build the explainer the options describe."""
     from dcsm.adapters import load_model
-    from dcsm.baselines import make_explainer
+    from dcsm.api import make_explainer
 
     adapter = load_model(args.model, weights=args.weights, device=args.device)
     return make_explainer(adapter, args.method, preset=args.preset, scales=args.scales,
@@ -358,7 +358,7 @@ def _figure_format(path: Path) -> None:
 
 
 def _cmd_figure(args: argparse.Namespace) -> int:
-    from dcsm.baselines import make_explainer
+    from dcsm.api import make_explainer
     from dcsm.io import load_image, save_figure
     from dcsm.segmentation import figure_one, segment_crf, segment_grabcut
 

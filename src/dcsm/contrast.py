@@ -36,22 +36,26 @@ import torch
 
 
 def subtract_others(maps: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 over the first dimension: ``(K, ...)`` maps of K candidates -> ``(K, ...)``."""
-    if maps.shape[0] <= 1:
+    """Eq. 2 over the class dimension: ``(..., K, H, W)`` maps of K candidates, same shape out.
+
+    Leading dimensions (a batch of images) are independent.
+    """
+    if maps.shape[-3] <= 1:
         return maps
     out = torch.zeros_like(maps)
-    for other in range(maps.shape[0]):
-        out += (maps - maps[other]).clamp(min=0)
+    for other in range(maps.shape[-3]):
+        out += (maps - maps[..., other:other + 1, :, :]).clamp(min=0)
     return out
 
 
 def subtract_strongest(maps: torch.Tensor) -> torch.Tensor:
-    """``max(M_c - max_{c' != c} M_c', 0)`` over the first dimension; K = 1 is unchanged."""
-    if maps.shape[0] <= 1:
+    """``max(M_c - max_{c' != c} M_c', 0)`` over the class dimension of ``(..., K, H, W)``;
+    K = 1 is unchanged."""
+    if maps.shape[-3] <= 1:
         return maps
-    top2 = maps.topk(2, dim=0).values  # (2, ...): best and second best at each location
-    is_best = maps >= top2[0]
-    strongest_other = torch.where(is_best, top2[1], top2[0])
+    top2 = maps.topk(2, dim=-3).values  # best and second best at each location
+    best, second = top2[..., 0:1, :, :], top2[..., 1:2, :, :]
+    strongest_other = torch.where(maps >= best, second, best)
     return (maps - strongest_other).clamp(min=0)
 
 
@@ -59,14 +63,17 @@ CONTRASTS = {"sum": subtract_others, "strongest": subtract_strongest}
 
 
 def pairwise_saturated_contrast(maps: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The released code's contrast: ``(K, H, W)`` -> ``(K, H, W)``; K = 1 gives zeros."""
+    """The released code's contrast: ``(..., K, H, W)`` -> same shape; K = 1 gives zeros."""
     out = torch.zeros_like(maps)
-    for c in range(maps.shape[0]):
-        for other in range(maps.shape[0]):
+    k = maps.shape[-3]
+    for c in range(k):
+        for other in range(k):
             if other == c:
                 continue
-            diff = maps[c] - maps[other]
-            peak = diff.max()
-            if peak > 0:
-                out[c] += torch.tanh(alpha * diff / peak).clamp(min=0)
+            diff = maps[..., c, :, :] - maps[..., other, :, :]
+            peak = diff.amax(dim=(-2, -1), keepdim=True)
+            safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+            part = torch.where(peak > 0, torch.tanh(alpha * diff / safe).clamp(min=0),
+                               torch.zeros_like(diff))
+            out[..., c, :, :] += part
     return out

@@ -12,32 +12,66 @@ layers and scales (Eq. 3):
         \tanh\Big(\alpha \frac{\tilde M^c_{l}}{\max \tilde M^c_{l}}\Big), \quad
     \tilde M^c_l = \sum_{c' \ne c} \max(M^c_l - M^{c'}_l, 0)
 
-Example::
+The division by the maximum inside the tanh is our reading of the paper, which writes
+:math:`\tanh(\alpha M)` and mentions the maximum for display: without it the saturation would
+depend on the gradients' magnitude, which differs by orders between layers and models.
+
+Examples::
 
     import dcsm
     adapter = dcsm.load_model("efficientnet_lite0")
     result = dcsm.DistinctSaliency(adapter).explain("photo.jpg", classes=["tabby", "espresso"])
     result.maps["tabby"]  # (H, W) float32 in [0, 1]
+
+    model = torchvision.models.resnet50(weights=...)          # any classifier module
+    explainer = dcsm.DistinctSaliency(model, layers=[model.layer3, model.layer4])
+    out = explainer.explain(batch, classes=torch.tensor([[1, 2], [3, 4]]))  # (N, 3, H, W)
+    out.maps  # (N, 2, H, W) on batch's device
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from dcsm.adapters.base import ModelAdapter
-from dcsm.candidates import select
+from dcsm.adapters import as_adapter
+from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
+from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.fusion import PaperFusion, ReleasedFusion
-from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
-from dcsm.images import ImageLike, as_rgb_array, model_input, reference_scale
-from dcsm.layer_maps import UPSAMPLE_ORDERS, UpsampleOrder, layer_saliency
+from dcsm.gradients import BatchMode, ForwardPass, forward_pass, iter_class_gradients
+from dcsm.images import (
+    DEFAULT_MAX_SIDE,
+    ImageLike,
+    as_rgb_array,
+    check_max_side,
+    image_input,
+    reference_scale,
+    resize_tensor,
+    scaled_input,
+    working_size,
+)
+from dcsm.layer_maps import (
+    UPSAMPLE_ORDERS,
+    UpsampleOrder,
+    layer_saliency,
+    max_abs_over_channels,
+    upsample,
+)
+from dcsm.layouts import LayoutSpec, resolve_layout, to_grid
 from dcsm.presets import Preset, get_preset
-from dcsm.result import SaliencyResult
+from dcsm.result import BatchResult, SaliencyResult
 from dcsm.rules import BackpropRule, get_rule
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -50,52 +84,276 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
-class DistinctSaliency:
+def check_precision(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name."""
+    if precision not in PRECISIONS:
+        raise DcsmError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+@dataclass
+class Prepared:
+    """An input ready for the model: the working-resolution tensor and how to return maps.
+
+    ``x`` is ``(N, 3, h, w)`` on the model's device; maps are computed at ``(h, w)`` and resized
+    to ``out_size``; ``image`` is the RGB array of a single image (None for tensors).
+    """
+
+    x: torch.Tensor
+    out_size: tuple[int, int]
+    image: np.ndarray | None
+    out_device: torch.device
+
+
+def prepare(adapter: ModelAdapter, image: ImageLike | torch.Tensor,
+            max_side: int | None) -> Prepared:
+    """Turn an image (path, array, PIL) or a preprocessed tensor (N, 3, H, W) into model input.
+
+    Images are resized to the working resolution (:mod:`dcsm.images`) before preprocessing;
+    tensors are taken as preprocessed and resized the same way.
+    """
+    if isinstance(image, torch.Tensor):
+        x = image.unsqueeze(0) if image.ndim == 3 else image
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
+            raise DcsmError(f"a tensor input must be (N, 3, H, W) or (3, H, W), got "
+                            f"{tuple(image.shape)}")
+        if not x.is_floating_point():
+            raise DcsmError(f"a tensor input must be preprocessed floats, got {x.dtype}")
+        if min(x.shape[-2:]) < 8:
+            raise DcsmError(f"tensor images must be at least 8x8, got {tuple(x.shape[-2:])}")
+        if not torch.isfinite(x).all():
+            raise DcsmError("the input tensor holds NaN or infinite values")
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        work = working_size(*size, max_side)
+        moved = x.detach().to(adapter.device, torch.float32)
+        return Prepared(resize_tensor(moved, work), size, None, x.device)
+    img = as_rgb_array(image)
+    size = (img.shape[0], img.shape[1])
+    x = image_input(adapter, img, working_size(*size, max_side))
+    return Prepared(x, size, img, torch.device("cpu"))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a computation on ``device`` (None where it cannot be told)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu" and os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+@contextlib.contextmanager
+def _count_saved() -> Iterator[list[int]]:
+    """Sum the bytes autograd saves for the backward during the block."""
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+class _Explainer:
+    """What every method shares: the model, the working resolution, inputs and outputs."""
+
+    method = "baseline"
+
+    def __init__(self, model: ModelAdapter | nn.Module | str, max_side: int | None,
+                 precision: str, model_options: Mapping[str, object]) -> None:
+        self.adapter = as_adapter(model, **model_options)  # type: ignore[arg-type]
+        self.max_side = check_max_side(max_side)
+        self.precision = precision
+        self.autocast = check_precision(precision)
+
+    def _scales(self) -> tuple[float, ...]:
+        return (1.0,)
+
+    def _layers(self) -> list[str]:
+        return []
+
+    def parameters(self) -> dict[str, object]:
+        """The settings, as written to ``summary.json``."""
+        return {"max_side": self.max_side, "precision": self.precision}
+
+    def estimate_memory(self, height: int, width: int, classes: int = 2, batch: int = 1) -> int:
+        """Bytes one explanation of a ``height x width`` image will need at its peak, about.
+
+        Measured, not guessed: a forward pass at 64 x 64 pixels counts the bytes autograd saves
+        for the backward; they grow with the pixel count, at the largest scale. Added: the
+        gradients of one backward (as much again), the per-layer and fused maps, and the input.
+        """
+        h, w = working_size(height, width, self.max_side)
+        probe = torch.zeros((1, 3, 64, 64), device=self.adapter.device)
+        probe_in = scaled_input(self.adapter, probe, 1.0)
+        with _count_saved() as saved:
+            fp = forward_pass(self.adapter, probe_in, self._layers(), get_rule("plain"),
+                              input_grad=not self._layers(), autocast=self.autocast)
+        del fp
+        probe_px = probe_in.shape[-2] * probe_in.shape[-1]
+        if self.adapter.input_size is not None:
+            big_px = probe_px
+        else:
+            big = max(self._scales())
+            big_px = max(h * big, self.adapter.min_input) * max(w * big, self.adapter.min_input)
+        graph = 2.0 * saved[0] * big_px / probe_px * batch
+        maps = 4.0 * batch * classes * h * w * (len(self._layers()) + 4)
+        return int(graph + maps + 4 * 3 * h * w * batch * 2)
+
+    def _check_memory(self, prepared: Prepared, classes: int) -> None:
+        if self.max_side is not None:
+            return
+        h, w = prepared.x.shape[-2:]
+        need = self.estimate_memory(int(h), int(w), max(classes, 2), prepared.x.shape[0])
+        free = available_memory(self.adapter.device)
+        if free is not None and need > free:
+            raise DcsmError(
+                f"explaining {int(h)}x{int(w)} pixels at full resolution needs about "
+                f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available; use a working "
+                f"resolution (max_side, --max-side; default {DEFAULT_MAX_SIDE})")
+
+    def _run(self, prepared: Prepared, classes: ClassSpec, top_k: int | None,
+             threshold: float | None, per_layer: bool
+             ) -> tuple[torch.Tensor, list[Selection], dict[str, torch.Tensor] | None]:
+        raise NotImplementedError
+
+    def explain(
+        self,
+        image: ImageLike | torch.Tensor,
+        classes: ClassSpec = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        per_layer: bool = False,
+    ) -> SaliencyResult | BatchResult:
+        """Maps of the candidate classes of ``image``.
+
+        ``image``: a path, an RGB/grey array, a PIL image (returns a :class:`SaliencyResult`
+        with numpy maps), or a preprocessed float tensor ``(N, 3, H, W)`` (returns a
+        :class:`BatchResult` whose maps are an ``(N, K, H, W)`` tensor on the tensor's device).
+        ``classes``: None or ``"auto"`` (chosen from the model's scores, :mod:`dcsm.candidates`),
+        class names or indices for every image, one list per image, or an ``(N, K)`` tensor.
+        """
+        prepared = prepare(self.adapter, image, self.max_side)
+        self._check_memory(prepared, 4)
+        maps, selections, layers = self._run(prepared, classes, top_k, threshold, per_layer)
+        k = len(selections[0].selected)
+        maps = upsample(maps[:, :k].float(), prepared.out_size).clamp(0, 1)
+        names = [[c.name for c in s.selected] for s in selections]
+        self._warn_empty(maps, selections)
+        if layers is not None:
+            layers = {name: upsample(m[:, :k].float(), prepared.out_size).clamp(0, 1)
+                      for name, m in layers.items()}
+        if prepared.image is None:
+            return BatchResult(
+                maps=maps.to(prepared.out_device),
+                classes=torch.tensor([[c.index for c in s.selected] for s in selections]),
+                scores=torch.tensor([[c.score for c in s.selected] for s in selections]),
+                class_names=names, method=self.method, model=self.adapter.name,
+                parameters=self.parameters(),
+                contrast=torch.tensor([[c.index for c in s.contrast] for s in selections]),
+                layer_maps=None if layers is None else {
+                    name: m.to(prepared.out_device) for name, m in layers.items()},
+            )
+        fused = maps[0].cpu().numpy()
+        result = SaliencyResult(
+            image=prepared.image,
+            maps={name: fused[j].astype(np.float32) for j, name in enumerate(names[0])},
+            candidates=selections[0].selected,
+            method=self.method,
+            model=self.adapter.name,
+            parameters=self.parameters(),
+            contrast=selections[0].contrast,
+        )
+        if layers is not None:
+            result.layer_maps = {
+                name: {layer: m[0, j].cpu().numpy() for layer, m in layers.items()}
+                for j, name in enumerate(names[0])
+            }
+        return result
+
+    def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
+        """Tell the user when a contrasted map is zero everywhere (look-alike classes)."""
+
+
+class DistinctSaliency(_Explainer):
     """The distinct class saliency method, configured once and applied to many images.
 
     Args:
-        adapter: the model (see :func:`dcsm.load_model`).
+        model: a model adapter (:func:`dcsm.load_model`), a registry name, or any classifier
+            ``nn.Module`` (:mod:`dcsm.adapters.module`).
         preset: ``"paper"`` (default), ``"released"`` or ``"tuned"``; the other arguments
             override it.
         scales: scale ratios (paper: 1, 1.2, 1.4, 1.6).
-        layers: layer names (default: the preset's for this model if it names any, else the
-            adapter's, VGG-16's conv3_1..conv5_3).
+        layers: layers as names, dotted module paths or module objects, mixed (default: the
+            preset's for this model if it names any, else the adapter's; VGG-16's
+            conv3_1..conv5_3).
         backprop: ``"guided"`` (default) or ``"plain"``, or a rule instance.
         alpha: the saturation of ``tanh(alpha * M / max M)`` (3).
         subtract: apply the class contrast (Eq. 2); False gives the "raw" maps of Fig. 3.
         upsample: ``"max_first"`` (the text, default) or ``"upsample_first"`` (the formula).
-        batch: ``"loop"`` (default: one backward per class through the scale's single forward
-            graph) or ``"vmap"`` (``torch.autograd.grad(..., is_grads_batched=True)``). PyTorch
-            has no batching rule for convolution backward, so ``vmap`` runs a per-class loop
-            internally and measured 5-10% slower on CPU (``benchmarks/bench_batched.py``).
+        batch: ``"loop"`` (default: one backward per class slot through the scale's single
+            forward graph, serving every image of a batch) or ``"vmap"``
+            (``torch.autograd.grad(..., is_grads_batched=True)``).
         min_contrast: contrast the candidates with at least this many classes in all (the
             preset's: 1 for ``paper`` and ``tuned``, 4 for ``released``), topped up by the
-            candidate rule's ranking (see :mod:`dcsm.candidates`); with one named class, the
-            map of that class kept apart from what else the model sees in the image.
+            candidate rule's ranking (see :mod:`dcsm.candidates`).
+        max_side: the working resolution's long side (default 512, :mod:`dcsm.images`); None
+            for the full resolution (memory checked first, :meth:`estimate_memory`).
+        precision: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (autocast forward;
+            the maps are reduced in float32).
+        class_names, preprocess, multilabel, input_size, layouts: describe a plain module
+            (:func:`dcsm.adapters.module.module_adapter`); ``layouts`` (how a layer's output
+            becomes a grid: ``"tokens:1"``, ``"nhwc"``, a function) applies to any model.
     """
 
     method = "dcsm"
 
     def __init__(
         self,
-        adapter: ModelAdapter,
+        model: ModelAdapter | nn.Module | str,
         preset: str | Preset = "paper",
         scales: Sequence[float] | None = None,
-        layers: Sequence[str] | None = None,
+        layers: Sequence[LayerRef] | None = None,
         backprop: str | BackpropRule = "guided",
         alpha: float | None = None,
         subtract: bool = True,
         upsample: UpsampleOrder | None = None,
         batch: BatchMode = "loop",
         min_contrast: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        precision: str = "float32",
+        class_names: Sequence[str] | None = None,
+        preprocess: Preprocessing | None = None,
+        multilabel: bool | None = None,
+        input_size: tuple[int, int] | None = None,
+        layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
     ) -> None:
-        self.adapter = adapter
+        super().__init__(model, max_side, precision, {
+            "layers": layers, "class_names": class_names, "preprocess": preprocess,
+            "multilabel": multilabel, "input_size": input_size, "layouts": layouts})
+        adapter = self.adapter
         self.preset = get_preset(preset)
         self.scales = check_scales(self.preset.scales if scales is None else scales)
+        if adapter.input_size is not None and len(self.scales) > 1:
+            if scales is not None:
+                warnings.warn(f"model {adapter.name} takes one input size only "
+                              f"({adapter.input_size[0]}x{adapter.input_size[1]}): scales "
+                              f"{list(self.scales)} reduced to 1", DcsmWarning, stacklevel=2)
+            self.scales = (1.0,)
+        if layers is not None and len(layers) == 0:
+            raise DcsmError("no layers requested")
         if layers is None:
             layers = self.preset.layers_for(adapter.name) or adapter.default_layers
-        self.layers = list(layers)
-        adapter.resolve_layers(self.layers)  # fail early on unknown names
+        if not layers:
+            raise DcsmError(f"name the layers for model {adapter.name}: layers=[module, "
+                            "'dotted.path', ...], the deeper intermediate layers of the network")
+        self.layers = [adapter.layer_name(layer) for layer in layers]
+        adapter.resolve_layers(self.layers)  # fail early on unknown or repeated layers
         self.rule = get_rule(backprop)
         self.alpha = float(self.preset.alpha if alpha is None else alpha)
         if not np.isfinite(self.alpha) or self.alpha <= 0:
@@ -112,6 +370,12 @@ class DistinctSaliency:
                 or self.min_contrast < 1:
             raise DcsmError(f"min_contrast must be a positive integer, got {min_contrast}")
 
+    def _scales(self) -> tuple[float, ...]:
+        return self.scales
+
+    def _layers(self) -> list[str]:
+        return self.layers
+
     def parameters(self) -> dict[str, object]:
         """The settings, as written to ``summary.json``."""
         return {
@@ -126,31 +390,43 @@ class DistinctSaliency:
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
             "min_contrast": self.min_contrast,
+            **super().parameters(),
         }
 
-    def explain(
-        self,
-        image: ImageLike,
-        classes: str | Sequence[str | int] | None = None,
-        top_k: int | None = None,
-        threshold: float | None = None,
-        per_layer: bool = False,
-    ) -> SaliencyResult:
-        """Distinct class saliency maps of ``image`` for the candidate classes.
+    def _forward(self, x: torch.Tensor, scale: float) -> ForwardPass:
+        return forward_pass(self.adapter, scaled_input(self.adapter, x, scale), self.layers,
+                            self.rule, autocast=self.autocast)
 
-        ``classes``: None or ``"auto"`` to choose candidates from the model's scores (see
-        :mod:`dcsm.candidates`), or class names/indices.
-        """
-        img = as_rgb_array(image)
-        size = (img.shape[0], img.shape[1])
+    def _layer_maps(self, fp: ForwardPass, targets: torch.Tensor,
+                    size: tuple[int, int]) -> list[torch.Tensor]:
+        """Per layer, the ``(N, K, H, W)`` maps of every image's class slots at one scale."""
+        in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
+        acts = list(fp.activations.values())
+        layouts = [resolve_layout(tuple(a.shape), in_hw, self.adapter.layer_layout(name), name)
+                   for name, a in fp.activations.items()]
+        slots: list[list[torch.Tensor]] = [[] for _ in acts]
+        for grads in iter_class_gradients(fp, targets, acts, self.batch):
+            with torch.no_grad():
+                for i, (g, name) in enumerate(zip(grads, fp.activations, strict=True)):
+                    g = to_grid(g.float(), layouts[i], in_hw, name)
+                    if self.upsample == "max_first":  # upsampled below, all slots at once
+                        slots[i].append(max_abs_over_channels(g))
+                    else:
+                        slots[i].append(layer_saliency(g, size, self.upsample))
+        with torch.no_grad():
+            return [upsample(torch.stack(s, dim=1), size) for s in slots]
+
+    def _run(self, prepared: Prepared, classes: ClassSpec, top_k: int | None,
+             threshold: float | None, per_layer: bool
+             ) -> tuple[torch.Tensor, list[Selection], dict[str, torch.Tensor] | None]:
+        adapter = self.adapter
+        x = prepared.x
+        n = x.shape[0]
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         ref = reference_scale(self.scales)
 
-        def run(s: int) -> ForwardPass:
-            x = model_input(self.adapter, img, self.scales[s])
-            return forward_pass(self.adapter, x, self.layers, self.rule)
-
         def probabilities(fp: ForwardPass) -> torch.Tensor:
-            return self.adapter.probabilities(self.adapter.pool(fp.score_map.detach()))
+            return adapter.probabilities(adapter.pool(fp.score_map.detach().float()))  # (N, C)
 
         # The paper's candidates come from the image as given: run that scale first, then each
         # other scale's forward and backward in turn, so one graph is alive at a time. The
@@ -158,59 +434,55 @@ class DistinctSaliency:
         all_scales = self.preset.candidate_rule == "any_scale"
         if all_scales:
             order = list(range(len(self.scales)))
-            passes = {s: run(s) for s in order}
-            probs = torch.cat([probabilities(passes[s]) for s in order])
+            passes = {s: self._forward(x, self.scales[s]) for s in order}
+            probs = torch.stack([probabilities(passes[s]) for s in order], dim=1)  # (N, S, C)
         else:
             order = [ref, *(s for s in range(len(self.scales)) if s != ref)]
-            passes = {ref: run(ref)}
-            probs = probabilities(passes[ref])
-        location_probs = None
+            passes = {ref: self._forward(x, self.scales[ref])}
+            probs = probabilities(passes[ref]).unsqueeze(1)
+        location = None
         if self.preset.candidate_rule == "score_map":
-            scores = passes[ref].score_map.detach()[0]  # (C, h, w)
-            location_probs = self.adapter.probabilities(scores.movedim(0, -1)).movedim(-1, 0)
-        selection = select(self.adapter, probs, ref if all_scales else 0, classes, top_k,
-                           threshold, self.preset.candidate_rule, self.min_contrast,
-                           location_probs)
-        targets = [c.index for c in selection.contrast]
+            scores = passes[ref].score_map.detach().float()  # (N, C, h, w)
+            location = adapter.probabilities(scores.movedim(1, -1)).movedim(-1, 1)
+        wanted = per_image_classes(classes, n)
+        selections = [
+            select(adapter, probs[i], ref if all_scales else 0, wanted[i], top_k, threshold,
+                   self.preset.candidate_rule, self.min_contrast,
+                   None if location is None else location[i])
+            for i in range(n)]
+        uniform(selections)
+        targets = torch.tensor([[c.index for c in s.contrast] for s in selections])
+        active = torch.stack([s.active for s in selections])  # (N, S, K')
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
                             contrast=self.preset.contrast)
         for s in order:
-            fp = passes.pop(s) if s in passes else run(s)
-            active = selection.active[s if all_scales else 0]
-            grads = class_gradients(fp, targets, list(fp.activations.values()), self.batch)
+            fp = passes.pop(s) if s in passes else self._forward(x, self.scales[s])
+            maps = self._layer_maps(fp, targets, size)
             del fp  # free this scale's graph before the next forward
+            act = active[:, s if all_scales else 0].to(x.device)
             with torch.no_grad():
-                for i, g in enumerate(grads):
-                    fusion.add(i, layer_saliency(g[:, 0], size, self.upsample),
-                               active.to(g.device))
-            del grads
-        n = len(selection.selected)
-        fused = fusion.result()[:n].clamp(0, 1).float().cpu().numpy()
-        names = [c.name for c in selection.selected]
-        if self.subtract and len(selection.contrast) > 1:
-            for k, name in enumerate(names):
-                if not fused[k].max() > 0:
-                    others = ", ".join(c.name for c in selection.contrast if c.name != name)
-                    warnings.warn(
-                        f"the distinct map of '{name}' is zero everywhere: a class it is "
-                        f"contrasted with ({others}) responds more strongly at every location, "
-                        "as look-alike classes of one object do; contrast it with fewer or "
-                        "other classes", DcsmWarning, stacklevel=2)
-        result = SaliencyResult(
-            image=img,
-            maps={name: fused[k].astype(np.float32) for k, name in enumerate(names)},
-            candidates=selection.selected,
-            method=self.method,
-            model=self.adapter.name,
-            parameters=self.parameters(),
-            contrast=selection.contrast,
-        )
+                for i, m in enumerate(maps):
+                    fusion.add(i, m, act)
+            del maps
         layer_results = fusion.layer_results()
-        if layer_results is not None:
-            result.layer_maps = {
-                name: {layer: layer_results[i][k].clamp(0, 1).float().cpu().numpy()
-                       for i, layer in enumerate(self.layers)}
-                for k, name in enumerate(names)
-            }
-        return result
+        layers = None if layer_results is None else dict(zip(self.layers, layer_results,
+                                                             strict=True))
+        return fusion.result(), selections, layers
+
+    def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
+        if not self.subtract:
+            return
+        peaks = maps.amax(dim=(-2, -1)).cpu()
+        for i, sel in enumerate(selections):
+            if len(sel.contrast) < 2:
+                continue
+            for j, c in enumerate(sel.selected):
+                if not peaks[i, j] > 0:
+                    others = ", ".join(o.name for o in sel.contrast if o.name != c.name)
+                    where = f" (image {i})" if len(selections) > 1 else ""
+                    warnings.warn(
+                        f"the distinct map of '{c.name}'{where} is zero everywhere: a class it "
+                        f"is contrasted with ({others}) responds more strongly at every "
+                        "location, as look-alike classes of one object do; contrast it with "
+                        "fewer or other classes", DcsmWarning, stacklevel=3)

@@ -47,7 +47,7 @@ class PaperFusion:
         self.scales_seen = 0
 
     def add(self, layer: int, maps: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """Add one layer's maps ``(K, H, W)`` at one scale (``active`` is not used here)."""
+        """Add one layer's maps ``(..., K, H, W)`` at one scale (``active`` is not used here)."""
         contrasted = self.contrast(maps) if self.subtract else maps
         normalized = tanh_normalize(contrasted, self.alpha)
         self.total = normalized if self.total is None else self.total + normalized
@@ -57,7 +57,7 @@ class PaperFusion:
             self.per_layer[layer] = normalized if prev is None else prev + normalized
 
     def result(self) -> torch.Tensor:
-        """Fused maps ``(K, H, W)``."""
+        """Fused maps ``(..., K, H, W)``."""
         assert self.total is not None, "no maps were added"
         return self.total / self.count
 
@@ -85,13 +85,13 @@ class ReleasedFusion:
             [None] * num_layers if keep_layers else None)
 
     def add(self, layer: int, maps: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """Add one layer's maps ``(K, H, W)`` at one scale."""
-        if self.subtract and maps.shape[0] > 1:
+        """Add one layer's maps ``(..., K, H, W)`` at one scale; ``active`` is ``(..., K)``."""
+        if self.subtract and maps.shape[-3] > 1:
             part = pairwise_saturated_contrast(maps, self.alpha)
         else:
             part = tanh_normalize(maps, self.alpha)
         if active is not None:
-            part = part * active.to(part.dtype).view(-1, 1, 1)
+            part = part * active.to(part.dtype)[..., None, None]
         self.total = part if self.total is None else self.total + part
         if self.per_layer is not None:
             prev = self.per_layer[layer]
@@ -103,7 +103,7 @@ class ReleasedFusion:
         return torch.where(peak > 0, m / peak.clamp(min=1e-12), m)
 
     def result(self) -> torch.Tensor:
-        """Fused maps ``(K, H, W)`` in [0, 1]."""
+        """Fused maps ``(..., K, H, W)`` in [0, 1]."""
         assert self.total is not None, "no maps were added"
         return self._finish(self.total)
 

@@ -1,4 +1,19 @@
-"""Turning user images into tensors at the scales the method needs."""
+"""Turning user images into tensors at the working resolution and the scales the method needs.
+
+**Working resolution.** Images larger than ``max_side`` pixels on their long side (default
+:data:`DEFAULT_MAX_SIDE`, 512) are explained at that size and their maps are returned at the
+image's own size (bilinear). ImageNet classifiers are trained on 224 x 224 crops of photos whose
+objects fill much of the frame, and the paper runs its PASCAL VOC model on VOC's photos, at most
+500 pixels a side, times 1 to 1.6; 512 keeps that regime for any photo. A 12-megapixel photo run
+at its own size shows the model objects 8 to 18 times larger than it was trained on: classes then
+come from texture (a dog's fur read as "barn spider"), and time and memory grow with the pixel
+count (``benchmarks/working_resolution.py`` measures both). ``max_side=None`` asks for the full
+resolution; :meth:`dcsm.DistinctSaliency.estimate_memory` says what it will take.
+
+Images go through Pillow's antialiased resize as uint8 before the normalisation, so a large photo
+is never held as a full-size float tensor. Tensors (already preprocessed) are resized with
+antialiased bilinear interpolation.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +29,7 @@ from dcsm.errors import DcsmError
 from dcsm.io import load_image
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
+DEFAULT_MAX_SIDE = 512
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
@@ -44,13 +60,50 @@ def scaled_size(height: int, width: int, scale: float, min_side: int) -> tuple[i
     return h, w
 
 
+def check_max_side(max_side: int | None) -> int | None:
+    """A validated working-resolution bound (None: the full resolution)."""
+    if max_side is None:
+        return None
+    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 32:
+        raise DcsmError(f"max_side must be an integer of at least 32 or None, got {max_side}")
+    return int(max_side)
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(height, width)`` shrunk, keeping the aspect, so the long side is at most ``max_side``."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    f = max_side / max(height, width)
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def resize_tensor(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of ``(N, C, h, w)`` to ``size`` (a no-op at that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def image_input(adapter: ModelAdapter, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """The preprocessed (1, 3, h, w) input of an RGB uint8 image resized to ``size``."""
+    if (image.shape[0], image.shape[1]) != tuple(size):
+        pil = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        image = np.asarray(pil)
+    return adapter.preprocess(image).to(adapter.device)
+
+
+def scaled_input(adapter: ModelAdapter, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The working-resolution input ``x`` at ``scale`` (the model's fixed size, if it has one)."""
+    if adapter.input_size is not None:
+        return resize_tensor(x, adapter.input_size)
+    size = scaled_size(x.shape[-2], x.shape[-1], scale, adapter.min_input)
+    return resize_tensor(x, size)
+
+
 def model_input(adapter: ModelAdapter, image: np.ndarray, scale: float) -> torch.Tensor:
-    """The preprocessed (1, 3, h, w) input for ``image`` at ``scale``."""
-    x = adapter.preprocess(image)
-    size = scaled_size(image.shape[0], image.shape[1], scale, adapter.min_input)
-    if size != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.to(adapter.device)
+    """The preprocessed (1, 3, h, w) input for ``image`` (at its own size) at ``scale``."""
+    x = adapter.preprocess(image).to(adapter.device)
+    return scaled_input(adapter, x, scale)
 
 
 def reference_scale(scales: tuple[float, ...] | list[float]) -> int:

@@ -7,16 +7,18 @@ classifier. A new model family is one new module here and one entry in ``_OFFLIN
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from dcsm.adapters.base import ModelAdapter, Preprocessing
+from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.adapters.efficientnet_lite import efficientnet_lite0_adapter
 from dcsm.adapters.squeezenet import squeezenet1_1_adapter
 from dcsm.adapters.torchvision_models import torchvision_adapter
 from dcsm.errors import DcsmError
+from dcsm.layouts import LayoutSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -43,6 +45,10 @@ def list_models() -> list[tuple[str, str]]:
         "efficientnet_b0, ...); --weights PATH, a torchvision weight name (needs a network) or "
         "'random'",
     ))
+    rows.append(("timm:<name>", "any timm classifier (resnet50, convnext_tiny, "
+                 "vit_small_patch16_224, swin_tiny_patch4_window7_224, ...); --weights PATH (a "
+                 "local state dict) or "
+                 "'random'; preprocessing from timm's pretrained config"))
     rows.append(("checkpoint:<path>", "a model trained by `dcsm train` (its model.pt or its "
                  "directory): multi-label, global max pooling, its own classes"))
     return rows
@@ -62,18 +68,60 @@ def load_model(
         adapter = _OFFLINE[name][0](weights)
     elif name.startswith("torchvision:"):
         adapter = torchvision_adapter(name.split(":", 1)[1], weights)
+    elif name.startswith("timm:"):
+        from dcsm.adapters.timm_models import timm_adapter
+
+        adapter = timm_adapter(name.split(":", 1)[1], weights)
     elif name.startswith("checkpoint:"):
         from dcsm.adapters.checkpoint import checkpoint_adapter
 
         adapter = checkpoint_adapter(name.split(":", 1)[1], weights)
     else:
-        known = ", ".join([*_OFFLINE, "torchvision:<arch>", "checkpoint:<path>"])
+        known = ", ".join([*_OFFLINE, "torchvision:<arch>", "timm:<name>", "checkpoint:<path>"])
         raise DcsmError(f"unknown model '{name}'; known: {known}")
     if multilabel is not None:
         adapter.multilabel = multilabel
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter
+
+
+def as_adapter(
+    model: ModelAdapter | nn.Module | str,
+    layers: Sequence[LayerRef] | None = None,
+    class_names: Sequence[str] | None = None,
+    preprocess: Preprocessing | None = None,
+    multilabel: bool | None = None,
+    input_size: tuple[int, int] | None = None,
+    layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
+) -> ModelAdapter:
+    """An adapter for ``model``: an adapter as is, a registry name (:func:`load_model`), or any
+    classifier ``nn.Module`` (:func:`dcsm.adapters.module.module_adapter`).
+
+    The other arguments describe a plain module; with an adapter or a name only ``multilabel``
+    and ``layouts`` may be given (they override the adapter's).
+    """
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(model, ModelAdapter):
+        extra = [k for k, v in (("class_names", class_names), ("preprocess", preprocess),
+                                ("input_size", input_size)) if v is not None]
+        if extra:
+            raise DcsmError(f"{', '.join(extra)} describe a plain module; model "
+                            f"{model.name} has its own")
+        if multilabel is not None:
+            model.multilabel = multilabel
+        if layouts is not None:
+            if isinstance(layouts, Mapping):
+                model.layer_layouts.update(layouts)
+            else:
+                model.default_layout = layouts
+            model.__post_init__()
+        return model
+    from dcsm.adapters.module import module_adapter
+
+    return module_adapter(model, layers=layers, class_names=class_names, preprocess=preprocess,
+                          multilabel=bool(multilabel), input_size=input_size, layouts=layouts)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -89,5 +137,5 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-__all__ = ["DEFAULT_MODEL", "ModelAdapter", "Preprocessing", "list_models", "load_model",
-           "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "ModelAdapter", "Preprocessing", "as_adapter", "list_models",
+           "load_model", "resolve_device"]

@@ -13,17 +13,21 @@ multi-label (sigmoid) or single-label (softmax).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError
+from dcsm.layouts import LayoutSpec, check_layout
 
 Pooling = Literal["mean", "max"]
+LayerRef: TypeAlias = str | nn.Module
+"""A layer: an alias, a dotted module path, or the module object itself."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,26 @@ class Preprocessing:
         return {"mean": list(self.mean), "std": list(self.std), "channel_order": self.channel_order}
 
 
+    @classmethod
+    def from_unit(cls, mean: Sequence[float], std: Sequence[float],
+                  channel_order: Literal["RGB", "BGR"] = "RGB") -> Preprocessing:
+        """Normalisation given in [0, 1] pixel units, as torchvision and timm state it."""
+        if len(mean) != 3 or len(std) != 3:
+            raise DcsmError("mean and std need three values, one per colour channel")
+        if any(not np.isfinite(v) or v <= 0 for v in std):
+            raise DcsmError(f"std must be positive, got {list(std)}")
+        return cls(mean=tuple(float(m) * 255 for m in mean),  # type: ignore[arg-type]
+                   std=tuple(float(v) * 255 for v in std),  # type: ignore[arg-type]
+                   channel_order=channel_order)
+
+
+def unique_class_names(names: Sequence[str]) -> list[str]:
+    """Class names made unique: a name shared by several classes gets its index,
+    ``crane (134)`` and ``crane (517)`` (torchvision's ImageNet categories repeat two)."""
+    counts = Counter(names)
+    return [f"{n} ({i})" if counts[n] > 1 else str(n) for i, n in enumerate(names)]
+
+
 IMAGENET_TORCHVISION = Preprocessing(
     mean=(0.485 * 255, 0.456 * 255, 0.406 * 255), std=(0.229 * 255, 0.224 * 255, 0.225 * 255)
 )
@@ -77,6 +101,13 @@ class ModelAdapter:
             images are enlarged for the computation and the maps resized back.
         gradcam_layer: the layer Grad-CAM reads by default (the last convolutional features).
         description: one line for ``dcsm models``.
+        input_size: ``(H, W)`` for a model that takes one input size only: every image is
+            resized to it and the maps back, at one scale. None: any size.
+        layer_layouts: per layer (alias or path), how its output becomes an ``(N, C, h, w)``
+            grid (:mod:`dcsm.layouts`); layers not listed take ``default_layout``.
+        default_layout: the layout of the layers not in ``layer_layouts`` (``"auto"``).
+
+    Duplicate class names are made unique on creation (:func:`unique_class_names`).
     """
 
     name: str
@@ -90,6 +121,20 @@ class ModelAdapter:
     min_input: int = 32
     gradcam_layer: str | None = None
     description: str = ""
+    input_size: tuple[int, int] | None = None
+    layer_layouts: dict[str, LayoutSpec] = field(default_factory=dict)
+    default_layout: LayoutSpec = "auto"
+
+    def __post_init__(self) -> None:
+        self.class_names = unique_class_names(list(self.class_names))
+        for name, spec in self.layer_layouts.items():
+            self.layer_layouts[name] = check_layout(spec)
+        self.default_layout = check_layout(self.default_layout)
+        if self.input_size is not None:
+            h, w = (int(v) for v in self.input_size)
+            if h < 1 or w < 1:
+                raise DcsmError(f"input_size must be positive, got {self.input_size}")
+            self.input_size = (h, w)
 
     @property
     def num_classes(self) -> int:
@@ -109,8 +154,17 @@ class ModelAdapter:
         return torch.device("cpu")
 
     # ----------------------------------------------------------------- layers
-    def layer_path(self, name: str) -> str:
-        """The module path for a layer alias or a module path; DcsmError if neither."""
+    def layer_path(self, name: LayerRef) -> str:
+        """The module path of a layer given as alias, module path or module; DcsmError if none."""
+        if isinstance(name, nn.Module):
+            for path, module in self.model.named_modules():
+                if module is name and path:
+                    return path
+            raise DcsmError(f"layer {type(name).__name__} given as a module is not part of "
+                            f"model {self.name}" + (" (its classifier was converted to "
+                            "convolutions: name the layer instead)" if self.layer_aliases else ""))
+        if not isinstance(name, str):
+            raise DcsmError(f"a layer is a name or a module, got {type(name).__name__}")
         if name in self.layer_aliases:
             return self.layer_aliases[name]
         modules = dict(self.model.named_modules())
@@ -123,15 +177,31 @@ class ModelAdapter:
             + ", ".join(known[:30])
         )
 
-    def resolve_layers(self, names: Sequence[str] | None) -> dict[str, nn.Module]:
-        """Map each requested layer name to its module, in the order given."""
-        names = list(self.default_layers if names is None else names)
-        if not names:
+    def layer_name(self, layer: LayerRef) -> str:
+        """The name a layer is reported under: a string as given, a module by its path."""
+        return layer if isinstance(layer, str) else self.layer_path(layer)
+
+    def resolve_layers(self, names: Sequence[LayerRef] | None) -> dict[str, nn.Module]:
+        """Map each requested layer (name, path or module, mixed) to its module, in order."""
+        refs = list(self.default_layers if names is None else names)
+        if not refs:
             raise DcsmError("no layers requested")
-        if len(set(names)) != len(names):
-            raise DcsmError("a layer is requested twice: " + ", ".join(names))
         modules = dict(self.model.named_modules())
-        return {name: modules[self.layer_path(name)] for name in names}
+        resolved = {self.layer_name(r): modules[self.layer_path(r)] for r in refs}
+        if len(resolved) != len(refs) or len({id(m) for m in resolved.values()}) != len(refs):
+            raise DcsmError("a layer is requested twice: "
+                            + ", ".join(self.layer_name(r) for r in refs))
+        return resolved
+
+    def layer_layout(self, name: str) -> LayoutSpec:
+        """The declared layout of a layer (by its reported name or its path), else ``auto``."""
+        if name in self.layer_layouts:
+            return self.layer_layouts[name]
+        path = self.layer_path(name)
+        for key, spec in self.layer_layouts.items():
+            if key in self.layer_aliases and self.layer_aliases[key] == path or key == path:
+                return spec
+        return self.default_layout
 
     # ----------------------------------------------------------------- scores
     def pool(self, score_map: torch.Tensor) -> torch.Tensor:
@@ -157,6 +227,11 @@ class ModelAdapter:
         if key in self.class_names:
             return self.class_names.index(key)
         lowered = [n.lower() for n in self.class_names]
-        if key.strip().lower() in lowered:
-            return lowered.index(key.strip().lower())
+        wanted = key.strip().lower()
+        if wanted in lowered:
+            return lowered.index(wanted)
+        shared = [n for n in self.class_names if n.lower().rsplit(" (", 1)[0] == wanted]
+        if len(shared) > 1:
+            raise DcsmError(f"class '{key}' is ambiguous for model {self.name}: "
+                            + ", ".join(shared) + " (name one of these, or give an index)")
         raise DcsmError(f"unknown class '{key}' for model {self.name}")

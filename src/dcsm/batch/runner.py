@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dcsm.baselines import Explainer
+from dcsm.api import Explainer
 from dcsm.batch.inputs import InputItem
 from dcsm.batch.loader import iterate
 from dcsm.batch.manifest import Manifest

@@ -165,7 +165,7 @@ def baseline_method(method: str) -> Callable[[ModelAdapter, Candidates], MapFunc
     """One of dcsm's baselines (``simonyan``, ``guided``, ``gradcam``)."""
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
-        from dcsm.baselines import make_explainer
+        from dcsm.api import make_explainer
 
         explainer = make_explainer(adapter, method)
 

@@ -1,0 +1,104 @@
+"""The one-call API: ``dcsm.explain(model, image, method=...)`` and the method table.
+
+:func:`make_explainer` builds the explainer of a method (the distinct class saliency method or
+one of the baselines) once, to apply to many images; :func:`explain` builds one and applies it.
+Every explainer follows the :class:`Explainer` protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from dcsm.adapters.base import LayerRef, ModelAdapter
+from dcsm.baselines import GradCAM, InputGradient
+from dcsm.candidates import ClassSpec
+from dcsm.errors import DcsmError
+from dcsm.explainer import DistinctSaliency
+from dcsm.images import DEFAULT_MAX_SIDE, ImageLike
+from dcsm.result import BatchResult, SaliencyResult
+
+METHODS: tuple[str, ...] = ("dcsm", "simonyan", "guided", "gradcam")
+_MODEL_OPTIONS = ("class_names", "preprocess", "multilabel", "input_size", "layouts")
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """What every method offers: its model, its settings and ``explain``."""
+
+    method: str
+    adapter: ModelAdapter
+
+    def parameters(self) -> dict[str, object]:
+        """The settings, as written to ``summary.json``."""
+        ...
+
+    def explain(self, image: ImageLike | torch.Tensor, classes: ClassSpec = None,
+                top_k: int | None = None, threshold: float | None = None,
+                per_layer: bool = False) -> SaliencyResult | BatchResult:
+        """Maps of the candidate classes of an image or a tensor batch."""
+        ...
+
+
+def make_explainer(
+    model: ModelAdapter | nn.Module | str,
+    method: str = "dcsm",
+    preset: str = "paper",
+    scales: Sequence[float] | None = None,
+    layers: Sequence[LayerRef] | None = None,
+    backprop: str = "guided",
+    alpha: float | None = None,
+    subtract: bool = True,
+    upsample: str | None = None,
+    min_contrast: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    precision: str = "float32",
+    **model_options: object,
+) -> Explainer:
+    """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``).
+
+    ``model`` is an adapter, a registry name or any classifier module; ``model_options``
+    (``class_names``, ``preprocess``, ``multilabel``, ``input_size``, ``layouts``) describe a
+    plain module (:func:`dcsm.adapters.module.module_adapter`).
+    """
+    unknown = sorted(set(model_options) - set(_MODEL_OPTIONS))
+    if unknown:
+        raise DcsmError(f"unknown option(s) {', '.join(unknown)}")
+    if method == "dcsm":
+        return DistinctSaliency(model, preset=preset, scales=scales, layers=layers,
+                                backprop=backprop, alpha=alpha, subtract=subtract,
+                                upsample=upsample, min_contrast=min_contrast,  # type: ignore[arg-type]
+                                max_side=max_side, precision=precision,
+                                **model_options)  # type: ignore[arg-type]
+    if min_contrast is not None:
+        raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
+    if method == "simonyan":
+        return InputGradient(model, "plain", max_side=max_side, precision=precision,
+                             **model_options)
+    if method == "guided":
+        return InputGradient(model, "guided", max_side=max_side, precision=precision,
+                             **model_options)
+    if method == "gradcam":
+        if layers is not None and len(layers) != 1:
+            raise DcsmError("Grad-CAM reads exactly one layer")
+        return GradCAM(model, layers[0] if layers else None, max_side=max_side,
+                       precision=precision, **model_options)
+    raise DcsmError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+
+
+def explain(
+    model: ModelAdapter | nn.Module | str,
+    image: ImageLike | torch.Tensor,
+    method: str = "dcsm",
+    classes: ClassSpec = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    per_layer: bool = False,
+    **settings: object,
+) -> SaliencyResult | BatchResult:
+    """One call: ``make_explainer(model, method, **settings).explain(image, ...)``."""
+    explainer = make_explainer(model, method, **settings)  # type: ignore[arg-type]
+    return explainer.explain(image, classes, top_k, threshold, per_layer)
