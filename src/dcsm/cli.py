@@ -19,7 +19,6 @@ once it is complete.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -123,6 +122,23 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=_finite, default=None, help="tanh saturation (3)")
     p.add_argument("--upsample", choices=UPSAMPLE_ORDERS, default=None,
                    help="max over channels then upsample (default) or the reverse")
+    add_resolution_options(p)
+
+
+def add_resolution_options(p: argparse.ArgumentParser) -> None:
+    """The working resolution and the numeric precision."""
+    from dcsm.images import DEFAULT_MAX_SIDE
+
+    res = p.add_mutually_exclusive_group()
+    res.add_argument("--max-side", type=_number(int, lambda v: v >= 32, "an integer >= 32"),
+                     default=DEFAULT_MAX_SIDE, metavar="PX",
+                     help="explain (and segment) larger images at this long side; maps are "
+                          "returned at full size (default %(default)s)")
+    res.add_argument("--full-resolution", action="store_true",
+                     help="explain at the image's own size (the memory needed is estimated "
+                          "first; too much is an error)")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="forward pass precision (autocast); default %(default)s")
 
 
 def add_crf_options(p: argparse.ArgumentParser) -> None:
@@ -247,42 +263,26 @@ def explainer_from_args(args: argparse.Namespace):  # noqa: ANN201 - returns an 
     from dcsm.api import make_explainer
 
     adapter = load_model(args.model, weights=args.weights, device=args.device)
-    return make_explainer(adapter, args.method, preset=args.preset, scales=args.scales,
-                          layers=args.layers, backprop=args.backprop, alpha=args.alpha,
-                          subtract=not args.no_subtract, upsample=args.upsample,
-                          min_contrast=args.min_contrast)
+    explainer = make_explainer(adapter, args.method, preset=args.preset, scales=args.scales,
+                               layers=args.layers, backprop=args.backprop, alpha=args.alpha,
+                               subtract=not args.no_subtract, upsample=args.upsample,
+                               min_contrast=args.min_contrast, max_side=max_side(args),
+                               precision=args.precision)
+    return explainer
 
 
-# File stems that dcsm writes itself, so a class cannot take them.
-_RESERVED_STEMS = ("figure", "layers", "maps", "summary", "labels", "masks", "segmentation")
+def max_side(args: argparse.Namespace) -> int | None:
+    """The working resolution the options ask for (None: full resolution)."""
+    return None if getattr(args, "full_resolution", False) else args.max_side
 
 
-def write_explanation(result, directory: Path, image_path: str | None = None) -> None:  # noqa: ANN001
-    """Write maps.npz, summary.json, per-class PNGs and figures into ``directory``."""
-    from dcsm.io import safe_filename, save_figure, save_json, save_npz, save_png
-    from dcsm.viz import layers_figure, maps_figure, overlay
-
-    save_npz(directory / "maps.npz", result.maps)
-    summary = result.summary()
-    if image_path is not None:
-        summary = {"image": image_path, **summary}
-    used: set[str] = set()
-    files = {}
-    for name, m in result.maps.items():
-        stem = safe_filename(name)
-        while stem in used or stem in _RESERVED_STEMS:
-            stem += "_"
-        used.add(stem)
-        files[name] = f"{stem}.png"
-        save_png(directory / files[name], overlay(result.image, m))
-    summary["map_images"] = files
-    save_json(directory / "summary.json", summary)
-    titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
-    fig = maps_figure(result.image, result.maps, titles)
-    save_figure(directory / "figure.png", fig)
-    if result.layer_maps:
-        save_figure(directory / "layers.png",
-                    layers_figure(result.image, result.layer_maps, result.maps))
+def report_memory(explainer, image) -> None:  # noqa: ANN001
+    """With --full-resolution, say up front what one image will take."""
+    if explainer.max_side is not None:
+        return
+    need = explainer.estimate_memory(image.shape[0], image.shape[1])
+    print(f"dcsm: full resolution {image.shape[1]}x{image.shape[0]}: about "
+          f"{need / 2**30:.2f} GiB", file=sys.stderr)
 
 
 def _stems(paths: Sequence[str]) -> list[str]:
@@ -298,11 +298,13 @@ def _stems(paths: Sequence[str]) -> list[str]:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from dcsm.io import atomic_dir, load_image
+    from dcsm.outputs import write_explanation
 
     stems = _stems(args.images)
     images = [load_image(p) for p in args.images]  # every input checked before any work
     explainer = explainer_from_args(args)
     for path, stem, image in zip(args.images, stems, images, strict=True):
+        report_memory(explainer, image)
         result = explainer.explain(image, classes=args.classes, top_k=args.top_k,
                                    threshold=args.threshold, per_layer=args.per_layer)
         final = args.out / stem
@@ -314,8 +316,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from dcsm.io import atomic_dir, load_image, save_json
-    from dcsm.segmentation import segment, write_segmentation
+    from dcsm.io import atomic_dir, load_image
+    from dcsm.outputs import write_explanation
+    from dcsm.segmentation import segment
 
     if args.segmenter == "crf":
         params = crf_params_from_args(args)
@@ -327,17 +330,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     images = [load_image(p) for p in args.images]  # every input checked before any work
     explainer = explainer_from_args(args)
     for path, stem, image in zip(args.images, stems, images, strict=True):
+        report_memory(explainer, image)
         result = explainer.explain(image, classes=args.classes, top_k=args.top_k,
                                    threshold=args.threshold, per_layer=args.per_layer)
-        seg = segment(result, method=args.segmenter, **params)
+        seg = segment(result, method=args.segmenter, max_side=max_side(args), **params)
         final = args.out / stem
         with atomic_dir(final) as tmp:
-            write_explanation(result, tmp, path)
-            write_segmentation(seg, result.image, tmp)
-            summary = json.loads((tmp / "summary.json").read_text(encoding="utf-8"))
-            summary["segmentation"] = {**seg.summary(), "files": {
-                "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
-            save_json(tmp / "summary.json", summary)
+            write_explanation(result, tmp, path, seg)
         listed = ", ".join(f"{c.name} {c.score:.3f} ({int(m.sum())} px)"
                            for c, m in zip(result.candidates, seg.masks.values(), strict=True))
         print(f"{path}: {listed} -> {final}")
@@ -360,7 +359,7 @@ def _figure_format(path: Path) -> None:
 def _cmd_figure(args: argparse.Namespace) -> int:
     from dcsm.api import make_explainer
     from dcsm.io import load_image, save_figure
-    from dcsm.segmentation import figure_one, segment_crf, segment_grabcut
+    from dcsm.segmentation import figure_one, segment
 
     crf_params = crf_params_from_args(args)
     grabcut_params = grabcut_params_from_args(args)
@@ -369,10 +368,11 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     explainer = explainer_from_args(args)
     distinct = explainer.explain(image, classes=args.classes, top_k=args.top_k,
                                  threshold=args.threshold)
-    simonyan = make_explainer(explainer.adapter, "simonyan").explain(
+    simonyan = make_explainer(explainer.adapter, "simonyan", max_side=max_side(args),
+                              precision=args.precision).explain(
         image, classes=[c.index for c in distinct.candidates])
-    crf = segment_crf(distinct, **crf_params)  # type: ignore[arg-type]
-    grabcut = segment_grabcut(simonyan, **grabcut_params)  # type: ignore[arg-type]
+    crf = segment(distinct, method="crf", max_side=max_side(args), **crf_params)
+    grabcut = segment(simonyan, method="grabcut", max_side=max_side(args), **grabcut_params)
     fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method)
     save_figure(args.out, fig, dpi=args.dpi)
     listed = ", ".join(f"{c.name} {c.score:.3f}" for c in distinct.candidates)

@@ -107,7 +107,7 @@ def run_batch(args: argparse.Namespace) -> int:
     options = BatchOptions(classes=args.classes, top_k=args.top_k, threshold=args.threshold,
                            per_layer=args.per_layer, segmenter=segmenter,
                            segment_params=params, workers=args.workers, force=args.force,
-                           progress=args.progress)
+                           progress=args.progress, max_side=cli.max_side(args))
     report = run(explainer, items, args.out, options, rank)
     group = Group(rank, enable=not args.no_dist)
     try:

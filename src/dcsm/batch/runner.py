@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,7 @@ from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
 from dcsm.candidates import parse_classes
 from dcsm.errors import DcsmError
-from dcsm.io import atomic_dir, remove_path, save_json
+from dcsm.io import atomic_dir, remove_path
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
 
@@ -51,6 +50,7 @@ class BatchOptions:
     maps only) and ``segment_params`` those of :func:`dcsm.segment`. ``workers``: decoding
     processes (0: decode in this process). ``force``: redo outputs made with other settings
     instead of stopping. ``progress``: the bar (None: on a terminal, rank 0 only).
+    ``max_side``: the working resolution of the segmentation (the explainer has its own).
     """
 
     classes: str | Sequence[str | int] | None = None
@@ -62,6 +62,7 @@ class BatchOptions:
     workers: int = 2
     force: bool = False
     progress: bool | None = None
+    max_side: int | None = 512
 
 
 @dataclass
@@ -148,7 +149,7 @@ def remove_leftovers(out: Path, names: set[str]) -> int:
 def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
                   options: BatchOptions) -> list[dict[str, Any]]:
     """Explain (and segment) one image and write ``out/<name>/`` atomically; the candidates."""
-    from dcsm.cli import write_explanation
+    from dcsm.outputs import write_explanation
 
     result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
                                threshold=options.threshold, per_layer=options.per_layer)
@@ -156,17 +157,10 @@ def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
     if options.segmenter is not None:
         from dcsm.segmentation import segment
 
-        seg = segment(result, method=options.segmenter, **dict(options.segment_params))
+        seg = segment(result, method=options.segmenter, max_side=options.max_side,
+                      **dict(options.segment_params))
     with atomic_dir(out / item.name) as tmp:
-        write_explanation(result, tmp, str(item.path))
-        if seg is not None:  # as `dcsm segment` writes it
-            from dcsm.segmentation import write_segmentation
-
-            write_segmentation(seg, result.image, tmp)
-            summary = json.loads((tmp / "summary.json").read_text(encoding="utf-8"))
-            summary["segmentation"] = {**seg.summary(), "files": {
-                "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
-            save_json(tmp / "summary.json", summary)
+        write_explanation(result, tmp, str(item.path), seg)
     return [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
 
 

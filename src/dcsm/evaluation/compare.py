@@ -83,12 +83,14 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
     a = full.adapter
     ref = full.scales[reference_scale(full.scales)]
     common = {"preset": full.preset, "backprop": full.rule, "alpha": full.alpha,
-              "upsample": full.upsample, "batch": full.batch}
+              "upsample": full.upsample, "batch": full.batch, "max_side": full.max_side,
+              "precision": full.precision}
     layer = single_layer or full.layers[len(full.layers) // 2]
     made: dict[str, DistinctSaliency | InputGradient] = {}
     for kind in kinds:
         if kind == "simonyan":
-            made[kind] = InputGradient(a, "plain")
+            made[kind] = InputGradient(a, "plain", max_side=full.max_side,
+                                       precision=full.precision)
         elif kind == "full":
             made[kind] = full
         elif kind == "no_subtract":
@@ -270,7 +272,7 @@ def evaluate(
                             maps_cache[method.maps] = (result, time.perf_counter() - started)
                         result, map_seconds = maps_cache[method.maps]
                         started = time.perf_counter()
-                        seg = segment(result, method=method.segmenter,
+                        seg = segment(result, method=method.segmenter, max_side=full.max_side,
                                       **params[method.segmenter])  # type: ignore[arg-type]
                         seconds[m] += map_seconds + time.perf_counter() - started
                         pred = lut[seg.labels]

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import ImageLike
-from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation
+from dcsm.images import DEFAULT_MAX_SIDE, ImageLike, check_max_side
+from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
 from dcsm.segmentation.crf import (
     CRFParams,
     background_probability,
@@ -89,14 +89,30 @@ def segment(
     source: MapSource,
     image: ImageLike | None = None,
     method: str = "crf",
+    max_side: int | None = DEFAULT_MAX_SIDE,
     **params: Any,
 ) -> Segmentation:
     """Segment with ``method`` ``"crf"`` (:func:`segment_crf`) or ``"grabcut"``
     (:func:`segment_grabcut`); ``params`` are that function's keyword arguments.
 
+    Images larger than ``max_side`` on their long side (the working resolution, 512 by default;
+    None for the full size) are segmented at that size, the image and the maps shrunk, and the
+    labels, masks and regions brought back to the full size (nearest neighbour); the CRF's
+    ``probabilities`` stay at the working size. The dense CRF's kernels are in pixels, so this
+    also keeps their reach the same relative to the objects.
+
     Raises:
         DcsmError: for an unknown method or parameter, or a bad value.
     """
+    check_max_side(max_side)
+    img, names, stack = maps_and_image(source, image)
+    if max_side is not None and max(img.shape[:2]) > max_side:
+        from dcsm.outputs import shrink_image, shrink_map
+
+        small = shrink_image(img, max_side)
+        maps = {n: shrink_map(m, max_side) for n, m in zip(names, stack, strict=True)}
+        seg = segment(maps, small, method, None, **params)
+        return _enlarge(seg, (img.shape[0], img.shape[1]))
     if method not in SEGMENTERS:
         raise DcsmError(f"unknown segmenter '{method}'; known: {', '.join(SEGMENTERS)}")
     known = list((CRFParams if method == "crf" else GrabCutParams).__dataclass_fields__)
@@ -106,6 +122,23 @@ def segment(
     if method == "crf":
         return segment_crf(source, image, **params)
     return segment_grabcut(source, image, **params)
+
+
+def _nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    pil = Image.fromarray(mask.astype(np.uint8))
+    return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def _enlarge(seg: Segmentation, size: tuple[int, int]) -> Segmentation:
+    """``seg`` with its labels, masks and regions resized to ``size`` (nearest neighbour)."""
+    labels = _nearest(seg.labels, size)
+    masks = {n: labels == v for v, n in enumerate(seg.candidates, 1)}
+    regions = {n: _nearest(r, size).astype(bool) for n, r in seg.regions.items()}
+    return Segmentation(labels, masks, seg.candidates, seg.method,
+                        {**seg.parameters, "working_size": list(seg.labels.shape)},
+                        regions, seg.probabilities)
 
 
 def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) -> None:
@@ -123,4 +156,9 @@ def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) ->
     directory = Path(directory)
     save_labels(directory / "labels.png", seg.labels)
     save_npz(directory / "masks.npz", seg.masks)
-    save_figure(directory / "segmentation.png", segmentation_figure(image, seg))
+    from dcsm.outputs import FIGURE_SIDE, shrink_image
+
+    small = shrink_image(image, FIGURE_SIDE)
+    if small.shape != image.shape:
+        seg = _enlarge(seg, (small.shape[0], small.shape[1]))
+    save_figure(directory / "segmentation.png", segmentation_figure(small, seg))

@@ -1,0 +1,108 @@
+"""Writing an explanation's files: what ``dcsm explain``, ``segment`` and ``batch`` leave.
+
+``DIR/<image>/`` holds ``maps.npz`` (one float32 map per class at the image's full size, keyed
+by the class's unique name), ``summary.json``, ``<class>.png`` (the map over the image),
+``figure.png`` (the image and every map), with ``per_layer`` ``layers.png``, and with a
+segmentation ``labels.png``, ``masks.npz`` and ``segmentation.png``.
+
+The PNG previews of photos larger than :data:`PREVIEW_SIDE` pixels are drawn at that size (the
+arrays in ``maps.npz`` and ``labels.png`` stay at full size): a 12-megapixel overlay takes
+seconds to encode and shows nothing a 2048-pixel one does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from dcsm.result import SaliencyResult
+
+if TYPE_CHECKING:
+    from dcsm.segmentation import Segmentation
+
+PREVIEW_SIDE = 2048
+FIGURE_SIDE = 1024
+# File stems that dcsm writes itself, so a class cannot take them.
+RESERVED_STEMS = ("figure", "layers", "maps", "summary", "labels", "masks", "segmentation")
+
+
+def _shrunk_size(height: int, width: int, side: int) -> tuple[int, int]:
+    if max(height, width) <= side:
+        return height, width
+    f = side / max(height, width)
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def shrink_image(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 image resized (antialiased) so its long side is at most ``side``."""
+    h, w = _shrunk_size(image.shape[0], image.shape[1], side)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def shrink_map(m: np.ndarray, side: int) -> np.ndarray:
+    """A float map resized (bilinear) so its long side is at most ``side``."""
+    h, w = _shrunk_size(m.shape[0], m.shape[1], side)
+    if (h, w) == m.shape:
+        return m
+    pil = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def class_file_stems(names: list[str]) -> dict[str, str]:
+    """A distinct, safe file stem for each class name."""
+    from dcsm.io import safe_filename
+
+    used: set[str] = set()
+    stems = {}
+    for name in names:
+        stem = safe_filename(name)
+        while stem in used or stem in RESERVED_STEMS:
+            stem += "_"
+        used.add(stem)
+        stems[name] = stem
+    return stems
+
+
+def write_explanation(result: SaliencyResult, directory: Path, image_path: str | None = None,
+                      segmentation: Segmentation | None = None) -> None:
+    """Write an explanation's files (and its segmentation's, if given) into ``directory``.
+
+    Each file is written atomically; use :func:`dcsm.io.atomic_dir` for the directory.
+    """
+    from dcsm.io import save_figure, save_json, save_npz, save_png
+    from dcsm.viz import layers_figure, maps_figure, overlay
+
+    directory = Path(directory)
+    save_npz(directory / "maps.npz", result.maps)
+    summary = result.summary()
+    if image_path is not None:
+        summary = {"image": image_path, **summary}
+    stems = class_file_stems(list(result.maps))
+    picture = shrink_image(result.image, PREVIEW_SIDE)
+    files = {}
+    for name, m in result.maps.items():
+        files[name] = f"{stems[name]}.png"
+        save_png(directory / files[name], overlay(picture, shrink_map(m, PREVIEW_SIDE)))
+    summary["map_images"] = files
+    small = shrink_image(result.image, FIGURE_SIDE)
+    titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
+    fig = maps_figure(small, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
+                      titles)
+    save_figure(directory / "figure.png", fig)
+    if result.layer_maps:
+        layer_maps = {c: {name: shrink_map(m, FIGURE_SIDE) for name, m in layers.items()}
+                      for c, layers in result.layer_maps.items()}
+        save_figure(directory / "layers.png", layers_figure(
+            small, layer_maps, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()}))
+    if segmentation is not None:
+        from dcsm.segmentation import write_segmentation
+
+        write_segmentation(segmentation, result.image, directory)
+        summary["segmentation"] = {**segmentation.summary(), "files": {
+            "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
+    save_json(directory / "summary.json", summary)
