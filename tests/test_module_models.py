@@ -137,7 +137,7 @@ def test_batch_equals_one_by_one(case, preset):
     assert isinstance(batch, dcsm.BatchResult)
     assert batch.maps.shape == (3, 2, h, w) and batch.maps.dtype == torch.float32
     assert torch.equal(batch.classes, classes)
-    assert 0.0 <= float(batch.maps.min()) and 0.0 < float(batch.maps.max()) <= 1.0
+    assert float(batch.maps.min()) >= 0.0 and 0.0 < float(batch.maps.max()) <= 1.0
     for n in range(3):
         alone = explainer.explain(x[n], classes=classes[n])
         torch.testing.assert_close(batch.maps[n], alone.maps[0], rtol=0, atol=1e-5)
