@@ -208,10 +208,15 @@ def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | i
     return [items] * n  # type: ignore[list-item]
 
 
+class UnevenCandidates(DcsmError):
+    """The images of a batch got different numbers of automatic candidates."""
+
+
 def uniform(selections: Sequence[Selection]) -> None:
-    """DcsmError unless every image's selection has the same numbers of classes."""
+    """:class:`UnevenCandidates` unless every image's selection has the same numbers of
+    classes."""
     sizes = {(len(s.selected), len(s.contrast)) for s in selections}
     if len(sizes) > 1:
         counts = ", ".join(str(len(s.selected)) for s in selections)
-        raise DcsmError(f"the automatic candidates differ in number between the images of the "
-                        f"batch ({counts}); give top_k, or name the classes")
+        raise UnevenCandidates(f"the automatic candidates differ in number between the images "
+                               f"of the batch ({counts}); give top_k, or name the classes")

@@ -256,6 +256,9 @@ class _Explainer:
                 class_names=names, method=self.method, model=self.adapter.name,
                 parameters=self.parameters(),
                 contrast=torch.tensor([[c.index for c in s.contrast] for s in selections]),
+                contrast_names=[[c.name for c in s.contrast] for s in selections],
+                contrast_scores=torch.tensor([[c.score for c in s.contrast]
+                                              for s in selections]),
                 layer_maps=None if layers is None else {
                     name: m.to(prepared.out_device) for name, m in layers.items()},
             )

@@ -62,6 +62,7 @@ class BatchResult:
         model: the adapter's name.
         parameters: every setting that produced the maps.
         contrast: ``(N, K')`` the classes subtracted (the first K are ``classes``).
+        contrast_names, contrast_scores: their names and scores, per image.
         layer_maps: with ``per_layer=True``, ``{layer: (N, K, H, W)}`` single-layer maps.
     """
 
@@ -74,9 +75,48 @@ class BatchResult:
     parameters: dict[str, object] = field(default_factory=dict)
     contrast: torch.Tensor | None = None
     layer_maps: dict[str, torch.Tensor] | None = None
+    contrast_names: list[list[str]] | None = None
+    contrast_scores: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
+
+    def results(self, images: list[np.ndarray]) -> list[SaliencyResult]:
+        """One :class:`SaliencyResult` per image, its maps brought to that image's size.
+
+        ``images[n]`` is image n as an RGB uint8 array, at its own (full) size; the batch was
+        explained at a working resolution of the same aspect.
+        """
+        import torch.nn.functional as F
+
+        if len(images) != len(self):
+            raise ValueError(f"{len(images)} images for a batch of {len(self)}")
+        out = []
+        for n, image in enumerate(images):
+            size = (int(image.shape[0]), int(image.shape[1]))
+
+            def full(m: torch.Tensor, size: tuple[int, int] = size) -> np.ndarray:
+                if tuple(m.shape[-2:]) != size:
+                    m = F.interpolate(m[None].float(), size=size, mode="bilinear",
+                                      align_corners=False)[0]
+                return m.clamp(0, 1).cpu().numpy().astype(np.float32)
+
+            maps = full(self.maps[n])
+            names = self.class_names[n]
+            contrast = [] if self.contrast is None else [
+                Candidate(int(i), name, float(score)) for i, name, score in zip(
+                    self.contrast[n].tolist(), self.contrast_names[n],  # type: ignore[index]
+                    self.contrast_scores[n].tolist(), strict=True)]  # type: ignore[union-attr]
+            result = SaliencyResult(image=image, maps=dict(zip(names, maps, strict=True)),
+                                    candidates=self.candidates(n), method=self.method,
+                                    model=self.model, parameters=dict(self.parameters),
+                                    contrast=contrast)
+            if self.layer_maps is not None:
+                per_layer = {layer: full(m[n]) for layer, m in self.layer_maps.items()}
+                result.layer_maps = {name: {layer: per_layer[layer][k] for layer in per_layer}
+                                     for k, name in enumerate(names)}
+            out.append(result)
+        return out
 
     def candidates(self, n: int) -> list[Candidate]:
         """Image n's classes as :class:`Candidate` records."""

@@ -52,6 +52,9 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     cli.add_crf_options(p)
     cli.add_grabcut_options(p)
     r = p.add_argument_group("running")
+    r.add_argument("--batch-size", type=cli._positive_int, default=1, metavar="N",
+                   help="explain up to N images of one working-resolution size together "
+                        "(one forward per scale for all; same maps); default %(default)s")
     r.add_argument("--workers", type=_count, default=2,
                    help="processes decoding images ahead of the model (0: none), default "
                         "%(default)s")
@@ -107,7 +110,8 @@ def run_batch(args: argparse.Namespace) -> int:
     options = BatchOptions(classes=args.classes, top_k=args.top_k, threshold=args.threshold,
                            per_layer=args.per_layer, segmenter=segmenter,
                            segment_params=params, workers=args.workers, force=args.force,
-                           progress=args.progress, max_side=cli.max_side(args))
+                           progress=args.progress, max_side=cli.max_side(args),
+                           batch_size=args.batch_size)
     report = run(explainer, items, args.out, options, rank)
     group = Group(rank, enable=not args.no_dist)
     try:

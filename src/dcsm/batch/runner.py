@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,15 @@ import torch
 
 from dcsm.api import Explainer
 from dcsm.batch.inputs import InputItem
-from dcsm.batch.loader import iterate
+from dcsm.batch.loader import Loaded, iterate
 from dcsm.batch.manifest import Manifest
 from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
-from dcsm.candidates import parse_classes
+from dcsm.candidates import UnevenCandidates, parse_classes
 from dcsm.errors import DcsmError
+from dcsm.images import image_input, working_size
 from dcsm.io import atomic_dir, remove_path
+from dcsm.result import SaliencyResult
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
 
@@ -51,6 +53,8 @@ class BatchOptions:
     processes (0: decode in this process). ``force``: redo outputs made with other settings
     instead of stopping. ``progress``: the bar (None: on a terminal, rank 0 only).
     ``max_side``: the working resolution of the segmentation (the explainer has its own).
+    ``batch_size``: images explained together, one tensor batch per working-resolution size
+    (:func:`batches`); the maps equal those of one image at a time.
     """
 
     classes: str | Sequence[str | int] | None = None
@@ -63,6 +67,7 @@ class BatchOptions:
     force: bool = False
     progress: bool | None = None
     max_side: int | None = 512
+    batch_size: int = 1
 
 
 @dataclass
@@ -146,13 +151,66 @@ def remove_leftovers(out: Path, names: set[str]) -> int:
     return removed
 
 
+def explain_group(explainer: Explainer, images: list[Any], options: BatchOptions
+                  ) -> list[SaliencyResult]:
+    """The explanations of images that share one working-resolution size, as one tensor batch
+    (one by one where automatic candidates differ in number between them)."""
+    kwargs = {"classes": options.classes, "top_k": options.top_k,
+              "threshold": options.threshold, "per_layer": options.per_layer}
+    if len(images) == 1:
+        return [explainer.explain(images[0], **kwargs)]  # type: ignore[list-item]
+    adapter = explainer.adapter
+    max_side = getattr(explainer, "max_side", None)
+    size = working_size(images[0].shape[0], images[0].shape[1], max_side)
+    x = torch.cat([image_input(adapter, im, size) for im in images])
+    try:
+        batch = explainer.explain(x, **kwargs)
+    except UnevenCandidates:
+        return [explainer.explain(im, **kwargs) for im in images]  # type: ignore[misc]
+    return batch.results(images)  # type: ignore[union-attr]
+
+
+def batches(samples: Iterable[Loaded], size: int, max_side: int | None,
+            hold: int | None = None) -> Iterator[list[Loaded]]:
+    """Group decoded images by their working-resolution size, ``size`` at most per group.
+
+    A group goes out when full; when more than ``hold`` images (default ``4 * size``) wait, the
+    largest group goes out as it is; the rest at the end. Unreadable samples go out alone.
+    """
+    hold = 4 * size if hold is None else hold
+    waiting: dict[tuple[int, int], list[Loaded]] = {}
+    count = 0
+    for sample in samples:
+        if sample.image is None or size <= 1:
+            yield [sample]
+            continue
+        key = working_size(sample.image.shape[0], sample.image.shape[1], max_side)
+        group = waiting.setdefault(key, [])
+        group.append(sample)
+        count += 1
+        if len(group) >= size:
+            count -= len(group)
+            yield waiting.pop(key)
+        elif count > hold:
+            largest = max(waiting, key=lambda k: len(waiting[k]))
+            count -= len(waiting[largest])
+            yield waiting.pop(largest)
+    for group in waiting.values():
+        yield group
+
+
 def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
-                  options: BatchOptions) -> list[dict[str, Any]]:
-    """Explain (and segment) one image and write ``out/<name>/`` atomically; the candidates."""
+                  options: BatchOptions, result: SaliencyResult | None = None
+                  ) -> list[dict[str, Any]]:
+    """Explain (unless ``result`` is given) and segment one image and write ``out/<name>/``
+    atomically; the candidates."""
     from dcsm.outputs import write_explanation
 
-    result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
-                               threshold=options.threshold, per_layer=options.per_layer)
+    if result is None:
+        result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
+                                   threshold=options.threshold,
+                                   per_layer=options.per_layer)  # type: ignore[assignment]
+    assert result is not None
     seg = None
     if options.segmenter is not None:
         from dcsm.segmentation import segment
@@ -214,30 +272,49 @@ def run(
             show = False
         bar = Progress(len(pending), desc, show)
         try:
-            for sample in samples:
-                item = pending[sample.index]
+            for group in batches(samples, options.batch_size,
+                                 getattr(explainer, "max_side", None)):
+                results: list[SaliencyResult | None] = [None] * len(group)
+                group_error: str | None = None
+                readable = [g for g in group if g.image is not None]
                 t0 = time.perf_counter()
-                common = {"key": item.key, "image": str(item.path), "output": item.name,
-                          "fingerprint": fp}
-                if sample.image is None:
-                    reason, stage = sample.error or "cannot read image", "read"
-                else:
+                if len(readable) > 1:
                     try:
-                        cands = write_outputs(explainer, sample.image, item, out, options)
-                    except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
-                        reason, stage = _reason(exc), "explain"
-                        if torch.cuda.is_available():
-                            torch.cuda.empty_cache()
+                        found = explain_group(explainer, [g.image for g in readable], options)
+                    except Exception as exc:  # noqa: BLE001 - retried one by one below
+                        group_error = _reason(exc)
                     else:
-                        manifest.write("done", **common, candidates=cands,
-                                       seconds=round(time.perf_counter() - t0, 4))
-                        done += 1
-                        bar.step()
-                        continue
-                manifest.write("failed", **common, stage=stage, reason=reason)
-                failed.append((item.key, reason))
-                bar.message(f"dcsm batch: {item.path}: failed: {reason}")
-                bar.step(failed=True)
+                        by_index = {g.index: r for g, r in zip(readable, found, strict=True)}
+                        results = [by_index.get(g.index) for g in group]
+                share = (time.perf_counter() - t0) / max(1, len(readable))
+                for sample, result in zip(group, results, strict=True):
+                    item = pending[sample.index]
+                    t1 = time.perf_counter()
+                    common = {"key": item.key, "image": str(item.path), "output": item.name,
+                              "fingerprint": fp}
+                    if sample.image is None:
+                        reason, stage = sample.error or "cannot read image", "read"
+                    else:
+                        try:
+                            cands = write_outputs(explainer, sample.image, item, out, options,
+                                                  result)
+                        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+                            reason, stage = _reason(exc), "explain"
+                            if torch.cuda.is_available():
+                                torch.cuda.empty_cache()
+                        else:
+                            seconds = time.perf_counter() - t1 + (share if result else 0.0)
+                            manifest.write("done", **common, candidates=cands,
+                                           seconds=round(seconds, 4))
+                            done += 1
+                            bar.step()
+                            continue
+                    manifest.write("failed", **common, stage=stage, reason=reason)
+                    failed.append((item.key, reason))
+                    bar.message(f"dcsm batch: {item.path}: failed: {reason}")
+                    bar.step(failed=True)
+                if group_error is not None and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
         finally:
             bar.close()
         seconds = time.perf_counter() - start
