@@ -183,3 +183,38 @@ def test_module_entry_point():
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_working_resolution_options(tmp_path, capsys):
+    args = ["explain", str(BUNDLED), "--classes", "tabby,espresso", *FAST]
+    code, _, err = run([*args, "--out", str(tmp_path / "a"), "--max-side", "112"], capsys)
+    assert code == 0, err
+    d = tmp_path / "a" / "chelsea_coffee"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["parameters"]["max_side"] == 112
+    with np.load(d / "maps.npz") as npz:
+        tabby = npz["tabby"]
+    assert tabby.shape == (224, 448)
+    # the maps of the image shrunk to 112 pixels, enlarged: smooth at the full size
+    ref = dcsm.explain(dcsm.load_model(), str(BUNDLED), classes=["tabby", "espresso"],
+                       scales=[1.0], max_side=112)
+    np.testing.assert_allclose(tabby, ref.maps["tabby"], atol=1e-6)
+    assert tabby[:, :224].sum() > 0.9 * tabby.sum()
+    code, _, err = run([*args, "--out", str(tmp_path / "b"), "--full-resolution",
+                        "--precision", "bfloat16"], capsys)
+    assert code == 0, err
+    assert "dcsm: full resolution 448x224: about" in err and "GiB" in err
+    summary = json.loads((tmp_path / "b" / "chelsea_coffee" / "summary.json").read_text())
+    assert summary["parameters"]["max_side"] is None
+    assert summary["parameters"]["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--max-side", "16"], "expected an integer >= 32"),
+    (["--max-side", "200", "--full-resolution"], "not allowed with argument"),
+    (["--precision", "int8"], "invalid choice"),
+])
+def test_working_resolution_errors(tmp_path, capsys, extra, message):
+    code, out, err = run(["explain", str(BUNDLED), "--out", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
