@@ -427,3 +427,24 @@ def test_imagenet_descriptions_with_repeats_become_unique():
     assert len(set(unique)) == 1000
     assert unique[134] == "crane (134)" and unique[517] == "crane (517)"
     assert unique[1] == names[1]
+
+
+def test_guided_rule_warns_when_it_finds_no_activation(monkeypatch):
+    """TokenNet's only non-linearity is tanh: guided back-propagation would silently be plain."""
+    import dcsm.rules.guided as guided
+
+    monkeypatch.setattr(guided, "_WARNED", set())
+    net = TokenNet()
+    x = torch.randn(1, 3, 32, 40)
+    explainer = dcsm.DistinctSaliency(net, layers=["block_a", "block_b"], scales=[1.0])
+    with pytest.warns(dcsm.DcsmWarning, match="no activation it knows"):
+        guided_maps = explainer.explain(x, classes=[[0, 1]]).maps
+    plain = dcsm.DistinctSaliency(net, layers=["block_a", "block_b"], scales=[1.0],
+                                  backprop="plain").explain(x, classes=[[0, 1]]).maps
+    torch.testing.assert_close(guided_maps, plain, rtol=0, atol=0)
+    relu_net = _resnet18(classes=5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dcsm.DcsmWarning)
+        dcsm.explain(relu_net, x, classes=[[0, 1]], layers=["layer4.0"], scales=[1.0])

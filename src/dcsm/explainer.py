@@ -68,7 +68,7 @@ from dcsm.layer_maps import (
 from dcsm.layouts import LayoutSpec, resolve_layout, to_grid
 from dcsm.presets import Preset, get_preset
 from dcsm.result import BatchResult, SaliencyResult
-from dcsm.rules import BackpropRule, get_rule
+from dcsm.rules import BackpropRule, GuidedRule, get_rule, warn_if_unguided
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -241,6 +241,9 @@ class _Explainer:
         prepared = prepare(self.adapter, image, self.max_side)
         self._check_memory(prepared, 4)
         maps, selections, layers = self._run(prepared, classes, top_k, threshold, per_layer)
+        rule = getattr(self, "rule", None)
+        if isinstance(rule, GuidedRule) and rule.last_intercepted == 0:
+            warn_if_unguided(0, self.adapter.name)
         k = len(selections[0].selected)
         maps = upsample(maps[:, :k].float(), prepared.out_size).clamp(0, 1)
         names = [[c.name for c in s.selected] for s in selections]

@@ -17,33 +17,46 @@ whose side is not a multiple of the patch size is zero-padded at the bottom and 
 token grid (:func:`timm_token_grid`) is ``ceil(H / p) x ceil(W / p)`` and covers the padded image.
 Swin's constructor takes ``dynamic_img_size`` but not ``dynamic_img_pad``; its patch embedding
 is switched to padding after construction. A model that accepts neither and whose timm
-configuration says ``fixed_input_size`` (MLP-Mixer, BEiT, CaiT, LeViT, MaxViT, ...) gets the
-adapter's ``input_size`` set to its configured size; convolutional networks take any size.
+configuration says ``fixed_input_size`` (MLP-Mixer, BEiT, CaiT, XCiT, MaxViT, ...), or that fails
+on the 128 x 160 probe input but runs at its configured size (HaloNet, BAT), gets the adapter's
+``input_size`` set to its configured size; other networks take any size. ``min_input`` is 32, or
+the pixels per token (the patch size; a hybrid's CNN stride) for token-only models.
 
 **Default layers** (the analogue of VGG-16's conv3_1 ... conv5_3), from ``model.feature_info``:
 
 * Hierarchical networks (ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, Swin, ...): the
   blocks of the stages at the two deepest reductions (strides 16 and 32), at most nine layers:
-  every stride-32 block, then the last stride-16 blocks (ResNet-50: ``layer3.0`` ... ``layer4.2``,
-  the same nine as ``torchvision:resnet50``; ConvNeXt: ``stages.3.blocks.*`` and the last
-  ``stages.2.blocks.*``; EfficientNet: ``blocks.3.*`` ... ``blocks.6.*``, since timm's
-  ``feature_info`` names only the last block group of each stride). Stages are expanded into
-  their blocks when they hold a ``blocks`` sequence or are sequences themselves; otherwise the
-  stage itself is the layer (DenseNet's dense blocks). Grad-CAM: the deepest feature stage.
-* Plain (single-resolution) transformers (ViT, DeiT, EVA, CaiT, XCiT, ...): the last nine
-  transformer blocks ``blocks.K``. With class-token pooling (``global_pool='token'``) the head
-  reads only the prefix tokens of the *last* block's output, so that block's patch tokens get an
-  exactly zero gradient: its place goes to the block before, and Grad-CAM reads the last block's
-  ``norm1`` (its input, normalised, as pytorch-grad-cam does) instead of its output.
+  the last stride-32 blocks take at least five places (all of them when there are fewer stride-16
+  blocks than four), the last stride-16 blocks the rest. ResNet-50: ``layer3.0`` ... ``layer4.2``,
+  the nine of ``torchvision:resnet50``; ResNet-18: ``layer3.0`` ... ``layer4.1``; ConvNeXt:
+  ``stages.3.blocks.*`` and the last ``stages.2.blocks.*``; EfficientNet-B0: ``blocks.3.2``,
+  ``blocks.4.*``, ``blocks.5.*``, ``blocks.6`` (the last four stride-16 and five stride-32 blocks,
+  as for ``efficientnet_lite0``; timm's ``feature_info`` names only the last block group of each
+  stride, the groups before it are found among its siblings); Swin-T: ``layers.2.blocks.*``,
+  ``layers.3.blocks.*``. A stage is split into its blocks (its ``blocks`` sequence, or its
+  children when they are several composite modules) only when the probe pass shows them running
+  in sequence with the stage returning the last one's output; otherwise the stage itself is the
+  layer (DenseNet's dense blocks and transitions, Inception's mixed blocks). Grad-CAM: the
+  deepest feature stage.
+* Plain (single-resolution) transformers (ViT, DeiT, EVA, BEiT, CaiT, XCiT, MLP-Mixer, ...): the
+  last nine transformer blocks ``blocks.K``. With class-token pooling (``global_pool='token'``
+  and prefix tokens in the block output) the head reads only the prefix tokens of the *last*
+  block's output, so that block's patch tokens get an exactly zero gradient: its place goes to
+  the block before (ViT-Ti: ``blocks.2`` ... ``blocks.10``), and Grad-CAM reads the last block's
+  ``norm1`` (its input, normalised, as pytorch-grad-cam does) instead of its output. CaiT's and
+  XCiT's class attention comes after their blocks, so their last block stays.
 
 A default layer whose output layout dcsm cannot read (below) is replaced by its stage, or
-dropped. **Layouts** (:func:`timm_layer_layouts`, measured by one forward pass):
-``nchw`` for CNN stages and blocks (ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, DenseNet);
-``nhwc`` (channel-last) for timm's Swin stages and blocks; ``tokens:K`` for ViT-style blocks,
+dropped; a model with none left (Hiera's unrolled tokens, LeViT, PiT, TNT, CrossViT, CoaT) is
+refused with a DcsmError, as is a model without a classifier (``num_classes`` 0).
+**Layouts** (:func:`timm_layer_layouts`, measured by one forward pass): ``nchw`` for CNN stages
+and blocks (ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, DenseNet); ``nhwc``
+(channel-last) for timm's Swin stages and blocks (and VOLO, Sequencer, MambaOut; Swin-V2-CR,
+GCViT and TinyViT mix both, hence a layout per layer); ``tokens:K`` for ViT-style blocks,
 ``(N, K + h * w, D)`` with ``K`` prefix tokens (class, distillation or register tokens;
 ``model.num_prefix_tokens``) before the ``h x w`` patch tokens in raster order (``tokens:1`` for
 ViT and DeiT, ``tokens:2`` for distilled DeiT, ``tokens:0`` for CaiT's and XCiT's patch-only
-blocks and for pooled ViTs without a class token).
+blocks, MLP-Mixer and ViTs pooled without a class token).
 """
 
 from __future__ import annotations
@@ -130,9 +143,8 @@ def build_timm(name: str, weights: str | Path | None) -> nn.Module:
         try:
             model = _create(timm, name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - download failures come in many types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DcsmError(f"could not download timm weights for {name} (offline?): "
-                            f"{first}") from exc
+                            f"{_first_line(exc)}") from exc
     else:
         if not Path(weights).is_file():
             raise DcsmError(f"weights file '{weights}' does not exist (timm:{name} takes a local "
@@ -163,9 +175,12 @@ def _pair(value: Any) -> tuple[int, int]:  # noqa: ANN401
     return int(value), int(value)
 
 
-def _patch_size(model: nn.Module) -> int | None:
-    embed = _patch_embed(model)
-    return None if embed is None else max(_pair(embed.patch_size))
+def _token_stride(model: nn.Module) -> int | None:
+    """Input pixels per patch token (the patch size; a hybrid's CNN stride), or None."""
+    grid = timm_token_grid(model, PROBE_SIZE)
+    if grid is None or min(grid) <= 0:
+        return None
+    return max(math.ceil(PROBE_SIZE[0] / grid[0]), math.ceil(PROBE_SIZE[1] / grid[1]))
 
 
 def timm_token_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | None:
@@ -177,10 +192,28 @@ def timm_token_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] 
     embed = _patch_embed(model)
     if embed is None:
         return None
+    if hasattr(embed, "dynamic_feat_size"):  # timm's own (hybrid embeddings: the CNN's stride)
+        h, w = embed.dynamic_feat_size((int(size[0]), int(size[1])))
+        return int(h), int(w)
     ph, pw = _pair(embed.patch_size)
     if getattr(embed, "dynamic_img_pad", False):
         return math.ceil(size[0] / ph), math.ceil(size[1] / pw)
     return size[0] // ph, size[1] // pw
+
+
+def _configured_size(model: nn.Module) -> tuple[int, int] | None:
+    size = _pretrained_cfg(model).get("input_size")
+    return (int(size[-2]), int(size[-1])) if size else None
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    height, width = size or PROBE_SIZE
+    return f"{height} x {width}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def timm_input_size(model: nn.Module) -> tuple[int, int] | None:
@@ -188,10 +221,7 @@ def timm_input_size(model: nn.Module) -> tuple[int, int] | None:
     built with dynamic sizes, or not marked ``fixed_input_size`` by timm."""
     if getattr(model, "dynamic_img_size", False):
         return None
-    cfg = _pretrained_cfg(model)
-    if cfg.get("fixed_input_size") and cfg.get("input_size"):
-        return int(cfg["input_size"][-2]), int(cfg["input_size"][-1])
-    return None
+    return _configured_size(model) if _pretrained_cfg(model).get("fixed_input_size") else None
 
 
 def _probe(model: nn.Module, paths: Sequence[str], size: tuple[int, int]
@@ -272,7 +302,7 @@ def timm_layer_layouts(model: nn.Module, layers: Sequence[str],
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
-        raise DcsmError(f"unknown layer '{missing[0]}' for {type(model).__name__}")
+        raise DcsmError(f"unknown layer '{missing[0]}' for timm model {_label(model)}")
     size = _probe_size(model, size)
     seen = _probe(model, layers, size)
     layouts = {}
@@ -284,6 +314,11 @@ def timm_layer_layouts(model: nn.Module, layers: Sequence[str],
 
 
 # --------------------------------------------------------------------------- default layers
+def _label(model: nn.Module) -> str:
+    """The model's timm name for messages (its class name if timm does not say)."""
+    return str(_pretrained_cfg(model).get("architecture") or type(model).__name__)
+
+
 def _stage_paths(model: nn.Module) -> list[tuple[int, str]]:
     """(reduction, module path) of every feature stage, in order, including the stages that
     ``feature_info`` leaves out: it names only the last module at each reduction, so a sibling
@@ -293,7 +328,7 @@ def _stage_paths(model: nn.Module) -> list[tuple[int, str]]:
     entries = [(int(f["reduction"]), str(f["module"])) for f in info or []
                if str(f.get("module", "")) in modules]
     if not entries:
-        raise DcsmError(f"timm model {type(model).__name__} has no usable feature_info: dcsm "
+        raise DcsmError(f"timm model {_label(model)} has no usable feature_info: dcsm "
                         "cannot choose its layers")
     stages: list[tuple[int, str]] = []
     last_in_parent: dict[str, str] = {}
@@ -312,23 +347,27 @@ def _stage_paths(model: nn.Module) -> list[tuple[int, str]]:
 
 def _candidate_blocks(model: nn.Module, path: str) -> list[str]:
     """The blocks a stage may be split into: its ``blocks`` sequence, or else its children,
-    when every one of them is itself composite (blocks, not single convolutions or norms)."""
+    when there are several and every one is itself composite (blocks, not single convolutions
+    or norms). Whether they run in sequence is checked by the probe (:func:`_chained`)."""
     stage = dict(model.named_modules())[path]
     blocks = getattr(stage, "blocks", None)
     if isinstance(blocks, nn.Module) and len(list(blocks.children())) > 0:
         prefix, children = f"{path}.blocks", list(blocks.named_children())
     else:
         prefix, children = path, list(stage.named_children())
-    if not children or isinstance(stage, nn.ModuleDict):
-        return []
+    if len(children) < 2 or isinstance(stage, nn.ModuleDict):
+        return []  # a single child computes what the stage does: keep the stage's name
     if not all(any(True for _ in m.children()) for _, m in children):
         return []
     return [f"{prefix}.{n}" for n, _ in children]
 
 
-def _chained(blocks: list[str], seen: dict[str, tuple[Any, Any]]) -> bool:
-    """Did each block take the previous block's output, as in a sequence (not branches)?"""
-    if not blocks or any(b not in seen for b in blocks):
+def _chained(stage: str, blocks: list[str], seen: dict[str, tuple[Any, Any]]) -> bool:
+    """Did each block take the previous block's output (a sequence, not branches), and is the
+    stage's output the last block's (no residual sum or norm after them)?"""
+    if not blocks or stage not in seen or any(b not in seen for b in blocks):
+        return False
+    if seen[stage][1] is not seen[blocks[-1]][1]:
         return False
     return all(seen[b][0] is seen[a][1] for a, b in zip(blocks, blocks[1:], strict=False))
 
@@ -354,7 +393,7 @@ def timm_default_layers(model: nn.Module, size: tuple[int, int] | None = None
         layouts = {p: v for p in seen if (v := _layout_of(seen[p][1], model, size))}
         blocks = [b for b in blocks if b in layouts]
         if not blocks:
-            raise DcsmError(f"timm model {type(model).__name__}: dcsm cannot read the output of "
+            raise DcsmError(f"timm model {_label(model)}: dcsm cannot read the output of "
                             "its transformer blocks")
         gradcam = blocks[-1]
         if (getattr(model, "global_pool", None) == "token" and len(blocks) >= 2
@@ -374,17 +413,21 @@ def timm_default_layers(model: nn.Module, size: tuple[int, int] | None = None
     per_reduction: dict[int, list[str]] = {}
     for reduction, path in chosen:
         blocks = candidates[path]
-        if blocks and _chained(blocks, seen) and all(b in layouts for b in blocks):
+        if blocks and _chained(path, blocks, seen) and all(b in layouts for b in blocks):
             per_reduction.setdefault(reduction, []).extend(blocks)
         elif path in layouts:
             per_reduction.setdefault(reduction, []).append(path)
-    layers: list[str] = []
-    for reduction in sorted(per_reduction, reverse=True):  # deepest first, then fill up the cap
-        room = MAX_DEFAULT_LAYERS - len(layers)
-        if room > 0:
-            layers = per_reduction[reduction][-room:] + layers
+    # at most nine layers: the deepest stride's last blocks take at least five places (all of
+    # them if the other stride has fewer than four), the other stride's last blocks the rest
+    order = sorted(per_reduction, reverse=True)
+    deepest = per_reduction[order[0]] if order else []
+    shallower = per_reduction[order[1]] if len(order) > 1 else []
+    quota = max(math.ceil(MAX_DEFAULT_LAYERS / 2), MAX_DEFAULT_LAYERS - len(shallower))
+    layers = deepest[-quota:]
+    room = MAX_DEFAULT_LAYERS - len(layers)
+    layers = (shallower[-room:] if room > 0 else []) + layers
     if not layers:
-        raise DcsmError(f"timm model {type(model).__name__}: dcsm cannot read the output of its "
+        raise DcsmError(f"timm model {_label(model)}: dcsm cannot read the output of its "
                         "feature stages")
     if gradcam not in layouts:
         gradcam = layers[-1]
@@ -393,12 +436,12 @@ def timm_default_layers(model: nn.Module, size: tuple[int, int] | None = None
 
 # --------------------------------------------------------------------------- the adapter
 def _preprocessing(cfg: dict[str, Any]) -> Preprocessing:
+    """timm's normalisation (stated in [0, 1] units) in dcsm's 0..255 units; torchvision's
+    ImageNet normalisation when the configuration has none."""
     mean, std = cfg.get("mean"), cfg.get("std")
     if mean is None or std is None or len(mean) != 3 or len(std) != 3:
         return IMAGENET_TORCHVISION
-    return Preprocessing(mean=(float(mean[0]) * 255, float(mean[1]) * 255, float(mean[2]) * 255),
-                         std=(float(std[0]) * 255, float(std[1]) * 255, float(std[2]) * 255),
-                         channel_order="RGB")
+    return Preprocessing.from_unit(mean, std, channel_order="RGB")
 
 
 def _class_names(n: int) -> list[str]:
@@ -413,22 +456,38 @@ def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
 def timm_adapter(name: str, weights: str | Path | None) -> ModelAdapter:
     """Adapter for ``timm:<name>`` (see the module docs).
 
-    Besides ModelAdapter's fields it carries ``input_size`` ((H, W) for a fixed-size model, else
-    None) and ``layer_layouts`` (``{layer: 'nchw' | 'nhwc' | 'tokens:K'}`` for the default and
-    Grad-CAM layers), as fields once ModelAdapter has them, as attributes until then.
+    ``input_size`` is (H, W) for a fixed-size model, else None; ``layer_layouts`` holds
+    ``'nchw'``, ``'nhwc'`` or ``'tokens:K'`` for each default layer and the Grad-CAM layer.
     """
+    name = name.removeprefix(PREFIX)
     model = build_timm(name, weights)
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes <= 0:
         raise DcsmError(f"timm model {name} has no classifier head (num_classes 0); pass weights "
                         "of a variant with one")
     input_size = timm_input_size(model)
-    layers, gradcam, layouts = timm_default_layers(model)
-    patch = _patch_size(model)
+    try:
+        layers, gradcam, layouts = timm_default_layers(model, input_size)
+    except DcsmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model itself failed on the probe input
+        configured = _configured_size(model)
+        if input_size is not None or configured is None:
+            raise DcsmError(f"timm model {name} does not run on a {_size_text(input_size)} "
+                            f"input: {_first_line(exc)}") from exc
+        # some models (halo attention, BAT) need their configured size although timm does not
+        # mark them fixed: treat them as fixed-size models
+        input_size = configured
+        try:
+            layers, gradcam, layouts = timm_default_layers(model, input_size)
+        except DcsmError:
+            raise
+        except Exception as exc2:  # noqa: BLE001
+            raise DcsmError(f"timm model {name} does not run on a {_size_text(input_size)} "
+                            f"input: {_first_line(exc2)}") from exc2
+    stride = _token_stride(model)
     tokens_only = all(v.startswith("tokens") for v in layouts.values())
-    extra: dict[str, Any] = {"input_size": input_size, "layer_layouts": layouts}
-    fields = {f.name for f in dataclasses.fields(ModelAdapter)}
-    adapter = ModelAdapter(
+    return ModelAdapter(
         name=f"{PREFIX}{name}",
         model=model,
         class_names=_class_names(num_classes),
@@ -437,12 +496,9 @@ def timm_adapter(name: str, weights: str | Path | None) -> ModelAdapter:
         layer_aliases={},
         multilabel=False,
         pooling="mean",
-        min_input=patch if tokens_only and patch else 32,
+        min_input=stride if tokens_only and stride else 32,
         gradcam_layer=gradcam,
         description=f"timm {name} (weights: {weights})",
-        **{k: v for k, v in extra.items() if k in fields},
+        input_size=input_size,
+        layer_layouts=dict(layouts),
     )
-    for key, value in extra.items():
-        if key not in fields:
-            setattr(adapter, key, value)  # until ModelAdapter has these fields
-    return adapter

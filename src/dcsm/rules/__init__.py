@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcsm.errors import DcsmError
 from dcsm.rules.base import BackpropRule
-from dcsm.rules.guided import GuidedRule, guided_relu
+from dcsm.rules.guided import GuidedRule, guided_activation, guided_relu, warn_if_unguided
 from dcsm.rules.plain import PlainRule
 
 RULES: dict[str, type[BackpropRule]] = {"plain": PlainRule, "guided": GuidedRule}
@@ -21,4 +21,5 @@ def get_rule(rule: str | BackpropRule) -> BackpropRule:
                         + ", ".join(RULES)) from None
 
 
-__all__ = ["RULES", "BackpropRule", "GuidedRule", "PlainRule", "get_rule", "guided_relu"]
+__all__ = ["RULES", "BackpropRule", "GuidedRule", "PlainRule", "get_rule", "guided_activation",
+           "guided_relu", "warn_if_unguided"]
