@@ -539,3 +539,111 @@ def test_safe_filename_properties() -> None:
         assert stem and not stem.startswith(".")
         assert len(stem) <= 120
         assert all(c.isascii() and (c.isalnum() or c in "-_.") for c in stem)
+
+
+# ------------------------------------------------------------------ durability (fsync)
+
+
+class _SyncLog:
+    """Stands in for os.fsync: records what each call flushed, and what existed at the time."""
+
+    def __init__(self, watch: Path) -> None:
+        self.watch = watch
+        self.calls: list[tuple[str, Path, bool]] = []  # (kind, path, watch existed)
+
+    def __call__(self, fd: int) -> None:
+        import os
+        import stat
+
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        self.calls.append((kind, path, self.watch.exists()))
+
+    def synced(self, kind: str) -> list[Path]:
+        return [p for k, p, _ in self.calls if k == kind]
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                                reason="reads file names of descriptors from /proc")
+
+
+@needs_proc
+def test_write_atomic_syncs_file_before_and_folder_after_the_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    target = tmp_path / "sub" / "data.json"
+    log = _SyncLog(target)
+    monkeypatch.setattr(os, "fsync", log)
+    save_json(target, {"a": 1})
+    kinds = [k for k, _, _ in log.calls]
+    assert kinds == ["file", "dir"]
+    (_, synced_file, existed_then), (_, synced_dir, existed_after) = log.calls
+    # the temporary file was flushed under its own name, before it became ``target``
+    assert synced_file.parent == target.parent and synced_file.name.startswith(".data.partial-")
+    assert not existed_then
+    assert synced_dir == target.parent and existed_after
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+@needs_proc
+def test_atomic_dir_syncs_every_file_and_folder_then_the_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    final = tmp_path / "out"
+    with atomic_dir(final) as work:
+        (work / "a.txt").write_text("A", encoding="utf-8")
+        (work / "nested").mkdir()
+        (work / "nested" / "b.bin").write_bytes(b"B")
+        log = _SyncLog(final)
+        monkeypatch.setattr(os, "fsync", log)
+    files = {p.relative_to(work).as_posix() for p in log.synced("file")}
+    assert files == {"a.txt", "nested/b.bin"}
+    dirs = log.synced("dir")
+    assert dirs[:2] == [work / "nested", work]  # the deepest first, all before the rename
+    assert not any(existed for _, _, existed in log.calls[:-1])
+    assert log.calls[-1] == ("dir", tmp_path, True)  # the parent, after the rename
+    assert (final / "nested" / "b.bin").read_bytes() == b"B"
+
+
+def test_sync_where_the_os_cannot_is_skipped(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def unsupported(fd: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", unsupported)
+    save_json(tmp_path / "a.json", [1])
+    with atomic_dir(tmp_path / "d") as work:
+        (work / "x").write_text("x", encoding="utf-8")
+    assert (tmp_path / "d" / "x").is_file() and (tmp_path / "a.json").is_file()
+
+    real_open = os.open
+
+    def no_directories(path, flags, *args):  # noqa: ANN001, ANN202 - as os.open
+        if Path(path).is_dir():
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_directories)
+    save_json(tmp_path / "b.json", [2])
+    assert json.loads((tmp_path / "b.json").read_text()) == [2]
+
+
+def test_a_failed_flush_is_an_error_and_leaves_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(DcsmError, match="Input/output error"):
+        save_json(tmp_path / "a.json", [1])
+    with pytest.raises(DcsmError, match="Input/output error"), atomic_dir(tmp_path / "d") as w:
+        (w / "x").write_text("x", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

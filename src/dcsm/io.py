@@ -4,7 +4,10 @@ Reading: :func:`load_image` turns any image file Pillow can decode into an ``(H,
 RGB array, and reports every problem a user can fix as a one-line :class:`DcsmError`.
 
 Writing: :func:`atomic_dir` and :func:`write_atomic` make sure that a run which is killed or
-fails half-way never leaves an output directory or file that looks complete. The helpers
+fails half-way never leaves an output directory or file that looks complete, and that one the
+machine crashed under (power cut, kernel panic) is either the old or the new one, whole: the
+data is flushed to the disk (``fsync``) before the rename, and the folder holding the new name
+after it. The helpers
 :func:`save_npz`, :func:`save_json`, :func:`save_png` and :func:`save_figure` are built on
 :func:`write_atomic`.
 """
@@ -12,6 +15,7 @@ fails half-way never leaves an output directory or file that looks complete. The
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MIN_SIDE",
     "atomic_dir",
+    "fsync_dir",
+    "fsync_file",
+    "fsync_tree",
     "load_image",
     "safe_filename",
     "save_figure",
@@ -172,6 +179,60 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 # Atomic output
 # --------------------------------------------------------------------------------------------
 
+# fsync errors meaning "this file system or OS cannot sync this", not "the data is lost".
+_SYNC_UNSUPPORTED = frozenset(
+    {errno.EINVAL, errno.EBADF, errno.EROFS, getattr(errno, "ENOTSUP", errno.EINVAL),
+     getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
+)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data and size to the disk, so a crash cannot lose or truncate it.
+
+    File systems that cannot sync (some network and FUSE mounts) are skipped silently.
+
+    Raises:
+        OSError: when the file cannot be opened, or the disk reports a write error.
+    """
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _SYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (files created or renamed in it) to the disk.
+
+    Best effort: where directories cannot be opened or synced (Windows, some file systems)
+    nothing happens; the rename itself is atomic there too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """:func:`fsync_file` every file under ``root`` and :func:`fsync_dir` every directory (the
+    deepest first, ``root`` last); links are not followed."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        here = Path(dirpath)
+        for name in filenames:
+            path = here / name
+            if not path.is_symlink():
+                fsync_file(path)
+        fsync_dir(here)
+
+
 
 def remove_path(path: Path) -> None:
     """Remove a file, link or directory tree, ignoring errors."""
@@ -201,10 +262,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     the trash is deleted. When the block raises (``KeyboardInterrupt`` included), the
     temporary directory is deleted and the exception propagates, and an existing ``final`` is
     left untouched. So a failed or interrupted run never leaves a ``final`` that looks
-    complete.
+    complete. Before the rename every file and folder of the temporary directory is flushed to
+    the disk, and after it the parent folder (:func:`fsync_tree`, :func:`fsync_dir`), so after a
+    crash ``final`` is the old directory or the new one, complete.
 
     Raises:
-        DcsmError: if the parent cannot be created or the renames fail.
+        DcsmError: if the parent cannot be created, or the flushes or renames fail.
     """
     final = Path(final)
     parent = final.parent
@@ -219,6 +282,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
+    try:
+        fsync_tree(tmp)
+    except OSError as exc:
+        remove_path(tmp)
+        raise DcsmError(f"cannot write output directory '{final}': {_reason(exc)}") from exc
     trash: Path | None = None
     try:
         if final.exists() or final.is_symlink():
@@ -234,6 +302,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         if trash is not None:
             remove_path(trash)
         raise DcsmError(f"cannot replace output directory '{final}': {_reason(exc)}") from exc
+    fsync_dir(parent)
     if trash is not None:
         remove_path(trash)
 
@@ -243,8 +312,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
     ``write`` is called with a hidden temporary path in the same directory as ``path`` and
     with the same suffix (so writers that add a missing suffix, like :func:`numpy.savez`, write
-    exactly where told). The temporary file then replaces ``path`` with :func:`os.replace`.
-    If ``write`` raises, the temporary file is removed; an ``OSError`` becomes a
+    exactly where told). The temporary file is flushed to the disk (:func:`fsync_file`), then
+    replaces ``path`` with :func:`os.replace`, and the folder's entry is flushed
+    (:func:`fsync_dir`): after a crash ``path`` holds the old content or the new, whole. If
+    ``write`` raises, the temporary file is removed; an ``OSError`` becomes a
     :class:`DcsmError`, anything else propagates unchanged. The parent directory is created
     if needed.
 
@@ -257,6 +328,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = parent / f".{path.stem}.partial-{secrets.token_hex(6)}{path.suffix}"
     try:
         write(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         remove_path(tmp)
@@ -264,6 +336,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         remove_path(tmp)
         raise
+    fsync_dir(parent)
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
