@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dcsm.errors import DcsmError, DcsmWarning
+from dcsm.errors import DcsmError, DcsmWarning, first_line
 
 EXIT_USAGE = 2
 
@@ -438,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         if os.environ.get("DCSM_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"dcsm: error: {first} (set DCSM_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"dcsm: error: {first_line(exc)} (set DCSM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return 1
 
 

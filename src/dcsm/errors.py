@@ -1,4 +1,5 @@
-"""The exception dcsm raises for problems a user can fix, and its warning type."""
+"""The exception dcsm raises for problems a user can fix, its warning type, and
+:func:`first_line` for quoting other exceptions in one line."""
 
 from __future__ import annotations
 
@@ -15,3 +16,15 @@ class DcsmWarning(UserWarning):
 
     The command-line front prints its message as one line on stderr and carries on.
     """
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of ``exc``'s message, stripped.
+
+    For a message that is empty or blank: ``default``, or the exception's type name when
+    ``default`` is None. Used wherever another library's error is quoted in a one-line message.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__ if default is None else default

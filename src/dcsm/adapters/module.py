@@ -39,7 +39,7 @@ from dcsm.adapters.base import (
     Preprocessing,
 )
 from dcsm.adapters.imagenet import imagenet_class_names
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 from dcsm.layouts import LayoutSpec
 
 _TORCHVISION_FAMILIES = (
@@ -69,9 +69,8 @@ def _probe_classes(model: nn.Module, size: tuple[int, int]) -> int:
         with torch.no_grad(), inference_state(model):
             out = model(torch.zeros((1, 3, *size), device=device))
     except Exception as exc:  # noqa: BLE001 - a user's module fails in its own ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DcsmError(f"{type(model).__name__} does not run on a 1x3x{size[0]}x{size[1]} "
-                        f"input ({first}); give input_size=(H, W) if it takes one size "
+                        f"input ({first_line(exc)}); give input_size=(H, W) if it takes one size "
                         "only") from exc
     if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -73,7 +73,7 @@ from torch import nn
 from dcsm.adapters.base import IMAGENET_TORCHVISION, ModelAdapter, Preprocessing
 from dcsm.adapters.imagenet import imagenet_class_names
 from dcsm.adapters.weights import load_into, load_state_dict
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 
 PREFIX = "timm:"
 MAX_DEFAULT_LAYERS = 9
@@ -144,7 +144,7 @@ def build_timm(name: str, weights: str | Path | None) -> nn.Module:
             model = _create(timm, name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - download failures come in many types
             raise DcsmError(f"could not download timm weights for {name} (offline?): "
-                            f"{_first_line(exc)}") from exc
+                            f"{first_line(exc)}") from exc
     else:
         if not Path(weights).is_file():
             raise DcsmError(f"weights file '{weights}' does not exist (timm:{name} takes a local "
@@ -209,11 +209,6 @@ def _configured_size(model: nn.Module) -> tuple[int, int] | None:
 def _size_text(size: tuple[int, int] | None) -> str:
     height, width = size or PROBE_SIZE
     return f"{height} x {width}"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def timm_input_size(model: nn.Module) -> tuple[int, int] | None:
@@ -474,7 +469,7 @@ def timm_adapter(name: str, weights: str | Path | None) -> ModelAdapter:
         configured = _configured_size(model)
         if input_size is not None or configured is None:
             raise DcsmError(f"timm model {name} does not run on a {_size_text(input_size)} "
-                            f"input: {_first_line(exc)}") from exc
+                            f"input: {first_line(exc)}") from exc
         # some models (halo attention, BAT) need their configured size although timm does not
         # mark them fixed: treat them as fixed-size models
         input_size = configured
@@ -484,7 +479,7 @@ def timm_adapter(name: str, weights: str | Path | None) -> ModelAdapter:
             raise
         except Exception as exc2:  # noqa: BLE001
             raise DcsmError(f"timm model {name} does not run on a {_size_text(input_size)} "
-                            f"input: {_first_line(exc2)}") from exc2
+                            f"input: {first_line(exc2)}") from exc2
     stride = _token_stride(model)
     tokens_only = all(v.startswith("tokens") for v in layouts.values())
     return ModelAdapter(

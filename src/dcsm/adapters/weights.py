@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -19,7 +19,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails on junk in many ways
-        raise DcsmError(f"cannot read weights file '{path}': {_one_line(exc)}") from exc
+        raise DcsmError(f"cannot read weights file '{path}': {first_line(exc)}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -48,8 +48,3 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
             )
         raise DcsmError(f"weights from {source} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -65,14 +65,6 @@ def register_source(source: Source) -> None:
     _SOURCES.insert(0, source)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
 def folder_items(folder: Path, exclude: Path | None = None) -> list[InputItem]:
     """Every image file under ``folder`` (see the module docstring), unsorted."""
     root = folder.resolve()

@@ -35,7 +35,7 @@ from dcsm.batch.manifest import Manifest
 from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
 from dcsm.candidates import UnevenCandidates, parse_classes
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 from dcsm.images import image_input, working_size
 from dcsm.io import atomic_dir, remove_path
 from dcsm.result import SaliencyResult
@@ -227,7 +227,7 @@ def _reason(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, MemoryError):
         return "out of memory"
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first_line(exc, default="")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 

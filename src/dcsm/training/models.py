@@ -22,7 +22,7 @@ maximum (Oquab et al. 2015), explaining back-propagates the whole map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +173,3 @@ def parameter_groups(backbone: Backbone, lr: float, pretrained_factor: float,
                     "name": ("pretrained" if pre else "new") + ("_bias" if flat else "")})
     return out
 
-
-def layer_names(backbone: Backbone) -> Sequence[str]:
-    """Every readable layer name of a backbone."""
-    return list(backbone.layer_aliases)

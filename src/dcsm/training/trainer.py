@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from dcsm.datasets.voc import LabelledImage, VOCDataset
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import average_precision
 from dcsm.io import save_json, write_atomic
 from dcsm.training.data import LabelledImages, ResizePlan, epoch_batches, size_batches
@@ -175,8 +175,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails on junk in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DcsmError(f"cannot read checkpoint '{path}': {first}") from exc
+        raise DcsmError(f"cannot read checkpoint '{path}': {first_line(exc)}") from exc
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise DcsmError(f"'{path}' is not a dcsm checkpoint (written by dcsm train)")
     if record.get("version") != CHECKPOINT_VERSION:
