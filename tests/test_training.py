@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dcsm
 from dcsm import cli
@@ -45,6 +46,11 @@ def test_two_iterations_then_resume_equals_uninterrupted(data_root, tmp_path):
     assert not first.finished and first.iteration == 1 and first.history == []
     state = torch.load(b / "last.pt", weights_only=True)
     assert (state["epoch"], state["step"], state["iteration"]) == (0, 1, 1)
+    # half an epoch is no model: nothing exported, and the resume state is not offered as one
+    assert not (b / "model.pt").exists()
+    for name in (f"checkpoint:{b}", f"checkpoint:{b / 'last.pt'}"):
+        with pytest.raises(DcsmError, match="not completed an epoch.*--resume"):
+            dcsm.load_model(name)
     with pytest.raises(DcsmError, match="--resume"):
         train(data_root, b, TINY, RunOptions(**QUIET))
     second = train(data_root, b, None, RunOptions(**QUIET), resume=True)
@@ -96,6 +102,37 @@ def test_checkpoint_is_a_model(data_root, tmp_path, capsys):
     assert summary["model"] == f"checkpoint:{run}"
     assert cli.main(["models"]) == 0
     assert "checkpoint:<path>" in capsys.readouterr().out
+
+
+def test_a_model_without_a_completed_epoch_is_refused(tmp_path, capsys):
+    from dcsm.checkpoints import epochs_completed, model_record, save_checkpoint
+
+    backbone = build_backbone("small_vgg", 2, config={"widths": [4] * 5})
+    untrained = tmp_path / "untrained.pt"
+    save_checkpoint(untrained, model_record(backbone, ["a", "b"]))  # as dcsm 0.1 wrote it
+    with pytest.raises(DcsmError, match="has not completed an epoch of training.*at least one"):
+        dcsm.load_model(f"checkpoint:{untrained}")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (90, 140, 30)).save(image)
+    code = cli.main(["explain", str(image), "--model", f"checkpoint:{untrained}",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not completed an epoch" in err, err
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(trained, model_record(backbone, ["a", "b"], history=[{"epoch": 1}]))
+    adapter = dcsm.load_model(f"checkpoint:{trained}")
+    assert adapter.class_names == ["a", "b"] and "1 epochs" in adapter.description
+    assert epochs_completed({"history": [{}, {}]}) == 2  # records without the "epochs" key
+
+
+def test_train_into_a_folder_it_cannot_create(data_root, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = cli.main(["train", "--data", str(data_root), "--out", str(blocker / "run"),
+                     "--batch-size", "2", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("dcsm: error: cannot create the run directory") and "Traceback" not in err
 
 
 def test_checkpoint_errors(tmp_path, capsys):

@@ -3,10 +3,14 @@
 ``PATH`` is a checkpoint file (``DIR/model.pt``, the best model, or ``DIR/last.pt``) or the
 training directory itself (its ``model.pt``). The checkpoint carries the architecture, the class
 names and the preprocessing, so nothing else is needed. The model is the fully convolutional
-network it was trained as (see :mod:`dcsm.training.models`), explained as the paper's: a
+network it was trained as (see :mod:`dcsm.adapters.fcn`), explained as the paper's: a
 multi-label (sigmoid) classifier whose image-level score is the global **max** of its class
 score map; default layers ``conv3_1`` ... ``conv5_3`` (VGG-16) or ``conv3_1`` ... ``conv5_2``
 (``small_vgg``).
+
+The file format is described in :mod:`dcsm.checkpoints`. A checkpoint whose weights have not
+completed an epoch of training (the ``last.pt`` of a run interrupted in its first epoch) is
+refused.
 """
 
 from __future__ import annotations
@@ -14,24 +18,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from dcsm.adapters.base import ModelAdapter, Preprocessing
+from dcsm.adapters.fcn import build_backbone
 from dcsm.adapters.weights import load_into
+from dcsm.checkpoints import epochs_completed, load_model_record
 from dcsm.errors import DcsmError
 
 PREFIX = "checkpoint:"
 
 
 def checkpoint_adapter(path: str | Path, weights: str | Path | None = None) -> ModelAdapter:
-    """The adapter of a dcsm training checkpoint."""
-    from dcsm.training.models import build_backbone
-    from dcsm.training.trainer import load_checkpoint
-
+    """The adapter of a dcsm training checkpoint (see the module docstring)."""
     if weights is not None:
         raise DcsmError("a checkpoint model carries its own weights; --weights is not used "
                         "with checkpoint:PATH")
     if str(path) == "":
         raise DcsmError("checkpoint:PATH needs a path (a checkpoint file or a training "
                         "directory)")
-    record = load_checkpoint(path)
+    _, record = load_model_record(path)
     names = [str(n) for n in record["class_names"]]
     backbone = build_backbone(str(record["arch"]), len(names), None,
                               record.get("arch_config") or None)
@@ -43,7 +46,6 @@ def checkpoint_adapter(path: str | Path, weights: str | Path | None = None) -> M
                                    channel_order=pre.get("channel_order", "RGB"))
     except (KeyError, TypeError, ValueError) as exc:
         raise DcsmError(f"checkpoint '{path}' has malformed preprocessing {pre!r}") from exc
-    trained = record.get("history") or []
     note = f", val mAP {record['best_map']:.3f}" if record.get("best_map") is not None else ""
     return ModelAdapter(
         name=f"{PREFIX}{path}",
@@ -57,5 +59,5 @@ def checkpoint_adapter(path: str | Path, weights: str | Path | None = None) -> M
         min_input=backbone.min_input,
         gradcam_layer=backbone.gradcam_layer,
         description=f"dcsm-trained {record['arch']}, {len(names)} classes, "
-                    f"{len(trained)} epochs{note}",
+                    f"{epochs_completed(record)} epochs{note}",
     )

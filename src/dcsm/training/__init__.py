@@ -1,11 +1,14 @@
 """Multi-label training of fully convolutional classifiers (the paper's set-up).
 
-* :mod:`dcsm.training.models`: the backbones (``vgg16``, ``small_vgg``) as class-score-map
-  networks with VGG-style layer names.
+* :mod:`dcsm.training.models`: the backbones (``vgg16``, ``small_vgg``; defined in
+  :mod:`dcsm.adapters.fcn`) as class-score-map networks with VGG-style layer names, and their
+  optimiser groups.
 * :mod:`dcsm.training.data`: reproducible batches with random resizing and flips.
 * :mod:`dcsm.training.trainer`: :func:`train` (sigmoid BCE on globally max-pooled scores,
-  atomic resumable checkpoints, validation mAP, mixed precision on a GPU).
-* :mod:`dcsm.training.cli`: the ``dcsm data``, ``dcsm train`` and ``dcsm evaluate`` commands.
+  atomic resumable checkpoints in :mod:`dcsm.checkpoints`' format, validation mAP, mixed
+  precision on a GPU).
+
+The ``dcsm data`` and ``dcsm train`` commands are in :mod:`dcsm.cli`.
 
 A trained model loads as ``dcsm.load_model("checkpoint:DIR/model.pt")``.
 """

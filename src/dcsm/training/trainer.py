@@ -29,7 +29,9 @@ continues from it exactly: the batches of an epoch are planned from the seed and
 an interrupted and resumed run gives the same weights as an uninterrupted one. ``DIR/model.pt``
 is the model with the best validation mAP so far (the last one without a validation split): the
 weights and what explaining needs (class names, preprocessing, architecture), loadable as
-``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). ``DIR/history.json`` lists per epoch the
+``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). It is first written when the first epoch
+completes: a run stopped before that has no model to offer (``checkpoint:`` says so). The file
+format is :mod:`dcsm.checkpoints`'s. ``DIR/history.json`` lists per epoch the
 training loss, the validation loss, mAP and per-class AP, the learning rate and the time.
 
 On a GPU, training runs with mixed precision (float16 autocast and a gradient scaler) and with
@@ -45,7 +47,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +55,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dcsm.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    LAST,
+    MODEL,
+    load_checkpoint,
+    model_record,
+    save_checkpoint,
+)
 from dcsm.datasets.voc import LabelledImage, VOCDataset
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import average_precision
-from dcsm.io import save_json, write_atomic
+from dcsm.io import save_json
 from dcsm.training.data import LabelledImages, ResizePlan, epoch_batches, size_batches
 from dcsm.training.models import Backbone, build_backbone, parameter_groups
 
-CHECKPOINT_FORMAT = "dcsm-checkpoint"
-CHECKPOINT_VERSION = 1
-LAST = "last.pt"
-MODEL = "model.pt"
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "LAST",
+    "MODEL",
+    "RunOptions",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "model_record",
+    "save_checkpoint",
+    "train",
+    "validate",
+]
 
 _BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "vgg16": {"optimizer": "sgd", "lr": 1e-3, "pretrained_lr_factor": 0.1,
@@ -147,46 +168,6 @@ class RunOptions:
     log: Callable[[str], None] | None = None
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def model_record(backbone: Backbone, class_names: list[str]) -> dict[str, Any]:
-    """What explaining needs: architecture, classes, preprocessing and the weights."""
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "arch": backbone.arch, "arch_config": dict(backbone.config),
-        "class_names": list(class_names),
-        "preprocessing": backbone.preprocess.as_dict(),
-        "default_layers": list(backbone.default_layers),
-        "model": {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()},
-    }
-
-
-def save_checkpoint(path: Path, record: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file and a rename: never half-written."""
-    write_atomic(Path(path), lambda tmp: torch.save(record, tmp))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A dcsm checkpoint (a file, or a training directory: its ``model.pt``), checked."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL
-    if not path.is_file():
-        raise DcsmError(f"checkpoint '{path}' does not exist")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load fails on junk in many ways
-        raise DcsmError(f"cannot read checkpoint '{path}': {first_line(exc)}") from exc
-    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
-        raise DcsmError(f"'{path}' is not a dcsm checkpoint (written by dcsm train)")
-    if record.get("version") != CHECKPOINT_VERSION:
-        raise DcsmError(f"checkpoint '{path}' has format version {record.get('version')}; "
-                        f"this dcsm reads version {CHECKPOINT_VERSION}")
-    for key in ("arch", "class_names", "preprocessing", "model"):
-        if key not in record:
-            raise DcsmError(f"checkpoint '{path}' lacks '{key}'")
-    return record
-
-
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> torch.device:
     from dcsm.adapters import resolve_device
@@ -255,45 +236,24 @@ class TrainResult:
     finished: bool
 
 
-# ----------------------------------------------------------------------------- training
-def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = None,
-          options: RunOptions | None = None, resume: bool = False,
-          sbd: str | Path | None = None) -> TrainResult:
-    """Train (or, with ``resume``, continue training) a multi-label classifier into ``out``.
+# ----------------------------------------------------------------------------- the steps
+@dataclass(frozen=True)
+class _Runtime:
+    """Where and how the run computes: device, mixed precision, loader workers, the bar."""
 
-    See the module docstring. Raises DcsmError for bad data, settings or checkpoints.
-    """
-    options = options or RunOptions()
-    log = options.log or (lambda text: print(text, flush=True))
-    out = Path(out)
-    last = out / LAST
-    state: dict[str, Any] | None = None
-    if resume:
-        if not last.is_file():
-            raise DcsmError(f"nothing to resume: '{last}' does not exist")
-        state = load_checkpoint(last)
-        if "train_config" not in state or "optimizer" not in state:
-            raise DcsmError(f"'{last}' is not a dcsm training checkpoint")
-        saved = TrainConfig(**state["train_config"])
-        if config is not None:
-            given = {f.name: getattr(config, f.name) for f in fields(TrainConfig)
-                     if getattr(config, f.name) != getattr(TrainConfig(), f.name)}
-            clash = {k: v for k, v in given.items()
-                     if k != "epochs" and getattr(saved, k) != v}
-            if clash:
-                name, value = next(iter(clash.items()))
-                raise DcsmError(f"'{last}' was trained with {name}={getattr(saved, name)!r}, "
-                                f"not {value!r}; a resumed run keeps its settings (only "
-                                "--epochs may change)")
-            if config.epochs is not None:
-                saved = replace(saved, epochs=config.epochs)
-        config = saved.for_backbone()
-    else:
-        if last.exists():
-            raise DcsmError(f"'{out}' already holds a training run ({LAST}); pass --resume to "
-                            "continue it or choose another --out")
-        config = (config or TrainConfig()).for_backbone()
+    device: torch.device
+    amp: bool
+    workers: int
+    progress: bool
 
+    @property
+    def cuda(self) -> bool:
+        """Whether the run is on a CUDA device."""
+        return self.device.type == "cuda"
+
+
+def _runtime(options: RunOptions) -> _Runtime:
+    """The device, precision and workers ``options`` ask for, checked."""
     device = _device(options.device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -303,18 +263,135 @@ def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = N
         raise DcsmError("mixed precision (--amp) needs a CUDA device")
     workers = (min(8, os.cpu_count() or 1) if cuda else 0) if options.workers is None \
         else options.workers
+    progress = sys.stderr.isatty() if options.progress is None else bool(options.progress)
+    return _Runtime(device, amp, workers, progress)
 
-    data = VOCDataset(data_root, sbd)
-    out.mkdir(parents=True, exist_ok=True)
-    train_items = _labels_cache(out, data, config.train_split)
-    val_items = _labels_cache(out, data, config.val_split) if config.val_split else []
-    if state is not None and list(state["class_names"]) != data.class_names:
-        raise DcsmError(f"'{last}' was trained on classes {state['class_names']}, but the data "
-                        f"has {data.class_names}")
 
+def _resume_settings(last: Path, config: TrainConfig | None
+                     ) -> tuple[dict[str, Any], TrainConfig]:
+    """The state saved in ``last`` and the run's settings: those it was started with, only
+    ``epochs`` changed if ``config`` gives it; DcsmError for any other setting that differs."""
+    if not last.is_file():
+        raise DcsmError(f"nothing to resume: '{last}' does not exist")
+    state = load_checkpoint(last)
+    if "train_config" not in state or "optimizer" not in state:
+        raise DcsmError(f"'{last}' is not a dcsm training checkpoint")
+    saved = TrainConfig(**state["train_config"])
+    if config is not None:
+        given = {f.name: getattr(config, f.name) for f in fields(TrainConfig)
+                 if getattr(config, f.name) != getattr(TrainConfig(), f.name)}
+        clash = {k: v for k, v in given.items() if k != "epochs" and getattr(saved, k) != v}
+        if clash:
+            name, value = next(iter(clash.items()))
+            raise DcsmError(f"'{last}' was trained with {name}={getattr(saved, name)!r}, "
+                            f"not {value!r}; a resumed run keeps its settings (only "
+                            "--epochs may change)")
+        if config.epochs is not None:
+            saved = replace(saved, epochs=config.epochs)
+    return state, saved.for_backbone()
+
+
+def _new_settings(out: Path, config: TrainConfig | None) -> TrainConfig:
+    """The settings of a new run into ``out``, checked; DcsmError if ``out`` holds a run."""
+    if (out / LAST).exists():
+        raise DcsmError(f"'{out}' already holds a training run ({LAST}); pass --resume to "
+                        "continue it or choose another --out")
+    return (config or TrainConfig()).for_backbone()
+
+
+def _make_out(out: Path) -> None:
+    """Create the run directory; DcsmError (one line) when it cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or first_line(exc)
+        raise DcsmError(f"cannot create the run directory '{out}': {reason}") from exc
+
+
+@dataclass
+class _Run:
+    """A training run in progress: the network, its optimiser, and where the run stands."""
+
+    out: Path
+    config: TrainConfig
+    data: VOCDataset
+    backbone: Backbone
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    runtime: _Runtime
+    train_set: LabelledImages
+    val_set: LabelledImages
+    epoch: int = 0
+    step: int = 0
+    iteration: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_map: float | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network being trained."""
+        return self.backbone.model
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch."""
+        return int(self.config.batch_size)  # type: ignore[arg-type]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs in all."""
+        return int(self.config.epochs)  # type: ignore[arg-type]
+
+    @property
+    def per_epoch(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self.train_set) / self.batch_size)
+
+    @property
+    def total(self) -> int:
+        """Iterations in all (the length of the cosine schedule)."""
+        return self.per_epoch * self.epochs
+
+    def record(self, kind: str) -> dict[str, Any]:
+        """The checkpoint record of the current weights (:mod:`dcsm.checkpoints`)."""
+        base = model_record(self.backbone, self.data.class_names, self.history, self.best_map)
+        base["train_config"] = asdict(self.config)
+        base["data"] = str(self.data.root)
+        base["kind"] = kind
+        return base
+
+    def save_last(self) -> None:
+        """``last.pt``: everything needed to continue from here."""
+        state = self.record("training")
+        state |= {"optimizer": self.optimizer.state_dict(),
+                  "scaler": self.scaler.state_dict() if self.runtime.amp else None,
+                  "epoch": self.epoch, "step": self.step, "iteration": self.iteration,
+                  "rng": torch.get_rng_state()}
+        save_checkpoint(self.out / LAST, state)
+
+    def save_model(self) -> None:
+        """``model.pt``: the model to explain (only ever after a completed epoch)."""
+        save_checkpoint(self.out / MODEL, self.record("model"))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a ``last.pt`` record."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state["history"])
+        self.best_map = state.get("best_map")
+        torch.set_rng_state(state["rng"])
+
+
+def _build(out: Path, config: TrainConfig, data: VOCDataset, runtime: _Runtime,
+           train_items: list[LabelledImage], val_items: list[LabelledImage]) -> _Run:
+    """The seeded network, its optimiser and scaler, and the data sets, at the start."""
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, data.num_classes, config.weights)
-    model = backbone.model.to(device)
+    backbone.model.to(runtime.device)
     groups = parameter_groups(backbone, float(config.lr), float(config.pretrained_lr_factor),
                               float(config.weight_decay))
     for g in groups:
@@ -324,137 +401,165 @@ def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = N
                                                            momentum=config.momentum)
     else:
         optimizer = torch.optim.Adam(groups, lr=float(config.lr))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
+    sets = [LabelledImages(items, data.num_classes, backbone.preprocess, backbone.min_input)
+            for items in (train_items, val_items)]
+    return _Run(out, config, data, backbone, optimizer, scaler, runtime, *sets)
 
-    epoch, step, iteration = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    best_map: float | None = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, step, iteration = int(state["epoch"]), int(state["step"]), int(state["iteration"])
-        history = list(state["history"])
-        best_map = state.get("best_map")
-        torch.set_rng_state(state["rng"])
-        log(f"resuming {out} at epoch {epoch + 1}, batch {step} (iteration {iteration})")
 
-    train_set = LabelledImages(train_items, data.num_classes, backbone.preprocess,
-                               backbone.min_input)
-    val_set = LabelledImages(val_items, data.num_classes, backbone.preprocess,
-                             backbone.min_input)
-    batch_size = int(config.batch_size)  # type: ignore[arg-type]
-    per_epoch = math.ceil(len(train_set) / batch_size)
-    total = per_epoch * int(config.epochs)  # type: ignore[arg-type]
-    plan = config.plan()
-    if plan.min_size < backbone.min_input:
-        raise DcsmError(f"{config.backbone} needs inputs of at least {backbone.min_input} "
-                        f"pixels; min-size is {plan.min_size}")
-    progress = sys.stderr.isatty() if options.progress is None else options.progress
+def _check_sizes(run: _Run) -> None:
+    """DcsmError when random resizing would go below the network's smallest input."""
+    plan = run.config.plan()
+    if plan.min_size < run.backbone.min_input:
+        raise DcsmError(f"{run.config.backbone} needs inputs of at least "
+                        f"{run.backbone.min_input} pixels; min-size is {plan.min_size}")
 
-    def record(kind: str) -> dict[str, Any]:
-        base = model_record(backbone, data.class_names)
-        base["train_config"] = asdict(config)
-        base["data"] = str(data.root)
-        base["history"] = history
-        base["best_map"] = best_map
-        base["kind"] = kind
-        return base
 
-    def save_last() -> None:
-        state_now = record("training")
-        state_now |= {"optimizer": optimizer.state_dict(),
-                      "scaler": scaler.state_dict() if amp else None,
-                      "epoch": epoch, "step": step, "iteration": iteration,
-                      "rng": torch.get_rng_state()}
-        save_checkpoint(last, state_now)
-
-    if not (out / MODEL).exists():
-        save_checkpoint(out / MODEL, record("model"))
-    log(f"training {config.backbone} on {len(train_set)} images ({config.train_split}), "
-        f"validating on {len(val_set)} ({config.val_split}); {data.num_classes} classes, "
-        f"{config.epochs} epochs of {per_epoch} batches, device {device}"
-        f"{', mixed precision' if amp else ''}, {workers} workers")
-    finished = False
-    with _graceful_interrupt() as interrupt:
-        while epoch < int(config.epochs):  # type: ignore[arg-type]
-            started = time.perf_counter()
-            batches = epoch_batches(len(train_set), batch_size, epoch, config.seed, plan,
-                                    config.flip)
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_sampler=batches[step:], num_workers=workers,
-                pin_memory=cuda, generator=torch.Generator().manual_seed(config.seed))
-            model.train()
-            losses: list[float] = []
-            bar = _bar(progress, per_epoch, step, f"epoch {epoch + 1}/{config.epochs}")
-            stopped = False
-            for x, y in loader:
-                for g in optimizer.param_groups:
-                    g["lr"] = _cosine(g["base_lr"], iteration, total)
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    scores = model(x).amax(dim=(2, 3))
-                loss = F.binary_cross_entropy_with_logits(scores.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
-                step += 1
-                iteration += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                at_limit = options.max_iterations is not None \
-                    and iteration >= options.max_iterations
-                if interrupt["stop"] or at_limit:
-                    stopped = True
-                    break
-                if options.checkpoint_every and iteration % options.checkpoint_every == 0 \
-                        and step < per_epoch:
-                    save_last()
+def _train_epoch(run: _Run, options: RunOptions, interrupt: dict[str, bool]
+                 ) -> tuple[list[float], bool]:
+    """The batches of the current epoch from ``run.step`` on: (their losses, whether the run
+    stopped early: interrupted, or at ``options.max_iterations``)."""
+    config, rt = run.config, run.runtime
+    batches = epoch_batches(len(run.train_set), run.batch_size, run.epoch, config.seed,
+                            config.plan(), config.flip)
+    loader = torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=batches[run.step:], num_workers=rt.workers,
+        pin_memory=rt.cuda, generator=torch.Generator().manual_seed(config.seed))
+    run.model.train()
+    losses: list[float] = []
+    bar = _bar(rt.progress, run.per_epoch, run.step, f"epoch {run.epoch + 1}/{run.epochs}")
+    stopped = False
+    try:
+        for x, y in loader:
+            losses.append(_train_step(run, x, y))
             if bar is not None:
-                bar.close()
-            if stopped and step < per_epoch:
-                save_last()
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            at_limit = options.max_iterations is not None \
+                and run.iteration >= options.max_iterations
+            if interrupt["stop"] or at_limit:
+                stopped = True
+                break
+            if options.checkpoint_every and run.iteration % options.checkpoint_every == 0 \
+                    and run.step < run.per_epoch:
+                run.save_last()
+    finally:
+        if bar is not None:
+            bar.close()
+    return losses, stopped
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimiser step on a batch (the cosine learning rate set first); its loss."""
+    rt = run.runtime
+    for g in run.optimizer.param_groups:
+        g["lr"] = _cosine(g["base_lr"], run.iteration, run.total)
+    x = x.to(rt.device, non_blocking=True)
+    y = y.to(rt.device, non_blocking=True)
+    with torch.autocast(rt.device.type, dtype=torch.float16, enabled=rt.amp):
+        scores = run.model(x).amax(dim=(2, 3))
+    loss = F.binary_cross_entropy_with_logits(scores.float(), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+    run.iteration += 1
+    return float(loss.detach())
+
+
+def _end_epoch(run: _Run, losses: list[float], started: float) -> tuple[dict[str, Any], bool]:
+    """Validate, add the epoch to the history, export ``model.pt`` if it is the best so far,
+    save ``last.pt`` and ``history.json``: (the history entry, whether it is the best)."""
+    rt = run.runtime
+    entry: dict[str, Any] = {
+        "epoch": run.epoch + 1, "iterations": run.iteration,
+        "loss": float(np.mean(losses)) if losses else None,
+        "lr": run.optimizer.param_groups[0]["lr"]}
+    validating = len(run.val_set) > 0
+    if validating:
+        entry |= validate(run.model, run.val_set, rt.device, rt.amp, run.batch_size,
+                          rt.workers, run.data.class_names)
+    entry["seconds"] = round(time.perf_counter() - started, 2)
+    run.history.append(entry)
+    run.epoch, run.step = run.epoch + 1, 0
+    improved = not validating or run.best_map is None or (
+        entry.get("val_map") is not None and entry["val_map"] > run.best_map)
+    if improved:
+        run.best_map = entry.get("val_map", run.best_map)
+        run.save_model()
+    run.save_last()
+    save_json(run.out / "history.json", run.history)
+    return entry, improved and validating
+
+
+def _loop(run: _Run, options: RunOptions, log: Callable[[str], None]) -> bool:
+    """Train epoch after epoch; True when every epoch is done, False when stopped early (saved
+    to resume). Ctrl-C finishes the current batch, saves and raises KeyboardInterrupt."""
+    last = run.out / LAST
+    with _graceful_interrupt() as interrupt:
+        while run.epoch < run.epochs:
+            started = time.perf_counter()
+            losses, stopped = _train_epoch(run, options, interrupt)
+            if stopped and run.step < run.per_epoch:
+                run.save_last()
                 why = "interrupted" if interrupt["stop"] else "iteration limit reached"
-                log(f"{why}: saved {last} at epoch {epoch + 1}, batch {step}; continue with "
-                    "--resume")
+                log(f"{why}: saved {last} at epoch {run.epoch + 1}, batch {run.step}; continue "
+                    "with --resume")
                 if interrupt["stop"]:
                     raise KeyboardInterrupt
-                break
-            entry: dict[str, Any] = {
-                "epoch": epoch + 1, "iterations": iteration,
-                "loss": float(np.mean(losses)) if losses else None,
-                "lr": optimizer.param_groups[0]["lr"]}
-            if len(val_set):
-                entry |= validate(model, val_set, device, amp, batch_size, workers,
-                                  data.class_names)
-            entry["seconds"] = round(time.perf_counter() - started, 2)
-            history.append(entry)
-            epoch, step = epoch + 1, 0
-            improved = len(val_set) == 0 or best_map is None or (
-                entry.get("val_map") is not None and entry["val_map"] > best_map)
-            if improved:
-                best_map = entry.get("val_map", best_map)
-                save_checkpoint(out / MODEL, record("model"))
-            save_last()
-            save_json(out / "history.json", history)
-            log(_epoch_line(entry, int(config.epochs), improved and len(val_set) > 0))  # type: ignore[arg-type]
+                return False
+            entry, best = _end_epoch(run, losses, started)
+            log(_epoch_line(entry, run.epochs, best))
             if stopped:
                 if interrupt["stop"]:
-                    log(f"interrupted: saved {last} after epoch {epoch}; continue with "
+                    log(f"interrupted: saved {last} after epoch {run.epoch}; continue with "
                         "--resume")
                     raise KeyboardInterrupt
-                break
-        else:
-            finished = True
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------- training
+def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = None,
+          options: RunOptions | None = None, resume: bool = False,
+          sbd: str | Path | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue training) a multi-label classifier into ``out``.
+
+    See the module docstring. Raises DcsmError for bad data, settings or checkpoints, and for
+    a run directory that cannot be created or written.
+    """
+    options = options or RunOptions()
+    log = options.log or (lambda text: print(text, flush=True))
+    out = Path(out)
+    state: dict[str, Any] | None = None
+    if resume:
+        state, config = _resume_settings(out / LAST, config)
+    else:
+        config = _new_settings(out, config)
+    runtime = _runtime(options)
+    data = VOCDataset(data_root, sbd)
+    _make_out(out)
+    train_items = _labels_cache(out, data, config.train_split)
+    val_items = _labels_cache(out, data, config.val_split) if config.val_split else []
+    if state is not None and list(state["class_names"]) != data.class_names:
+        raise DcsmError(f"'{out / LAST}' was trained on classes {state['class_names']}, but "
+                        f"the data has {data.class_names}")
+    run = _build(out, config, data, runtime, train_items, val_items)
+    if state is not None:
+        run.restore(state)
+        log(f"resuming {out} at epoch {run.epoch + 1}, batch {run.step} (iteration "
+            f"{run.iteration})")
+    _check_sizes(run)
+    log(f"training {config.backbone} on {len(run.train_set)} images ({config.train_split}), "
+        f"validating on {len(run.val_set)} ({config.val_split}); {data.num_classes} classes, "
+        f"{config.epochs} epochs of {run.per_epoch} batches, device {runtime.device}"
+        f"{', mixed precision' if runtime.amp else ''}, {runtime.workers} workers")
+    finished = _loop(run, options, log)
     if finished:
-        log(f"done: {out / MODEL} (best validation mAP {best_map:.4f})" if best_map is not None
-            else f"done: {out / MODEL}")
-    return TrainResult(out, epoch, iteration, best_map, history, finished)
+        log(f"done: {out / MODEL} (best validation mAP {run.best_map:.4f})"
+            if run.best_map is not None else f"done: {out / MODEL}")
+    return TrainResult(out, run.epoch, run.iteration, run.best_map, run.history, finished)
 
 
 def _bar(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202 - tqdm or None
