@@ -13,6 +13,9 @@ resolution; :meth:`dcsm.DistinctSaliency.estimate_memory` says what it will take
 Images go through Pillow's antialiased resize as uint8 before the normalisation, so a large photo
 is never held as a full-size float tensor. Tensors (already preprocessed) are resized with
 antialiased bilinear interpolation.
+
+**Display sizes.** :func:`shrink_image` and :func:`shrink_map` bring photos and maps down to the
+sizes previews (:data:`PREVIEW_SIDE`) and figures (:data:`FIGURE_SIDE`) are drawn at.
 """
 
 from __future__ import annotations
@@ -109,3 +112,34 @@ def model_input(adapter: ModelAdapter, image: np.ndarray, scale: float) -> torch
 def reference_scale(scales: tuple[float, ...] | list[float]) -> int:
     """Index of the scale closest to 1 (the image as given)."""
     return min(range(len(scales)), key=lambda i: (abs(scales[i] - 1.0), scales[i]))
+
+
+# ----------------------------------------------------------------------------- display sizes
+#: The long side of the PNG previews of large photos (the maps stay at full size).
+PREVIEW_SIDE = 2048
+#: The long side of the images in the drawn figures.
+FIGURE_SIDE = 1024
+
+
+def _shrunk_size(height: int, width: int, side: int) -> tuple[int, int]:
+    if max(height, width) <= side:
+        return height, width
+    f = side / max(height, width)
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def shrink_image(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 image resized (antialiased) so its long side is at most ``side``."""
+    h, w = _shrunk_size(image.shape[0], image.shape[1], side)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def shrink_map(m: np.ndarray, side: int) -> np.ndarray:
+    """A float map resized (bilinear) so its long side is at most ``side``."""
+    h, w = _shrunk_size(m.shape[0], m.shape[1], side)
+    if (h, w) == m.shape:
+        return m
+    pil = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)

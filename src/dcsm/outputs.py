@@ -15,42 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
-
+from dcsm.images import FIGURE_SIDE, PREVIEW_SIDE, shrink_image, shrink_map
 from dcsm.result import SaliencyResult
 
 if TYPE_CHECKING:
     from dcsm.segmentation import Segmentation
 
-PREVIEW_SIDE = 2048
-FIGURE_SIDE = 1024
+__all__ = ["FIGURE_SIDE", "PREVIEW_SIDE", "RESERVED_STEMS", "class_file_stems", "shrink_image",
+           "shrink_map", "write_explanation"]
+
 # File stems that dcsm writes itself, so a class cannot take them.
 RESERVED_STEMS = ("figure", "layers", "maps", "summary", "labels", "masks", "segmentation")
-
-
-def _shrunk_size(height: int, width: int, side: int) -> tuple[int, int]:
-    if max(height, width) <= side:
-        return height, width
-    f = side / max(height, width)
-    return max(1, round(height * f)), max(1, round(width * f))
-
-
-def shrink_image(image: np.ndarray, side: int) -> np.ndarray:
-    """An RGB uint8 image resized (antialiased) so its long side is at most ``side``."""
-    h, w = _shrunk_size(image.shape[0], image.shape[1], side)
-    if (h, w) == image.shape[:2]:
-        return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-
-
-def shrink_map(m: np.ndarray, side: int) -> np.ndarray:
-    """A float map resized (bilinear) so its long side is at most ``side``."""
-    h, w = _shrunk_size(m.shape[0], m.shape[1], side)
-    if (h, w) == m.shape:
-        return m
-    pil = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def class_file_stems(names: list[str]) -> dict[str, str]:

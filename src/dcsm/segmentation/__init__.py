@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import DEFAULT_MAX_SIDE, ImageLike, check_max_side
+from dcsm.images import (
+    DEFAULT_MAX_SIDE,
+    FIGURE_SIDE,
+    ImageLike,
+    check_max_side,
+    shrink_image,
+    shrink_map,
+)
 from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
 from dcsm.segmentation.crf import (
     CRFParams,
@@ -107,8 +114,6 @@ def segment(
     check_max_side(max_side)
     img, names, stack = maps_and_image(source, image)
     if max_side is not None and max(img.shape[:2]) > max_side:
-        from dcsm.outputs import shrink_image, shrink_map
-
         small = shrink_image(img, max_side)
         maps = {n: shrink_map(m, max_side) for n, m in zip(names, stack, strict=True)}
         seg = segment(maps, small, method, None, **params)
@@ -156,8 +161,6 @@ def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) ->
     directory = Path(directory)
     save_labels(directory / "labels.png", seg.labels)
     save_npz(directory / "masks.npz", seg.masks)
-    from dcsm.outputs import FIGURE_SIDE, shrink_image
-
     small = shrink_image(image, FIGURE_SIDE)
     if small.shape != image.shape:
         seg = _enlarge(seg, (small.shape[0], small.shape[1]))
