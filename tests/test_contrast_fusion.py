@@ -62,9 +62,9 @@ def eq3_loop(per_scale_layer: list[list[np.ndarray]], alpha: float, subtract: bo
     return total / n
 
 
-def released_pairwise_loop(m: np.ndarray, alpha: float) -> np.ndarray:
-    """sum_{c' != c} max(tanh(alpha * d / max d), 0) with d = M^c - M^c'; pairs with max d <= 0
-    contribute nothing."""
+def released_pairwise_loop(m: np.ndarray, alpha: float, floor: float = 1e-4) -> np.ndarray:
+    """sum_{c' != c} max(tanh(alpha * d / max d), 0) with d = M^c - M^c'; pairs with max d at or
+    below ``floor`` times the larger of max |M^c| and max |M^c'| contribute nothing."""
     k_ = m.shape[0]
     out = np.zeros_like(m)
     for c in range(k_):
@@ -73,7 +73,9 @@ def released_pairwise_loop(m: np.ndarray, alpha: float) -> np.ndarray:
                 continue
             d = m[c] - m[other]
             peak = max(d[y, x] for y in range(d.shape[0]) for x in range(d.shape[1]))
-            if peak <= 0:
+            own = max(abs(m[i, y, x]) for i in (c, other) for y in range(d.shape[0])
+                      for x in range(d.shape[1]))
+            if peak <= floor * own:
                 continue
             for y in range(d.shape[0]):
                 for x in range(d.shape[1]):
@@ -170,6 +172,40 @@ def test_pairwise_contrast_skips_pairs_without_positive_difference():
     # class 0 is below class 1 everywhere: no evidence; class 1: d = 2 everywhere -> tanh(3)
     torch.testing.assert_close(out[0], torch.zeros(1, 2, dtype=torch.float64), rtol=0, atol=0)
     torch.testing.assert_close(out[1], torch.full((1, 2), math.tanh(3.0), dtype=torch.float64))
+
+
+def test_pairwise_floor_pairs_that_differ_by_rounding_count_for_nothing():
+    """Two maps equal but for float32 rounding: no evidence either way, in float32 as in
+    float64; a pair just above the floor counts in full."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.5, 2.0, size=(H, W))
+    noisy = base * (1 + rng.uniform(-1, 1, size=(H, W)) * 3e-7)  # about float32 rounding
+    for dtype in (torch.float32, torch.float64):
+        m = torch.from_numpy(np.stack([base, noisy])).to(dtype)
+        out = pairwise_saturated_contrast(m, 3.0)
+        assert (out == 0).all(), dtype
+        # without the floor, the noise is normalised to full strength
+        raw = pairwise_saturated_contrast(m, 3.0, floor=0.0)
+        assert raw.amax() > 0.9
+    apart = np.stack([base, base.copy()])
+    apart[0, 1, 2] += 2e-4 * base.max()  # peaks at twice the floor, at one pixel
+    out = pairwise_saturated_contrast(torch.from_numpy(apart), 3.0).numpy()
+    assert out[0, 1, 2] == pytest.approx(math.tanh(3.0))
+    assert (out[1] == 0).all()
+    np.testing.assert_allclose(out, released_pairwise_loop(apart, 3.0), rtol=1e-12, atol=1e-12)
+    # at half the floor it counts for nothing
+    apart[0, 1, 2] = base[1, 2] + 5e-5 * base.max()
+    assert (pairwise_saturated_contrast(torch.from_numpy(apart), 3.0) == 0).all()
+
+
+def test_pairwise_floor_is_scale_free():
+    """The floor is relative: scaling every map by a positive constant changes nothing."""
+    m = _maps(3, seed=9)
+    m[1] = m[0] * (1 - 5e-5)  # class 0 above class 1 by at most 1e-4 of its peak: below floor
+    ref = pairwise_saturated_contrast(torch.from_numpy(m), 3.0)
+    for factor in (1e-6, 1e-3, 7.0, 1e5):
+        got = pairwise_saturated_contrast(torch.from_numpy(m * factor), 3.0)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("subtract", [True, False])

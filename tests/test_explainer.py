@@ -6,6 +6,7 @@ both upsampling orders; plus candidate selection, per-layer maps and bad setting
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -27,12 +28,17 @@ def _eq2(m: np.ndarray) -> np.ndarray:
                      for c in range(m.shape[0])])
 
 
+PAIR_FLOOR = 1e-4  # dcsm.contrast.PAIR_FLOOR, restated
+
+
 def _pairwise(m: np.ndarray, alpha: float) -> np.ndarray:
+    """The released contrast; a pair whose difference peaks at or below 1e-4 of the larger of
+    the two maps' peaks is no evidence."""
     out = np.zeros_like(m)
     for c in range(m.shape[0]):
         for o in range(m.shape[0]):
             d = m[c] - m[o]
-            if o != c and d.max() > 0:
+            if o != c and d.max() > PAIR_FLOOR * max(np.abs(m[c]).max(), np.abs(m[o]).max()):
                 out[c] += np.maximum(np.tanh(alpha * d / d.max()), 0.0)
     return out
 
@@ -113,23 +119,6 @@ def reference(tiny, net, image: np.ndarray, *, selected: list[int] | None, scale
     return chosen, contrast, np.clip(fused[:n], 0, 1), [np.clip(p[:n], 0, 1) for p in layer_maps]
 
 
-def worst_pair_ratio(tiny, net, image, classes, scales, layers, rule, order) -> float:
-    """max |M| / max (M^c - M^c') over positive pairs: how much the released contrast, which
-    divides each pairwise difference by its own maximum, amplifies float32 rounding in M."""
-    worst = 1.0
-    for s in scales:
-        grads = tiny.reference_class_grads(net, tiny.reference_input(image, s), classes, layers,
-                                           rule)
-        for name in layers:
-            m = _layer_map(tiny, grads[name].numpy(), image.shape[:2], order)
-            for a in range(len(classes)):
-                for b in range(len(classes)):
-                    d = m[a] - m[b]
-                    if a != b and d.max() > 0:
-                        worst = max(worst, m.max() / d.max())
-    return worst
-
-
 def _net(tiny, classes: int = 6, act: str = "relu6", seed: int = 12, **kw):
     return tiny.TinyNet(classes=classes, act=act, seed=seed, **kw)
 
@@ -147,39 +136,55 @@ def _check(result, names: list[str], fused: np.ndarray, shape=IMAGE_SHAPE, tol: 
 
 
 # ----------------------------------------------------------------------------- exact tests
+# float32 against float64. The maps carry about 1e-6 relative rounding (mostly from resizing the
+# input), and normalising them by their maximum keeps that below 1e-5. Both contrasts then divide
+# a difference of two maps by the difference's own maximum (Eq. 2's map, or each pair's in the
+# released contrast), which amplifies the rounding by max M / max(difference): up to a few
+# thousand on these nets, at most 1 / PAIR_FLOOR = 1e4 for a counted pair of the released
+# contrast. Measured over 50 seeds x 8 settings: 4.4e-5 (paper) and 1.2e-4 (released, one layer's
+# map) at most; the tolerances leave a margin and still fail any real difference.
+def _tolerance(preset: str, subtract: bool) -> float:
+    if not subtract:
+        return 1e-5
+    return 1e-4 if preset == "paper" else 5e-4
+
+
+@pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("order", ["max_first", "upsample_first"])
 @pytest.mark.parametrize("subtract", [True, False])
 @pytest.mark.parametrize("rule", ["guided", "plain"])
 @pytest.mark.parametrize("preset", ["paper", "released"])
-def test_explain_matches_float64_reference(tiny, preset, rule, subtract, order):
-    net = _net(tiny)
+def test_explain_matches_float64_reference(tiny, preset, rule, subtract, order, seed):
+    net = _net(tiny, seed=seed)
     adapter = tiny.adapter(net, layers=tuple(LAYERS))
-    image = tiny.image(*IMAGE_SHAPE, seed=1)
+    image = tiny.image(*IMAGE_SHAPE, seed=seed)
     p = dcsm.PRESETS[preset]
     explainer = dcsm.DistinctSaliency(adapter, preset=preset, backprop=rule, subtract=subtract,
                                       upsample=order)
-    result = explainer.explain(image, classes=["gamma", "ALPHA"], per_layer=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dcsm.DcsmWarning)
+        result = explainer.explain(image, classes=["gamma", "ALPHA"], per_layer=True)
     chosen, contrast, fused, layer_maps = reference(
         tiny, net, image, selected=[2, 0], scales=list(p.scales), layers=LAYERS, rule=rule,
-        alpha=3.0, subtract=subtract, order=order, fusion=p.fusion, min_contrast=p.min_contrast)
+        alpha=3.0, subtract=subtract, order=order, fusion=p.fusion, min_contrast=p.min_contrast,
+        candidate_rule=p.candidate_rule)
     names = ["gamma", "alpha"]
-    _check(result, names, fused)
+    tol = _tolerance(preset, subtract)
+    _check(result, names, fused, tol=tol)
+    # dcsm warns of the classes whose contrasted map is zero everywhere, and of no other
+    zero = [n for k, n in enumerate(names) if subtract and fused[k].max() == 0]
+    assert sorted(str(w.message).split("'")[1] for w in caught) == sorted(zero)
     assert [c.index for c in result.candidates] == chosen
     assert [c.index for c in result.contrast] == contrast
     if preset == "released":
         assert len(contrast) == 4  # topped up by summed score
-        # A pair whose maps nearly coincide (guided gradients are often nearly class-blind)
-        # makes the released contrast ill-conditioned and float32 vs float64 differ by more
-        # than 1e-5; the seed is chosen so that every pair here is well separated.
-        ratio = worst_pair_ratio(tiny, net, image, contrast, p.scales, LAYERS, rule, order)
-        assert ratio < 200, f"ill-conditioned test case (ratio {ratio:.0f}): choose another seed"
     assert result.layer_maps is not None
     for k, name in enumerate(names):
         assert list(result.layer_maps[name]) == LAYERS
         for i, layer in enumerate(LAYERS):
             got = result.layer_maps[name][layer]
             assert got.shape == IMAGE_SHAPE
-            assert np.abs(got - layer_maps[i][k]).max() < 1e-5
+            assert np.abs(got - layer_maps[i][k]).max() < tol
     assert result.parameters == {
         "preset": preset, "scales": list(p.scales), "layers": LAYERS, "backprop": rule,
         "alpha": 3.0, "subtract": subtract, "upsample": order, "fusion": p.fusion,
@@ -200,7 +205,8 @@ def test_custom_scales_alpha_layers_and_batch_loop(tiny, preset):
     # Beta responds less than zeta or delta at every location: its distinct map is zero, and
     # dcsm says so.
     with pytest.warns(dcsm.DcsmWarning, match="'Beta' is zero everywhere"):
-        vmap = dcsm.DistinctSaliency(adapter, **kwargs).explain(image, classes=[5, 1, 3])
+        vmap = dcsm.DistinctSaliency(adapter, batch="vmap", **kwargs).explain(
+            image, classes=[5, 1, 3])
     with pytest.warns(dcsm.DcsmWarning, match="'Beta' is zero everywhere"):
         loop = dcsm.DistinctSaliency(adapter, batch="loop", **kwargs).explain(
             image, classes=[5, 1, 3])
@@ -210,6 +216,7 @@ def test_custom_scales_alpha_layers_and_batch_loop(tiny, preset):
                                order="max_first", fusion=p.fusion, min_contrast=p.min_contrast)
     names = ["zeta", "Beta", "delta"]
     _check(vmap, names, fused)
+    _check(loop, names, fused)
     for name in names:
         np.testing.assert_allclose(vmap.maps[name], loop.maps[name], rtol=0, atol=1e-6)
     assert vmap.layer_maps is None

@@ -18,7 +18,10 @@ its own maximum and saturates it before summing:
         \frac{M^c_i - M^{c'}_i}{\max_{x,y} (M^c_i - M^{c'}_i)}\big), 0\Big)
 
 A pair whose difference is nowhere positive contributes nothing (the released code divides by a
-negative maximum there, which flips the sign; we treat that as no evidence for ``c``).
+negative maximum there, which flips the sign; we treat that as no evidence for ``c``), and so
+does a pair whose difference peaks below :data:`PAIR_FLOOR` (1e-4) of the larger of the two
+maps' peaks: divided by its own maximum, a difference made of rounding would otherwise count as
+much as a real one (dcsm's addition; the released code has no floor).
 
 A third form subtracts only the strongest other class at each location,
 
@@ -62,18 +65,39 @@ def subtract_strongest(maps: torch.Tensor) -> torch.Tensor:
 CONTRASTS = {"sum": subtract_others, "strongest": subtract_strongest}
 
 
-def pairwise_saturated_contrast(maps: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The released code's contrast: ``(..., K, H, W)`` -> same shape; K = 1 gives zeros."""
+PAIR_FLOOR = 1e-4
+"""A pair whose positive difference peaks below this fraction of the larger of the two maps' own
+peaks carries no evidence (see :func:`pairwise_saturated_contrast`)."""
+
+
+def pairwise_saturated_contrast(maps: torch.Tensor, alpha: float,
+                                floor: float = PAIR_FLOOR) -> torch.Tensor:
+    r"""The released code's contrast: ``(..., K, H, W)`` -> same shape; K = 1 gives zeros.
+
+    A pair ``(c, c')`` counts only when its difference peaks above ``floor`` times the larger of
+    the two maps' peaks, :math:`\max_{x,y}(M^c - M^{c'}) > f \max(\max|M^c|, \max|M^{c'}|)`.
+    Dividing by the pair's own maximum makes the contrast scale-free, so without a floor two maps
+    that differ only by rounding (as guided gradients of look-alike classes at a low layer nearly
+    do) would give a full-strength ``tanh(alpha)`` contribution made of float noise, different in
+    float32 and float64. The error of a counted pair's term is about ``alpha`` times the maps'
+    relative rounding error times :math:`\max M / \max (M^c - M^{c'})`; the floor bounds that
+    factor by ``1 / floor``. ``1e-4`` lies well above float32 rounding in the maps (about 1e-7
+    relative on one layer, 1e-6 after a deep backward) and well below any difference one can see
+    (one grey level of an 8-bit map is 1/255, 4e-3 of its peak).
+    """
     out = torch.zeros_like(maps)
     k = maps.shape[-3]
+    own = maps.abs().amax(dim=(-2, -1), keepdim=True)  # (..., K, 1, 1)
     for c in range(k):
         for other in range(k):
             if other == c:
                 continue
             diff = maps[..., c, :, :] - maps[..., other, :, :]
             peak = diff.amax(dim=(-2, -1), keepdim=True)
-            safe = torch.where(peak > 0, peak, torch.ones_like(peak))
-            part = torch.where(peak > 0, torch.tanh(alpha * diff / safe).clamp(min=0),
+            scale = torch.maximum(own[..., c, :, :], own[..., other, :, :])
+            counts = peak > floor * scale  # also false where both maps are zero
+            safe = torch.where(counts, peak, torch.ones_like(peak))
+            part = torch.where(counts, torch.tanh(alpha * diff / safe).clamp(min=0),
                                torch.zeros_like(diff))
             out[..., c, :, :] += part
     return out
