@@ -23,12 +23,20 @@ model its default layers; and candidates ranked by the locations of the class sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from dcsm.candidates import CandidateRule
+from dcsm.candidates import CANDIDATE_RULES, CandidateRule
+from dcsm.contrast import CONTRASTS
 from dcsm.errors import DcsmError
-from dcsm.layer_maps import UpsampleOrder
+from dcsm.layer_maps import UPSAMPLE_ORDERS, UpsampleOrder
+
+FUSIONS: dict[str, tuple[str, ...]] = {
+    "paper": tuple(CONTRASTS),  # Eq. 3 after Eq. 2 ("sum") or the strongest other class
+    "released": ("pairwise",),  # the released code's pairwise saturated contrast
+}
+"""Each fusion and the contrasts it can apply."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,45 @@ class Preset:
     upsample: UpsampleOrder = "max_first"
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a preset the explainer could not run, with a one-line :class:`DcsmError`."""
+        what = f"preset '{self.name}'"
+        if self.fusion not in FUSIONS:
+            raise DcsmError(f"{what}: unknown fusion '{self.fusion}'; known: "
+                            f"{', '.join(FUSIONS)}")
+        contrasts = sorted({c for cs in FUSIONS.values() for c in cs})
+        if self.contrast not in contrasts:
+            raise DcsmError(f"{what}: unknown contrast '{self.contrast}'; known: "
+                            f"{', '.join(contrasts)}")
+        if self.contrast not in FUSIONS[self.fusion]:
+            raise DcsmError(f"{what}: fusion '{self.fusion}' takes contrast "
+                            f"{' or '.join(repr(c) for c in FUSIONS[self.fusion])}, not "
+                            f"'{self.contrast}'")
+        if self.candidate_rule not in CANDIDATE_RULES:
+            raise DcsmError(f"{what}: unknown candidate rule '{self.candidate_rule}'; known: "
+                            f"{', '.join(CANDIDATE_RULES)}")
+        if self.upsample not in UPSAMPLE_ORDERS:
+            raise DcsmError(f"{what}: unknown upsampling order '{self.upsample}'; known: "
+                            f"{', '.join(UPSAMPLE_ORDERS)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or \
+                not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise DcsmError(f"{what}: alpha must be a positive number, got {self.alpha!r}")
+        scales = tuple(self.scales) if isinstance(self.scales, tuple | list) else ()
+        if not scales or any(isinstance(s, bool) or not isinstance(s, int | float)
+                             or not math.isfinite(s) or not 0 < s <= 8 for s in scales):
+            raise DcsmError(f"{what}: scales must be one or more ratios in (0, 8], got "
+                            f"{self.scales!r}")
+        if isinstance(self.min_contrast, bool) or not isinstance(self.min_contrast, int) or \
+                self.min_contrast < 1:
+            raise DcsmError(f"{what}: min_contrast must be an integer of at least 1, got "
+                            f"{self.min_contrast!r}")
+        for entry in self.layers:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+                    and isinstance(entry[1], tuple) and entry[1]
+                    and all(isinstance(n, str) for n in entry[1])):
+                raise DcsmError(f"{what}: layers must be (model name, (layer, ...)) pairs, got "
+                                f"{entry!r}")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form."""
