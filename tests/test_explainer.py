@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -50,9 +51,15 @@ def _layer_map(tiny, g: np.ndarray, size: tuple[int, int], order: str) -> np.nda
     return np.abs(tiny.resize(g, size)).max(axis=1)
 
 
-def _probs(tiny, net, x: torch.Tensor, multilabel: bool) -> np.ndarray:
+def _probs(tiny, net, x: torch.Tensor, multilabel: bool, peak: bool = False) -> np.ndarray:
+    """Class probabilities of the mean-pooled score map, or (``peak``, the released code's
+    reading) each class's highest probability over the map's locations."""
     _, score = tiny.reference_forward(net, x, "plain")
-    s = score.detach().mean(dim=(2, 3))[0]
+    s = score.detach()[0]  # (C, h, w)
+    if peak:
+        p = torch.sigmoid(s) if multilabel else torch.softmax(s, dim=0)
+        return p.amax(dim=(1, 2)).numpy()
+    s = s.mean(dim=(1, 2))
     p = torch.sigmoid(s) if multilabel else torch.softmax(s, dim=0)
     return p.numpy()
 
@@ -66,7 +73,8 @@ def reference(tiny, net, image: np.ndarray, *, selected: list[int] | None, scale
     """(selected, contrast, fused maps of the selected, per-layer maps) in float64."""
     size = image.shape[:2]
     inputs = [tiny.reference_input(image, s, min_input) for s in scales]
-    probs = np.stack([_probs(tiny, net, x, multilabel) for x in inputs])
+    probs = np.stack([_probs(tiny, net, x, multilabel, peak=candidate_rule == "any_scale")
+                      for x in inputs])
     ref_row = min(range(len(scales)), key=lambda i: (abs(scales[i] - 1.0), scales[i]))
     n_classes = probs.shape[1]
     thr = (0.5 if multilabel else 0.0) if threshold is None else threshold
@@ -213,7 +221,8 @@ def test_custom_scales_alpha_layers_and_batch_loop(tiny, preset):
     p = dcsm.PRESETS[preset]
     _, _, fused, _ = reference(tiny, net, image, selected=[5, 1, 3], scales=scales,
                                layers=layers, rule="guided", alpha=1.5, subtract=True,
-                               order="max_first", fusion=p.fusion, min_contrast=p.min_contrast)
+                               order="max_first", fusion=p.fusion, min_contrast=p.min_contrast,
+                               candidate_rule=p.candidate_rule)
     names = ["zeta", "Beta", "delta"]
     _check(vmap, names, fused)
     _check(loop, names, fused)
@@ -255,13 +264,14 @@ def test_automatic_candidates_softmax(tiny):
 
 
 def test_released_multilabel_any_scale_with_active_mask(tiny):
-    """Classes over the threshold at only some scales contribute only at those scales."""
-    net = _net(tiny, classes=6, seed=12, head_bias=[2.0, 0.7, -0.1, -0.275, -3.0, 0.24])
+    """Classes whose score map peaks over the threshold at only some scales contribute only at
+    those scales."""
+    net = _net(tiny, classes=6, seed=12, head_bias=[-0.7, -1.0, -3.0, -1.9, -1.2, -3.0])
     adapter = tiny.adapter(net, multilabel=True, layers=tuple(LAYERS))
     image = tiny.image(*IMAGE_SHAPE, seed=5)
     scales = [0.8, 1.0, 1.2]
     inputs = [tiny.reference_input(image, s) for s in scales]
-    probs = np.stack([_probs(tiny, net, x, True) for x in inputs])
+    probs = np.stack([_probs(tiny, net, x, True, peak=True) for x in inputs])
     chosen, contrast, fused, _ = reference(
         tiny, net, image, selected=None, scales=scales, layers=LAYERS, rule="guided", alpha=3.0,
         subtract=True, order="max_first", fusion="released", min_contrast=4, multilabel=True,
@@ -269,10 +279,50 @@ def test_released_multilabel_any_scale_with_active_mask(tiny):
     passing = probs[:, chosen] >= 0.5
     assert len(chosen) >= 2 and not passing.all(), f"test needs a partial mask:\n{probs}"
     assert np.abs(probs[:, chosen] - 0.5).min() > 1e-3  # not decided by rounding
+    # dcsm.m reads the score map by its spatial maximum: the mean-pooled scores pass no class
+    pooled = np.stack([_probs(tiny, net, x, True) for x in inputs])
+    assert (pooled < 0.5).all()
     result = dcsm.DistinctSaliency(adapter, preset="released").explain(image)
     assert [c.index for c in result.candidates] == chosen
     assert [c.index for c in result.contrast] == contrast
-    _check(result, [tiny.names[i] for i in chosen], fused)
+    assert [c.score for c in result.candidates] == pytest.approx(probs[1, chosen].tolist(),
+                                                                 abs=1e-6)
+    _check(result, [tiny.names[i] for i in chosen], fused, tol=_tolerance("released", True))
+
+
+@pytest.mark.parametrize("preset,graphs,scores_only", [("paper", 4, 0), ("released", 3, 2),
+                                                        ("tuned", 1, 0)])
+def test_one_scale_graph_alive_at_a_time(tiny, preset, graphs, scores_only):
+    """Every preset holds one scale's autograd graph at a time: the released rule, which needs
+    every scale's scores before choosing, gets them from forwards that keep no graph."""
+
+    class Watched(tiny.TinyNet):
+        def __init__(self) -> None:
+            super().__init__(classes=6, act="relu6", seed=12)
+            self.graphs: list[weakref.ref] = []
+            self.alive: list[int] = []  # graph outputs still alive when another graph starts
+            self.plain = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            if out.requires_grad:
+                self.alive.append(sum(r() is not None for r in self.graphs))
+                self.graphs.append(weakref.ref(out))
+            else:
+                self.plain += 1
+            return out
+
+    net = Watched()
+    adapter = tiny.adapter(net, layers=tuple(LAYERS))
+    image = tiny.image(*IMAGE_SHAPE, seed=5)
+    result = dcsm.DistinctSaliency(adapter, preset=preset).explain(image, classes=[2, 0])
+    assert net.alive == [0] * graphs
+    assert net.plain == scores_only
+    assert all(r() is None for r in net.graphs)
+    same = dcsm.DistinctSaliency(tiny.adapter(tiny.TinyNet(classes=6, act="relu6", seed=12),
+                                              layers=tuple(LAYERS)), preset=preset)
+    for name, m in same.explain(image, classes=[2, 0]).maps.items():
+        np.testing.assert_array_equal(result.maps[name], m)
 
 
 def test_small_image_is_enlarged_and_maps_keep_its_shape(tiny):

@@ -8,8 +8,10 @@
 
 At least one class is always selected (the best one if none passes). Scores come from one scale
 (the one closest to 1, i.e. the image as given) for the paper's preset. The released code's rule
-(``any_scale``) takes a class if it passes at any scale, and its contrast set is topped up to at
-least four classes by the score summed over scales.
+(``any_scale``) reads each scale's class score map by its spatial maximum (the highest
+per-location probability, :func:`image_scores`) rather than the pooled score, takes a class if
+it passes at any scale, and tops its contrast set up to at least four classes by that score
+summed over scales.
 
 The ``score_map`` rule (the ``tuned`` preset's) reads the class score map of the image as given
 instead of its pooled scores: classes are ranked by the number of locations at which they are
@@ -89,6 +91,23 @@ def default_threshold(adapter: ModelAdapter) -> float:
 def default_top_k(adapter: ModelAdapter) -> int | None:
     """Unlimited for a multi-label model, 2 for a softmax one."""
     return None if adapter.multilabel else 2
+
+
+def image_scores(adapter: ModelAdapter, score_map: torch.Tensor,
+                 rule: CandidateRule = "reference_scale") -> torch.Tensor:
+    """``(N, C)`` class probabilities of the ``(N, C, h, w)`` score map of one scale, as a rule
+    reads them: the adapter's pooled scores, or for ``any_scale`` (the released code's) the
+    highest probability of each class at any location of the map.
+
+    ``dcsm.m`` (``shimoda-uec/mat_dcsm``, lines 51-58) takes each class's spatial maximum of its
+    sigmoid score map, thresholds it at 0.5 (lines 59-61) and sums it over scales for the top-up
+    (lines 62, 68-73). For a sigmoid model the maximum of the per-location probabilities is the
+    sigmoid of the map's maximum; for a softmax model each location's softmax is taken first.
+    """
+    scores = score_map.detach().float()
+    if rule == "any_scale":
+        return adapter.probabilities(scores.movedim(1, -1)).movedim(-1, 1).amax(dim=(-2, -1))
+    return adapter.probabilities(adapter.pool(scores))
 
 
 def map_ranking(location_probs: torch.Tensor) -> list[int]:

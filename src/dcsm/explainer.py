@@ -439,29 +439,42 @@ class DistinctSaliency(_Explainer):
         size = (int(x.shape[-2]), int(x.shape[-1]))
         ref = reference_scale(self.scales)
 
-        def probabilities(fp: ForwardPass) -> torch.Tensor:
-            return adapter.probabilities(adapter.pool(fp.score_map.detach().float()))  # (N, C)
+        from dcsm.candidates import image_scores
+
+        choose = self.preset.candidate_rule
+
+        def scores_only(scale: float) -> torch.Tensor:
+            """The scale's score map from a forward that records no layer: nothing in it
+            requires gradients, so no graph is kept."""
+            return forward_pass(adapter, scaled_input(adapter, x, scale), [], self.rule,
+                                autocast=self.autocast).score_map.detach()
 
         # The paper's candidates come from the image as given: run that scale first, then each
         # other scale's forward and backward in turn, so one graph is alive at a time. The
-        # released code's rule needs every scale's scores first.
-        all_scales = self.preset.candidate_rule == "any_scale"
+        # released code's rule needs every scale's scores first: the other scales run a forward
+        # without a graph for their scores now, and again with one when their turn comes.
+        all_scales = choose == "any_scale"
         if all_scales:
-            order = list(range(len(self.scales)))
-            passes = {s: self._forward(x, self.scales[s]) for s in order}
-            probs = torch.stack([probabilities(passes[s]) for s in order], dim=1)  # (N, S, C)
+            last = len(self.scales) - 1
+            order = [last, *range(last)]
+            passes = {last: self._forward(x, self.scales[last])}
+            score_maps = [*(scores_only(self.scales[s]) for s in range(last)),
+                          passes[last].score_map.detach()]
+            probs = torch.stack([image_scores(adapter, m, choose) for m in score_maps],
+                                dim=1)  # (N, S, C)
+            del score_maps
         else:
             order = [ref, *(s for s in range(len(self.scales)) if s != ref)]
             passes = {ref: self._forward(x, self.scales[ref])}
-            probs = probabilities(passes[ref]).unsqueeze(1)
+            probs = image_scores(adapter, passes[ref].score_map, choose).unsqueeze(1)
         location = None
-        if self.preset.candidate_rule == "score_map":
+        if choose == "score_map":
             scores = passes[ref].score_map.detach().float()  # (N, C, h, w)
             location = adapter.probabilities(scores.movedim(1, -1)).movedim(-1, 1)
         wanted = per_image_classes(classes, n)
         selections = [
             select(adapter, probs[i], ref if all_scales else 0, wanted[i], top_k, threshold,
-                   self.preset.candidate_rule, self.min_contrast,
+                   choose, self.min_contrast,
                    None if location is None else location[i])
             for i in range(n)]
         uniform(selections)
