@@ -7,9 +7,9 @@
 * :mod:`dcsm.batch.manifest`: settings fingerprint and the per-rank JSON-lines records.
 * :mod:`dcsm.batch.loader`: a torch DataLoader decoding images in worker processes.
 * :mod:`dcsm.batch.runner`: the resumable loop (:func:`run`); :mod:`dcsm.batch.progress` its bar.
-* :mod:`dcsm.batch.cli`: the command's options and entry point.
 
-Names load on first use, so ``import dcsm.cli`` stays light.
+The ``dcsm batch`` command's options are in :mod:`dcsm.cli.batch`. Names load on first use, so
+importing the package stays light.
 """
 
 from __future__ import annotations

@@ -12,23 +12,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dcsm.cli.options import (
+    Parser,
+    add_model_options,
+    finite,
+    names,
+    nonnegative_int,
+    positive_int,
+)
 from dcsm.errors import DcsmError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` (with ``gridpg`` under it) to the ``dcsm`` command's subparsers."""
     from dcsm.bench.methods import method_keys
-    from dcsm.cli import (
-        _finite,
-        _names,
-        _nonnegative_int,
-        _Parser,
-        _positive_int,
-        add_model_options,
-    )
 
     bench = sub.add_parser("bench", help="benchmarks: the grid pointing game")
-    kinds = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    kinds = bench.add_subparsers(dest="bench", required=True, parser_class=Parser)
     gp = kinds.add_parser(
         "gridpg", help="grid pointing game on real photos: dcsm, its baselines, Captum, "
                        "pytorch-grad-cam and TorchCAM",
@@ -40,29 +40,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_options(gp)
     gp.add_argument("--grid", type=int, choices=[2, 3], default=2,
                     help="n of the n x n grids (default %(default)s)")
-    gp.add_argument("--grids", type=_positive_int, default=None,
+    gp.add_argument("--grids", type=positive_int, default=None,
                     help="number of grids (default 24 for 2x2, 8 for 3x3)")
     gp.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                     help="photos to use instead of those shipped with scikit-image, "
                          "scikit-learn and matplotlib")
-    gp.add_argument("--tau", type=_finite, default=0.5,
+    gp.add_argument("--tau", type=finite, default=0.5,
                     help="probability a view of a photo needs to be used (default %(default)s)")
-    gp.add_argument("--methods", type=_names, default=None,
+    gp.add_argument("--methods", type=names, default=None,
                     help="comma-separated methods (default: all whose library is installed): "
                          + ", ".join(method_keys()))
-    gp.add_argument("--candidates", type=_names, default=None,
+    gp.add_argument("--candidates", type=names, default=None,
                     help="for the contrastive methods (dcsm, FinerCAM), comma-separated: "
                          "'oracle' (every cell's class given), 'target' (the cell's class given, "
                          "the method picks the others), 'auto' (nothing given: the method's own "
                          "candidates); default oracle,target,auto on 2x2 grids, oracle,auto on "
                          "3x3")
-    gp.add_argument("--cell", type=_positive_int, default=224,
+    gp.add_argument("--cell", type=positive_int, default=224,
                     help="cell side in pixels (default %(default)s)")
-    gp.add_argument("--seed", type=_nonnegative_int, default=0,
+    gp.add_argument("--seed", type=nonnegative_int, default=0,
                     help="grid sampling seed (default %(default)s)")
     gp.add_argument("--no-crops", action="store_true",
                     help="use each photo's centred square only (default: also crops at 75%% "
                          "and 50%% zoom)")
+    gp.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,195 @@
+"""``dcsm explain``, ``dcsm segment`` and ``dcsm figure``: one image or a few, one code path.
+
+``dcsm explain IMAGE... --out DIR`` writes, for each image, ``DIR/<image stem>/``: ``maps.npz``
+(one float32 (H, W) map in [0, 1] per class, keyed by class name), ``summary.json``,
+``<class>.png`` (the map over the image), ``figure.png`` (the image and every map side by side)
+and, with ``--per-layer``, ``layers.png`` (single-layer maps).
+
+``dcsm segment IMAGE... --out DIR`` writes the same plus ``labels.png`` (VOC-palette PNG, 0
+background, v the v-th candidate of ``summary.json``), ``masks.npz`` (one bool array per class)
+and ``segmentation.png``, and adds a ``segmentation`` entry to ``summary.json``; the segmenter is
+a dense CRF on the maps (``--segmenter crf``, maps ``--method dcsm`` by default) or Simonyan et
+al.'s GrabCut (``--segmenter grabcut``, maps ``--method simonyan`` by default).
+
+``dcsm figure IMAGE --out FILE`` draws the paper's Fig. 1 for the image.
+
+All three read and check every image before loading the model, explain each image the same way
+(:func:`explain_one`), and write through :mod:`dcsm.outputs` and :mod:`dcsm.io`, so an image's
+output directory (or the figure file) appears only once it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dcsm.cli.options import (
+    add_crf_options,
+    add_grabcut_options,
+    add_method_options,
+    add_model_options,
+    crf_params_from_args,
+    explainer_from_args,
+    grabcut_params_from_args,
+    max_side,
+    method_for,
+    positive_int,
+    report_memory,
+    segmenter_params,
+)
+from dcsm.errors import DcsmError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dcsm.api import Explainer
+    from dcsm.result import SaliencyResult
+    from dcsm.segmentation import Segmentation
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``explain``, ``segment`` and ``figure`` to the ``dcsm`` command's subparsers."""
+    ex = sub.add_parser("explain", help="class saliency maps for images")
+    _images_and_model(ex)
+    ex.set_defaults(handler=run_explain)
+
+    sg = sub.add_parser("segment", help="maps plus a segmentation: dense CRF or GrabCut")
+    _images_and_model(sg)
+    sg.set_defaults(method=None, handler=run_segment)  # dcsm for the CRF, simonyan for GrabCut
+    sg.add_argument("--segmenter", choices=["crf", "grabcut"], default="crf",
+                    help="dense CRF on the maps (default; maps: --method dcsm) or Simonyan et "
+                         "al.'s GrabCut (maps: --method simonyan unless given)")
+    add_crf_options(sg)
+    add_grabcut_options(sg)
+
+    fg = sub.add_parser("figure", help="the paper's Fig. 1 for an image: Simonyan maps and "
+                                       "GrabCut against distinct maps and the CRF")
+    fg.add_argument("image", metavar="IMAGE")
+    fg.add_argument("--out", required=True, type=Path,
+                    help="figure file; the suffix picks the format (.png, .pdf, .svg, ...)")
+    add_model_options(fg)
+    add_method_options(fg)
+    fg.add_argument("--dpi", type=positive_int, default=100, help="default %(default)s")
+    add_crf_options(fg)
+    add_grabcut_options(fg)
+    fg.set_defaults(handler=run_figure)
+
+
+def _images_and_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    add_model_options(p)
+    add_method_options(p)
+    p.add_argument("--per-layer", action="store_true",
+                   help="also write layers.png with the single-layer maps (paper Fig. 2)")
+
+
+# ----------------------------------------------------------------------------- the shared path
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """Each image's output directory name (its stem); DcsmError when two would share one."""
+    stems = [Path(p).stem for p in paths]
+    seen: dict[str, str] = {}
+    for path, stem in zip(paths, stems, strict=True):
+        if stem in seen:
+            raise DcsmError(f"images '{seen[stem]}' and '{path}' would share the output "
+                            f"directory '{stem}'")
+        seen[stem] = path
+    return stems
+
+
+def load_inputs(args: argparse.Namespace, paths: Sequence[str]
+                ) -> tuple[list[np.ndarray], Explainer]:
+    """Every image read and checked first (a bad one stops the command before any work), then
+    the model and the explainer the options describe."""
+    from dcsm.io import load_image
+
+    images = [load_image(p) for p in paths]
+    return images, explainer_from_args(args)
+
+
+def explain_one(explainer: Explainer, image: np.ndarray, args: argparse.Namespace
+                ) -> SaliencyResult:
+    """One image's explanation with the command's candidate options."""
+    report_memory(explainer, image)
+    return explainer.explain(image, classes=args.classes, top_k=args.top_k,  # type: ignore[return-value]
+                             threshold=args.threshold,
+                             per_layer=getattr(args, "per_layer", False))
+
+
+def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
+    """``dcsm explain`` (``segmenter`` None) and ``dcsm segment``: each image explained, and
+    segmented, into ``--out/<stem>/`` (written atomically); one line printed per image."""
+    from dcsm.io import atomic_dir
+    from dcsm.outputs import write_explanation
+    from dcsm.segmentation import segment
+
+    params = segmenter_params(args, segmenter)  # checked before any work
+    args.method = method_for(args, segmenter)
+    stems = output_stems(args.images)
+    images, explainer = load_inputs(args, args.images)
+    for path, stem, image in zip(args.images, stems, images, strict=True):
+        result = explain_one(explainer, image, args)
+        seg = None
+        if segmenter is not None:
+            seg = segment(result, method=segmenter, max_side=max_side(args), **params)
+        final = args.out / stem
+        with atomic_dir(final) as tmp:
+            write_explanation(result, tmp, path, seg)
+        print(f"{path}: {_listed(result, seg)} -> {final}")
+    return 0
+
+
+def _listed(result: SaliencyResult, seg: Segmentation | None) -> str:
+    if seg is None:
+        return ", ".join(f"{c.name} {c.score:.3f}" for c in result.candidates)
+    return ", ".join(f"{c.name} {c.score:.3f} ({int(m.sum())} px)"
+                     for c, m in zip(result.candidates, seg.masks.values(), strict=True))
+
+
+# ----------------------------------------------------------------------------- the commands
+def run_explain(args: argparse.Namespace) -> int:
+    """``dcsm explain``."""
+    return explain_images(args, segmenter=None)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """``dcsm segment``."""
+    return explain_images(args, segmenter=args.segmenter)
+
+
+def _figure_format(path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    known = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in known:
+        raise DcsmError(f"cannot tell the figure format of '{path}': use a suffix such as "
+                        f".png, .pdf or .svg")
+    if path.is_dir():
+        raise DcsmError(f"'{path}' is a directory; --out needs a file name")
+
+
+def run_figure(args: argparse.Namespace) -> int:
+    """``dcsm figure``: Simonyan et al.'s maps and GrabCut against the distinct maps and the CRF,
+    for the same candidates."""
+    from dcsm.api import make_explainer
+    from dcsm.io import save_figure
+    from dcsm.segmentation import figure_one, segment
+
+    crf_params = crf_params_from_args(args)
+    grabcut_params = grabcut_params_from_args(args)
+    _figure_format(args.out)
+    [image], explainer = load_inputs(args, [args.image])
+    distinct = explain_one(explainer, image, args)
+    simonyan = make_explainer(explainer.adapter, "simonyan", max_side=max_side(args),
+                              precision=args.precision).explain(
+        image, classes=[c.index for c in distinct.candidates])
+    crf = segment(distinct, method="crf", max_side=max_side(args), **crf_params)
+    grabcut = segment(simonyan, method="grabcut", max_side=max_side(args), **grabcut_params)
+    fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method)
+    save_figure(args.out, fig, dpi=args.dpi)
+    print(f"{args.image}: {_listed(distinct, None)} -> {args.out}")
+    return 0
