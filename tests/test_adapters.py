@@ -109,6 +109,40 @@ def test_vgg16_aliases_and_defaults(vgg):
         vgg.resolve_layers(["conv6_1"])
 
 
+def test_released_preset_takes_vgg16_derivatives_at_the_conv_inputs(vgg):
+    """dcsm.m's res(i).dzdx for i = conv3_1 ... conv5_3 is the derivative at each convolution's
+    input; the released preset's VGG-16 layers (pool2, relu3_1, ..., relu5_2, the in-place ReLUs
+    included) give exactly the derivatives of the score at those inputs."""
+    from dcsm.gradients import forward_pass, iter_class_gradients
+    from dcsm.presets import RELEASED_VGG16_LAYERS
+    from dcsm.rules import get_rule
+
+    features = vgg.model.net.features
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)][4:]  # conv3_1...
+    explainer = dcsm.DistinctSaliency(vgg, preset="released")
+    assert explainer.layers == list(RELEASED_VGG16_LAYERS)
+    assert dcsm.DistinctSaliency(vgg).layers == vgg.default_layers  # paper: conv outputs
+    resolved = vgg.resolve_layers(explainer.layers)
+    assert [resolved[n] for n in explainer.layers] == [features[i - 1] for i in convs]
+    rule = get_rule("guided")
+    x = _x(224, 224, seed=4)
+    fp = forward_pass(vgg, x, explainer.layers, rule)
+    (got,) = list(iter_class_gradients(fp, [7], list(fp.activations.values())))
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [features[i].register_forward_pre_hook(
+        lambda m, args, i=i: inputs.__setitem__(i, args[0])) for i in convs]
+    try:
+        with rule.active():
+            score = vgg.model(x.clone().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    ref = torch.autograd.grad(score[:, 7].sum(), [inputs[i] for i in convs])
+    for name, g, r in zip(explainer.layers, got, ref, strict=True):
+        assert r.abs().max() > 0, name
+        torch.testing.assert_close(g, r, rtol=0, atol=0, msg=name)
+
+
 # ----------------------------------------------------------------------------- other torchvision
 def test_resnet18_fcn_reproduces_logits():
     torch.manual_seed(0)

@@ -1,18 +1,37 @@
 r"""Multi-scale, multi-layer fusion of class saliency maps.
 
-The paper's Eq. 3 averages, over the set of layers :math:`L` and scales :math:`S`, the per-layer
-maps after the normalisation :math:`\tanh(\alpha M / \max M)` with :math:`\alpha = 3`:
+The paper's Eq. 3 averages the per-layer maps of every scale after a saturation with
+:math:`\alpha = 3`:
+
+.. math::
+
+    M^c_{x,y} = \frac{1}{|S||L|} \sum_{j \in S} \sum_{l \in L} \tanh(\alpha M^c_{i,x,y})
+
+and, of the single-layer maps, says: "each value of the saliency map is normalized by
+:math:`\tanh(\alpha M_{i,x,y} / \max_{x,y} M_{i,x,y})` for visualization in Fig.2 and all the
+other figures with alpha = 3". Eq. 3 itself has no division by the maximum. dcsm's reading
+(:class:`PaperFusion`) puts the division inside Eq. 3, per layer and scale, on the contrasted
+map :math:`\tilde M` of Eq. 2:
 
 .. math::
 
     M^c_{x,y} = \frac{1}{|S||L|} \sum_{j \in S} \sum_{l \in L}
         \tanh\Big(\alpha \frac{\tilde M^c_{l,x,y}}{\max_{x,y} \tilde M^c_{l,x,y}}\Big)
 
-Each scale's maps are computed at the input image's size, so the average is over aligned maps.
-The result lies in :math:`[0, \tanh \alpha]`.
+because :math:`\tanh(\alpha M)` on raw derivatives would not be the same function from one
+model, layer or image to the next: derivatives have no fixed scale (it depends on the model, the
+layer, the class score and the image, and differs by orders between them), so the tanh would be
+nearly linear for some layers and saturated for others, and the average would be ruled by the
+layers with the largest derivatives. Divided by its maximum, each layer's map spans
+[0, tanh alpha] and weighs the same, and alpha sets the saturation as in the paper's figures.
+The authors' released code divides by maxima too (``dcsm.m`` lines 111 and 131), in its own
+places. This is dcsm's reading, not the paper's equation. Each scale's maps are computed at the
+input image's size, so the average is over aligned maps. The result lies in
+:math:`[0, \tanh \alpha]`.
 
 The released code instead sums its pairwise contrasts over layers, other classes and scales,
-then normalises the sum once: :math:`\tanh(\alpha\, s / \max s)`, shown divided by its maximum.
+then normalises the sum once: :math:`\tanh(\alpha\, s / \max s)`, shown divided by its maximum
+(``dcsm.m`` lines 128-136, :mod:`dcsm.presets`).
 """
 
 from __future__ import annotations
@@ -30,7 +49,8 @@ def tanh_normalize(maps: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class PaperFusion:
-    """Eq. 2 (optional) then Eq. 3: the mean of normalised per-layer maps.
+    """Eq. 2 (optional) then Eq. 3 as dcsm reads it: the mean over layers and scales of each
+    contrasted map normalised by its own maximum, ``tanh(alpha M / max M)`` (see the module).
 
     ``contrast`` is ``"sum"`` (Eq. 2) or ``"strongest"`` (only the strongest other class).
     """

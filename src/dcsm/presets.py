@@ -1,16 +1,60 @@
 """Named settings of the method.
 
 ``paper`` (default) follows the paper's text: scales 1, 1.2, 1.4, 1.6; Eq. 2 on each layer's
-maps; ``tanh(3 M / max M)`` per layer and scale; the mean over layers and scales (Eq. 3);
-candidates from the image as given.
+maps; then Eq. 3 as dcsm reads it: ``tanh(3 M / max M)`` per layer and scale, averaged over
+layers and scales; candidates from the image as given. Eq. 3 as printed applies
+``tanh(alpha M)``; the paper divides by the maximum only "for visualization in Fig.2 and all the
+other figures". dcsm divides inside Eq. 3 so that every layer's map has the same range whatever
+the scale of its derivatives (:mod:`dcsm.fusion` gives the reasons).
 
-``released`` follows the authors' MatConvNet code (``shimoda-uec/mat_dcsm``, ``dcsm.m``):
-scales 0.8, 1, 1.2; each pairwise difference of the upsampled max-abs maps divided by its own
-maximum, passed through ``tanh(3 x)``, clipped at zero and summed over layers, other classes and
-scales; one final ``tanh(3 s / max s)``; candidates are the classes over the threshold at any
-scale, and the set they are contrasted with is topped up to at least four by summed score. (The
-released code also pads the image into a 500 x 500 canvas first; dcsm works on the image as
-given.)
+``released`` follows the authors' MatConvNet code, ``dcsm.m`` in ``shimoda-uec/mat_dcsm``
+(commit e487f59; line numbers below are that file's) with their MatConvNet fork
+``shimoda-uec/matconvnet`` (commit f8e1b3b). Matched:
+
+* scales 0.8, 1, 1.2 (line 9) and alpha 3 (``tha``, line 13);
+* candidates: each class's score map read by its spatial maximum (lines 51-58, ``mval =
+  max(lastcnn2t(:))``), a class taken if it passes 0.5 at any scale (lines 59-61) and given maps
+  only at the scales where it passes (lines 63, 93); the contrast set topped up to four by that
+  maximum summed over scales (lines 62, 68-77): the ``any_scale`` rule of :mod:`dcsm.candidates`;
+* the backward seed: ones over the whole score map of the class (lines 87-89), guided
+  back-propagation through every ReLU (``matlab/vl_nnrelu2.m`` line 22). The seed is placed on
+  the sigmoid's output, but their sigmoid's backward returns the incoming derivative unchanged
+  (``matlab/vl_nnsigmoid.m`` line 28, the derivative commented out on line 29), so the seed
+  reaches the raw class scores as it is: dcsm's seed on the raw score map is the same;
+* the layers: ``surid = [11,13,15,18,20,22,25,27,29]`` (line 7) indexes ``res(i).dzdx``, which
+  MatConvNet defines as the derivative with respect to ``res(i).x``, the output of layer i - 1,
+  i.e. the input of layer i (``matlab/vl_simplenn.m`` lines 35-38). In MatConvNet's VGG-16
+  layout (their ``gpconv.mat`` is not published with the code; the layout is inferred from
+  ``cnn(38).x`` being the sigmoid score map thresholded at 0.5, lines 47 and 59-60) layers 11,
+  13, ..., 29 are conv3_1, conv3_2, ..., conv5_3, so the maps are taken at these convolutions'
+  inputs: pool2, relu3_1, relu3_2, pool3, relu4_1, relu4_2, pool4, relu5_1, relu5_2, after the
+  previous ReLU or pool rather than at the convolutions' outputs before their ReLU. (Their Caffe
+  version, ``shimoda-uec/dcsm`` ``test/gdep.prototxt`` lines 529-550, likewise takes the channel
+  maximum of ``dconv5_3``, the derivative at conv5_3's input.) The preset names these layers
+  for ``torchvision:vgg16`` and ``torchvision:vgg16_bn``; other models use their defaults;
+* each layer map: absolute value, maximum over channels, then bilinear upsampling (lines
+  103-109: ``max_first``);
+* the contrast: each pairwise difference divided by its own maximum (lines 110-111),
+  ``tanh(3 x)`` (line 113), clipped at zero (line 115), summed over layers, other classes and
+  scales (line 116); at the end ``tanh(3 s / max s)`` divided by its maximum (lines 131-136).
+
+Different:
+
+* the canvas: dcsm.m centres the image in a 500 x 500 zero canvas (lines 11, 17-23) and resizes
+  that canvas to round(500 s) square pixels (lines 37-38, MATLAB's default bicubic resize); dcsm
+  scales the image as given at its working resolution (antialiased bilinear). The padding would
+  enter the pooled scores and every maximum, so a padded image's maps would not be its own;
+* the maxima: dcsm.m takes each pair's maximum over the whole canvas, padding included (line
+  111), and crops only at the end (line 130); dcsm's are over the image;
+* a pair whose difference is nowhere positive: dcsm.m divides by the negative maximum, which
+  flips the difference's sign, and adds it (lines 111-117); dcsm adds nothing. dcsm also skips a
+  pair whose difference peaks below ``PAIR_FLOOR`` (1e-4) of its maps' peaks
+  (:func:`dcsm.contrast.pairwise_saturated_contrast`), which dcsm.m does not;
+* preprocessing and model: dcsm.m subtracts the means 104.0, 116.7, 122.7 from MATLAB's RGB
+  channels in that order (lines 8, 39-41) and runs its own VOC-trained network; dcsm uses each
+  model's own preprocessing;
+* the extra map ``dcsm_0.jpg``, the maximum over all classes' maps (lines 127-142), is not
+  produced.
 
 ``tuned`` is dcsm's own choice, measured on the grid pointing game (``dcsm bench gridpg``,
 ``docs/RESULTS.md``): each class's map minus only the strongest other candidate's at each
@@ -105,6 +149,10 @@ class Preset:
         return None
 
 
+RELEASED_VGG16_LAYERS = ("pool2", "relu3_1", "relu3_2", "pool3", "relu4_1", "relu4_2", "pool4",
+                         "relu5_1", "relu5_2")
+"""The inputs of VGG-16's conv3_1 ... conv5_3, where ``dcsm.m`` takes its derivatives."""
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper", scales=(1.0, 1.2, 1.4, 1.6), fusion="paper",
@@ -115,8 +163,11 @@ PRESETS: dict[str, Preset] = {
     "released": Preset(
         name="released", scales=(0.8, 1.0, 1.2), fusion="released",
         candidate_rule="any_scale", min_contrast=4, contrast="pairwise",
+        layers=tuple((vgg, RELEASED_VGG16_LAYERS)
+                     for vgg in ("torchvision:vgg16", "torchvision:vgg16_bn")),
         description="the authors' MatConvNet code: per-pair normalised tanh contrasts summed over "
-                    "layers, classes and scales 0.8-1.2",
+                    "layers, classes and scales 0.8-1.2; VGG-16 maps at the inputs of "
+                    "conv3_1..conv5_3; candidates by the score map's maximum",
     ),
     "tuned": Preset(
         name="tuned", scales=(1.0,), fusion="paper", candidate_rule="score_map",
