@@ -16,9 +16,14 @@ from dcsm.gradients import class_gradients, forward_pass
 from dcsm.images import model_input
 from dcsm.rules import get_rule
 
-captum_attr = pytest.importorskip("captum.attr")
-
 CLASSES = 4
+
+
+@pytest.fixture
+def captum_attr():
+    """Captum's attribution module; only the tests that compare with Captum need it, and only
+    they are skipped without it (dcsm's own float64 and dispatch tests always run)."""
+    return pytest.importorskip("captum.attr")
 
 
 class LogitNet(nn.Module):
@@ -64,7 +69,8 @@ def _logit_adapter(tiny, seed: int = 0, min_input: int = 8):
     return adapter, net
 
 
-def _captum(kind: str, net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def _captum(captum_attr, kind: str, net: nn.Module, x: torch.Tensor,
+            target: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "simonyan":
@@ -79,7 +85,7 @@ def _normalise(m: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind,rule", [("simonyan", "plain"), ("guided", "guided")])
-def test_input_gradients_equal_captum(tiny, kind, rule):
+def test_input_gradients_equal_captum(tiny, captum_attr, kind, rule):
     adapter, net = _logit_adapter(tiny)
     image = tiny.image(18, 22, seed=3)
     x = model_input(adapter, image, 1.0)
@@ -87,38 +93,38 @@ def test_input_gradients_equal_captum(tiny, kind, rule):
     fp = forward_pass(adapter, x, [], get_rule(rule), input_grad=True)
     (g,) = class_gradients(fp, targets, [fp.input])
     for k, c in enumerate(targets):
-        ref = _captum(kind, net, x, c)
+        ref = _captum(captum_attr, kind, net, x, c)
         got = g[k].abs() if kind == "simonyan" else g[k]
         assert ref.abs().max() > 1e-5 and (ref != 0).float().mean() > 0.3
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
     if kind == "guided":  # guided really differs from plain on this net
-        plain = _captum("simonyan", net, x, targets[0])
+        plain = _captum(captum_attr, "simonyan", net, x, targets[0])
         assert not torch.allclose(g[0].abs(), plain, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["simonyan", "guided"])
-def test_baseline_maps_equal_captum_maps(tiny, method):
+def test_baseline_maps_equal_captum_maps(tiny, captum_attr, method):
     adapter, net = _logit_adapter(tiny, seed=1)
     image = tiny.image(18, 22, seed=4)
     result = dcsm.explain(adapter, image, method=method, classes=["delta", "alpha"])
     x = model_input(adapter, image, 1.0)
     assert result.method == method and list(result.maps) == ["delta", "alpha"]
     for name, c in (("delta", 3), ("alpha", 0)):
-        ref = _captum(method, net, x, c).abs().amax(dim=1)[0].double().numpy()
+        ref = _captum(captum_attr, method, net, x, c).abs().amax(dim=1)[0].double().numpy()
         m = result.maps[name]
         assert m.dtype == np.float32 and m.shape == (18, 22) and m.max() == pytest.approx(1.0)
         np.testing.assert_allclose(m, _normalise(ref), rtol=0, atol=1e-5)
     assert result.parameters["backprop"] == ("plain" if method == "simonyan" else "guided")
 
 
-def test_baseline_on_enlarged_small_image(tiny):
+def test_baseline_on_enlarged_small_image(tiny, captum_attr):
     """A small image is enlarged for the model and the map resized back (bilinear)."""
     adapter, net = _logit_adapter(tiny, seed=2, min_input=16)
     image = tiny.image(10, 12, seed=5)
     x = model_input(adapter, image, 1.0)
     assert tuple(x.shape[-2:]) == (16, 19)
     result = dcsm.explain(adapter, image, method="simonyan", classes=[1])
-    ref = _captum("simonyan", net, x, 1).amax(dim=1)[0].double().numpy()
+    ref = _captum(captum_attr, "simonyan", net, x, 1).amax(dim=1)[0].double().numpy()
     np.testing.assert_allclose(result.maps["Beta"], _normalise(tiny.resize(ref, (10, 12))),
                                rtol=0, atol=1e-5)
 
@@ -162,7 +168,7 @@ def test_gradcam_against_direct_float64(tiny, layer):
                                    atol=1e-5)
 
 
-def test_gradcam_equals_captum_layer_gradcam(tiny):
+def test_gradcam_equals_captum_layer_gradcam(tiny, captum_attr):
     adapter, net = _logit_adapter(tiny, seed=4)
     image = tiny.image(18, 22, seed=9)
     x = model_input(adapter, image, 1.0)
