@@ -145,3 +145,163 @@ def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys):
         _, err = capsys.readouterr()
         assert code == 2 and needle in err and err.count("\n") == 1, (extra, err)
         assert not (tmp_path / "e").exists()
+
+
+# ----------------------------------------------------------------------------- resumable runs
+FAST_EVAL = ["--split", "val", "--scales", "1", "--oracle-labels", "--no-progress",
+             "--methods", "simonyan_grabcut,dcsm_crf"]
+
+
+def evaluate_cli(root, run, out, capsys, *extra):
+    code = cli.main(["evaluate", "--data", str(root), "--model", f"checkpoint:{run}",
+                     "--out", str(out), *FAST_EVAL, *extra])
+    return code, *capsys.readouterr()
+
+
+def scores(out):
+    """metrics.json without the timings (which differ from run to run)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    for r in metrics["methods"].values():
+        r.pop("seconds_per_image")
+    return metrics
+
+
+def no_partials(out):
+    return [str(p) for p in out.rglob("*") if ".partial-" in p.name or ".trash-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_run, tmp_path_factory):
+    root, run = tiny_run
+    out = tmp_path_factory.mktemp("uninterrupted") / "eval"
+    assert cli.main(["evaluate", "--data", str(root), "--model", f"checkpoint:{run}",
+                     "--out", str(out), *FAST_EVAL]) == 0
+    return out
+
+
+def test_a_run_on_part_then_on_all_equals_an_uninterrupted_run(tiny_run, uninterrupted,
+                                                                tmp_path, capsys):
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    code, _, err = evaluate_cli(root, run, out, capsys, "--limit", "2")
+    assert code == 0, err
+    part = json.loads((out / "metrics.json").read_text())
+    assert part["settings"]["images"] == 2
+    code, _, err = evaluate_cli(root, run, out, capsys)  # the rest of the split
+    assert code == 0, err
+    assert scores(out) == scores(uninterrupted)
+    assert (out / "images.jsonl").read_text() == (uninterrupted / "images.jsonl").read_text()
+    journal = [json.loads(line) for line in
+               (out / ".dcsm-evaluate" / "records.jsonl").read_text().splitlines()]
+    done = [r["id"] for r in journal if r["event"] == "done"]
+    assert len(done) == 3 == len(set(done))  # the second run did only the third image
+    assert [r["done"] for r in journal if r["event"] == "start"] == [0, 2]
+    # a third run has nothing to do and writes the same scores
+    code, _, err = evaluate_cli(root, run, out, capsys)
+    assert code == 0 and scores(out) == scores(uninterrupted), err
+    assert no_partials(out) == []
+
+
+def test_other_settings_are_refused_unless_forced(tiny_run, uninterrupted, tmp_path, capsys):
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    assert evaluate_cli(root, run, out, capsys, "--limit", "1")[0] == 0
+    code, _, err = evaluate_cli(root, run, out, capsys, "--crf-iterations", "2")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "other settings" in err and "crf.iterations: 10 -> 2" in err and "--force" in err
+    code, _, err = evaluate_cli(root, run, out, capsys, "--crf-iterations", "2", "--force")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["crf"]["iterations"] == 2 and metrics["settings"]["images"] == 3
+    code, _, err = evaluate_cli(root, run, out, capsys, "--force")  # back, starting over
+    assert code == 0 and scores(out) == scores(uninterrupted), err
+
+
+def copy_data(root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    return copy
+
+
+def test_an_unreadable_mask_or_image_is_recorded_as_failed(tiny_run, uninterrupted, tmp_path,
+                                                           capsys):
+    root, run = tiny_run
+    data = copy_data(root, tmp_path)
+    voc = data / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    mask = voc / "SegmentationClass" / f"{ids[1]}.png"
+    good_mask = mask.read_bytes()
+    mask.write_bytes(good_mask[:40])  # truncated
+    image = voc / "JPEGImages" / f"{ids[2]}.jpg"
+    good_image = image.read_bytes()
+    image.write_bytes(b"\x00junk")
+    out = tmp_path / "eval"
+    code, stdout, err = evaluate_cli(data, run, out, capsys)
+    assert code == 1, err
+    assert "1 images scored, 2 failed" in stdout
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("dcsm evaluate: ") for line in lines), err
+    metrics = json.loads((out / "metrics.json").read_text())
+    failures = {f["id"]: f for f in metrics["failures"]}
+    assert set(failures) == {ids[1], ids[2]}
+    assert failures[ids[1]]["stage"] == "read" and "mask" in failures[ids[1]]["reason"]
+    assert "cannot read image" in failures[ids[2]]["reason"]
+    assert metrics["settings"]["images"] == 1 and metrics["settings"]["images_failed"] == 2
+    assert [json.loads(line)["id"] for line in (out / "images.jsonl").read_text().splitlines()] \
+        == [ids[0]]
+    # repaired, the failed images are done by the next run, and the scores are complete
+    mask.write_bytes(good_mask)
+    image.write_bytes(good_image)
+    code, _, err = evaluate_cli(data, run, out, capsys)
+    assert code == 0, err
+    fixed, reference = scores(out), scores(uninterrupted)
+    assert fixed.pop("failures") == [] and reference.pop("failures") == []
+    for key in ("methods", "miou", "per_class_iou", "candidates"):
+        assert fixed[key] == reference[key]
+
+
+@pytest.mark.parametrize("where", ["png", "metrics"])
+def test_a_full_disk_is_one_line_and_the_rerun_completes(tiny_run, uninterrupted, tmp_path,
+                                                         capsys, monkeypatch, where):
+    import errno
+    from pathlib import Path
+
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    calls = {"n": 0}
+
+    def full(*args, **kwargs):
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "png":  # the label images of the second image
+        real_save = Image.Image.save
+
+        def save(self, fp, *args, **kwargs):
+            if str(fp).endswith(".png") and "methods" in str(fp):
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(self, fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, "save", save)
+    else:
+        real_write = Path.write_text
+
+        def write_text(self, text, *args, **kwargs):
+            if self.name.startswith(".metrics."):
+                return full()
+            return real_write(self, text, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    code, _, err = evaluate_cli(root, run, out, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("dcsm: error: cannot write") and "No space left on device" in err
+    assert "Traceback" not in err and no_partials(out) == []
+    assert not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    code, _, err = evaluate_cli(root, run, out, capsys)
+    assert code == 0, err
+    assert scores(out) == scores(uninterrupted)

@@ -1,7 +1,8 @@
-"""Reading weight files from disk with clear errors."""
+"""Reading weight files from disk with clear errors, and a digest of a model's weights."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,3 +49,14 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
             )
         raise DcsmError(f"weights from {source} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's state: names, dtypes, shapes and values; what
+    resumable runs (``dcsm batch``, ``dcsm evaluate``) fingerprint the model by."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,6 +1,6 @@
 """The manifest of a batch run: which settings, which images done, which failed and why.
 
-It lives in ``DIR/.dcsm-batch/``:
+It lives in ``DIR/.dcsm-batch/`` and is built on :mod:`dcsm.records`:
 
 * ``settings.json``: the settings every output of ``DIR`` was made with and their fingerprint
   (the first 16 hex digits of the SHA-256 of the settings as canonical JSON). A run whose
@@ -19,67 +19,18 @@ skip. Every rank reads all ``rank-*.jsonl`` files, so a rerun may use another nu
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import socket
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from dcsm.errors import DcsmError
-from dcsm.io import save_json
+from dcsm.records import Journal, check_settings, fingerprint, read_records
 
-try:  # POSIX only; elsewhere the lock is skipped
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+__all__ = ["MANIFEST_DIR", "Manifest", "State", "fingerprint", "read_records"]
 
 MANIFEST_DIR = ".dcsm-batch"
-
-
-def fingerprint(settings: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the SHA-256 of ``settings`` as canonical JSON."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old:
-                out.append(f"{name} (new)")
-            elif key not in new:
-                out.append(f"{name} (gone)")
-            else:
-                out.extend(_differences(old[key], new[key], name))
-        return out
-    if old != new:
-        return [f"{prefix or 'settings'}: {json.dumps(old, default=str)} -> "
-                f"{json.dumps(new, default=str)}"]
-    return []
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON records of one manifest file; partial or garbled lines are skipped."""
-    try:
-        with path.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    continue  # a line cut short by a killed run
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
-    except FileNotFoundError:
-        return
 
 
 @dataclass
@@ -99,7 +50,8 @@ class Manifest:
         self.dir = self.out / MANIFEST_DIR
         self.rank = rank
         self.path = self.dir / f"rank-{rank}.jsonl"
-        self._file: IO[bytes] | None = None
+        self._journal = Journal(self.path, busy=f"another dcsm batch run is writing "
+                                                f"'{self.path}' (same output folder and rank)")
 
     # ------------------------------------------------------------------ settings
     @property
@@ -113,25 +65,7 @@ class Manifest:
         Returns the fingerprint. Raises DcsmError if the folder's settings differ and not
         ``force``.
         """
-        fp = fingerprint(settings)
-        record = {"fingerprint": fp, "settings": dict(settings)}
-        try:
-            old = json.loads(self.settings_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            old = None
-        except (OSError, ValueError) as exc:
-            raise DcsmError(f"cannot read '{self.settings_path}': {exc}") from exc
-        if isinstance(old, dict) and old.get("fingerprint") == fp:
-            return fp
-        if isinstance(old, dict) and not force:
-            diff = _differences(old.get("settings"), dict(json.loads(json.dumps(
-                settings, default=str))))
-            shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
-            raise DcsmError(f"'{self.out}' holds outputs made with other settings ({shown}); "
-                            "use another --out, or --force to redo them with these settings")
-        # Every rank may get here at once: each writes the same content, atomically.
-        save_json(self.settings_path, record)
-        return fp
+        return check_settings(self.settings_path, settings, force, self.out)
 
     # ------------------------------------------------------------------ reading
     def files(self) -> list[Path]:
@@ -162,33 +96,11 @@ class Manifest:
     # ------------------------------------------------------------------ writing
     def open(self) -> None:
         """Open (and lock) this rank's file for appending."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            f = self.path.open("ab")
-        except OSError as exc:
-            raise DcsmError(f"cannot write the manifest '{self.path}': {exc.strerror}") from exc
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise DcsmError(f"another dcsm batch run is writing '{self.path}' (same output "
-                                "folder and rank)") from None
-        if f.tell() > 0:  # finish a line cut short by a killed run
-            with self.path.open("rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    f.write(b"\n")
-        self._file = f
+        self._journal.open()
 
     def write(self, event: str, **fields: Any) -> None:
         """Append one record (one ``write`` call, flushed at once)."""
-        if self._file is None:
-            raise RuntimeError("manifest not open")
-        rec = {"event": event, "time": round(time.time(), 3), "rank": self.rank, **fields}
-        line = json.dumps(rec, ensure_ascii=False, default=str) + "\n"
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
+        self._journal.write(event, rank=self.rank, **fields)
 
     def start(self, **fields: Any) -> None:
         """The ``start`` record: host, process and what this run is about to do."""
@@ -196,7 +108,4 @@ class Manifest:
 
     def close(self) -> None:
         """Release the lock and close the file."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+        self._journal.close()

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from dcsm.adapters.weights import weights_digest
 from dcsm.api import Explainer
 from dcsm.batch.inputs import InputItem
 from dcsm.batch.loader import Loaded, iterate
@@ -92,16 +92,6 @@ class BatchReport:
         """Images processed (done or failed) in this run per second of it."""
         n = self.done + self.failed
         return n / self.seconds if self.seconds > 0 else 0.0
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 (16 hex digits) of the model's state: names, dtypes, shapes and values."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def run_settings(explainer: Explainer, options: BatchOptions) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """``dcsm evaluate --data ROOT --split val --model checkpoint:DIR --out EVAL``: weakly
 supervised segmentation of a split, the methods side by side (:mod:`dcsm.evaluation.compare`).
+
+Resumable: a rerun into the same ``--out`` skips the images already scored with the same
+settings (``--force`` starts over with other settings). Exit status: 0 when every image was
+scored, 1 when some could not be (unreadable image or mask: listed in ``metrics.json``), 2 for
+bad input or options, or a folder that cannot be written.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from dcsm.cli.options import (
+    EXIT_FAILED,
     add_crf_options,
     add_grabcut_options,
     add_method_options,
@@ -42,6 +48,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     ev.add_argument("--threads", type=positive_int, default=None,
                     help="CPU threads of torch (default: torch's; 1 on a busy machine)")
+    ev.add_argument("--force", action="store_true",
+                    help="--out holds an evaluation with other settings: start it over with "
+                         "these (a rerun with the same settings resumes it)")
     add_crf_options(ev)
     add_grabcut_options(ev)
     add_progress_options(ev)
@@ -68,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
     crf = crf_params_from_args(args)
     grabcut = grabcut_params_from_args(args)
     full = explainer_from_args(args)
-    evaluate(data, args.split, full, args.out, methods=args.methods or DEFAULT_METHODS,
-             oracle=args.oracle_labels, threshold=args.threshold, top_k=args.top_k, crf=crf,
-             grabcut=grabcut, single_layer=args.single_layer, limit=args.limit,
-             progress=progress_wanted(args))
-    print(f"-> {args.out / 'metrics.json'}")
-    return 0
+    metrics = evaluate(data, args.split, full, args.out,
+                       methods=args.methods or DEFAULT_METHODS, oracle=args.oracle_labels,
+                       threshold=args.threshold, top_k=args.top_k, crf=crf, grabcut=grabcut,
+                       single_layer=args.single_layer, limit=args.limit,
+                       progress=progress_wanted(args), force=args.force)
+    failed = metrics["settings"]["images_failed"]
+    scored = metrics["settings"]["images"]
+    note = f" ({scored} images scored, {failed} failed: see 'failures')" if failed else ""
+    print(f"-> {args.out / 'metrics.json'}{note}")
+    return EXIT_FAILED if failed else 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 
 #: PASCAL VOC's 20 classes, label v is VOC_CLASSES[v - 1].
 VOC_CLASSES: tuple[str, ...] = (
@@ -108,7 +108,7 @@ def read_label_png(path: Path, num_classes: int) -> np.ndarray:
     except FileNotFoundError as exc:
         raise DcsmError(f"mask '{path}' does not exist") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow fails on bad files in many ways
-        raise DcsmError(f"cannot read mask '{path}': {exc}") from exc
+        raise DcsmError(f"cannot read mask '{path}': {first_line(exc)}") from exc
     bad = np.unique(labels[(labels > num_classes) & (labels != VOID)])
     if bad.size:
         raise DcsmError(f"mask '{path}' holds label {int(bad[0])}, but the data set has "

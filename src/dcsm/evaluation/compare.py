@@ -24,11 +24,21 @@ Methods (``METHODS``; the first five are the default, the paper's comparison and
 holds one class and on those with several (``miou_by_classes_in_image``), since the class
 contrast only acts where several candidates are; ``images.jsonl`` has one line per image (its
 labels, candidates and each method's mIoU on that image alone).
+
+**Resumable.** :func:`evaluate` records every image in ``.dcsm-evaluate/records.jsonl`` (a
+:class:`dcsm.records.Journal`) once its label images are written: its candidates, each method's
+confusion matrix (the non-zero cells) and time; ``.dcsm-evaluate/settings.json`` holds the
+settings' fingerprint. A rerun skips what is done and the metrics are computed from the records,
+so a run killed at image 1400 of 1449 goes on from there and ends with the same numbers as an
+uninterrupted one. An image or a mask that cannot be read is recorded as failed (listed under
+``failures`` in ``metrics.json``) and the others are scored; a rerun tries it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,10 +49,11 @@ import numpy as np
 import torch
 
 from dcsm.adapters.base import ModelAdapter
+from dcsm.adapters.weights import weights_digest
 from dcsm.baselines import InputGradient
 from dcsm.candidates import select
-from dcsm.datasets.voc import VOCDataset
-from dcsm.errors import DcsmError
+from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
+from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
 from dcsm.explainer import DistinctSaliency
 from dcsm.images import model_input, reference_scale
@@ -167,6 +178,330 @@ def _table(results: dict[str, dict[str, Any]], label_names: list[str],
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class _Plan:
+    """Everything an evaluation needs, checked before any work."""
+
+    data: VOCDataset
+    split: str
+    ids: list[str]
+    methods: list[str]
+    primary: str
+    explainers: dict[str, DistinctSaliency | InputGradient]
+    params: dict[str, dict[str, object]]
+    mapping: dict[int, int]  # adapter class index -> data set label
+    oracle: bool
+    threshold: float | None
+    top_k: int | None
+    max_side: int | None
+    full: DistinctSaliency
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The model under evaluation."""
+        return self.full.adapter
+
+    @property
+    def labels_n(self) -> int:
+        """Labels of the data set, background included."""
+        return self.data.num_classes + 1
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the per-image records (their fingerprint; not the image selection)."""
+        return {
+            "data": str(self.data.root), "split": self.split,
+            "labels": self.data.label_names, "model": self.adapter.name,
+            "weights_sha256": weights_digest(self.adapter.model),
+            "oracle_labels": self.oracle, "threshold": self.threshold, "top_k": self.top_k,
+            "dcsm": self.full.parameters(),
+            "maps_layers": {k: e.parameters().get("layers") for k, e in self.explainers.items()},
+            "crf": self.params["crf"], "grabcut": self.params["grabcut"],
+            "methods": self.methods, "void_label": VOID,
+        }
+
+
+def _checked_methods(methods: Sequence[str]) -> list[str]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise DcsmError(f"unknown method '{unknown[0] if unknown else ''}'; known: "
+                        f"{', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def _plan(data: VOCDataset, split: str, full: DistinctSaliency, methods: Sequence[str],
+          oracle: bool, threshold: float | None, top_k: int | None,
+          crf: dict[str, object] | None, grabcut: dict[str, object] | None,
+          single_layer: str | None, limit: int | None) -> _Plan:
+    """Check the methods, the model's classes against the data set's and the split; the plan."""
+    chosen = _checked_methods(methods)
+    if single_layer is not None:
+        full.adapter.resolve_layers([single_layer])
+    mapping = class_mapping(full.adapter, data, oracle)
+    ids = data.ids(split)
+    if not ids:
+        raise DcsmError(f"split '{split}' lists no images")
+    if not (data.root / "SegmentationClass").is_dir():
+        raise DcsmError(f"VOC folder '{data.root}' is missing: SegmentationClass/")
+    if limit is not None:
+        ids = ids[:limit]
+    explainers = map_explainers(full, {METHODS[m].maps for m in chosen}, single_layer)
+    return _Plan(data, split, ids, chosen, PRIMARY if PRIMARY in chosen else chosen[-1],
+                 explainers, {"crf": dict(crf or {}), "grabcut": dict(grabcut or {})},
+                 mapping, oracle, threshold, top_k, full.max_side, full)
+
+
+# ----------------------------------------------------------------------------- one image
+class _Failed(Exception):
+    """An image that could not be evaluated: the stage ("read", "explain") and the reason."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DcsmError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return f"{type(exc).__name__}: {first_line(exc, default='')}".rstrip(": ")
+
+
+def _read(plan: _Plan, image_id: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The image, its mask and the classes the mask holds; _Failed("read") when unreadable."""
+    try:
+        image = plan.data.load_image(image_id)
+        truth = plan.data.load_mask(image_id)
+        if truth.shape != image.shape[:2]:
+            raise DcsmError(f"mask of '{image_id}' is {truth.shape[1]}x{truth.shape[0]} but its "
+                            f"image is {image.shape[1]}x{image.shape[0]}")
+    except Exception as exc:  # noqa: BLE001 - recorded as failed; the run goes on
+        raise _Failed("read", _reason(exc)) from exc
+    return image, truth, labels_in_mask(truth)
+
+
+def _candidates(plan: _Plan, image: np.ndarray, labels: tuple[int, ...]
+                ) -> tuple[list[int], torch.Tensor]:
+    """The adapter classes to explain (the model's or, oracle, the mask's) and the scores."""
+    probs = predicted_scores(plan.adapter, image)
+    if plan.oracle:
+        to_adapter = {label: i for i, label in plan.mapping.items()}
+        return [to_adapter[label + 1] for label in labels], probs
+    sel = select(plan.adapter, probs, 0, None, plan.top_k, plan.threshold)
+    return [c.index for c in sel.selected], probs
+
+
+def _sparse(cm: np.ndarray) -> list[list[int]]:
+    """A confusion matrix as its non-zero ``[truth, prediction, count]`` cells."""
+    g, p = np.nonzero(cm)
+    return [[int(a), int(b), int(cm[a, b])] for a, b in zip(g, p, strict=True)]
+
+
+def _dense(cells: list[list[int]], n: int) -> np.ndarray:
+    cm = np.zeros((n, n), np.int64)
+    for g, p, count in cells:
+        cm[g, p] += count
+    return cm
+
+
+def _evaluate_image(plan: _Plan, image_id: str
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One image through every method: (its record, each method's label image).
+
+    Raises:
+        _Failed: when the image or its mask cannot be read, or a method fails on it.
+    """
+    from dcsm.segmentation import segment
+
+    image, truth, labels = _read(plan, image_id)
+    try:
+        classes, probs = _candidates(plan, image, labels)
+        true_set = {label + 1 for label in labels}
+        pred_set = {plan.mapping[c] for c in classes}
+        lut = np.zeros(256, np.uint8)
+        for v, c in enumerate(classes, 1):
+            lut[v] = plan.mapping[c]
+        maps_cache: dict[str, tuple[Any, float]] = {}
+        predictions: dict[str, np.ndarray] = {}
+        confusion: dict[str, list[list[int]]] = {}
+        iou: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        for m in plan.methods:
+            method = METHODS[m]
+            seconds[m] = 0.0
+            if not classes:
+                pred = np.zeros(truth.shape, np.uint8)
+            else:
+                if method.maps not in maps_cache:
+                    started = time.perf_counter()
+                    result = plan.explainers[method.maps].explain(image, classes=classes)
+                    maps_cache[method.maps] = (result, time.perf_counter() - started)
+                result, map_seconds = maps_cache[method.maps]
+                started = time.perf_counter()
+                seg = segment(result, method=method.segmenter, max_side=plan.max_side,
+                              **plan.params[method.segmenter])  # type: ignore[arg-type]
+                seconds[m] = map_seconds + time.perf_counter() - started
+                pred = lut[seg.labels]
+            cm = confusion_matrix(truth, pred, plan.labels_n)
+            confusion[m] = _sparse(cm)
+            iou[m] = round(float(np.nanmean(iou_per_label(cm))), 4)
+            predictions[m] = pred
+    except Exception as exc:  # noqa: BLE001 - recorded as failed; the run goes on
+        raise _Failed("explain", _reason(exc)) from exc
+    record = {
+        "id": image_id, "labels": [plan.data.class_names[v] for v in labels],
+        "candidates": [{"name": plan.adapter.class_names[c], "score": round(float(probs[0, c]), 4)}
+                       for c in classes],
+        "iou": iou,
+        "group": GROUPS[0] if len(labels) <= 1 else GROUPS[1],
+        "candidate_counts": {"true": len(true_set), "predicted": len(pred_set),
+                             "correct": len(true_set & pred_set),
+                             "exact": int(true_set == pred_set)},
+        "confusion": confusion, "seconds": {m: round(v, 4) for m, v in seconds.items()},
+    }
+    return record, predictions
+
+
+def _prediction_files(out: Path, plan: _Plan, image_id: str) -> list[Path]:
+    files = [out / "methods" / m / f"{image_id}.png" for m in plan.methods]
+    return [*files, out / "pred" / f"{image_id}.png"]
+
+
+def _write_predictions(out: Path, plan: _Plan, image_id: str,
+                       predictions: dict[str, np.ndarray]) -> None:
+    """Each method's label image, and the primary method's as the run's prediction (each file
+    atomically; a failure to write stops the run)."""
+    from dcsm.segmentation.palette import save_labels
+
+    for m in plan.methods:
+        save_labels(out / "methods" / m / f"{image_id}.png", predictions[m])
+    save_labels(out / "pred" / f"{image_id}.png", predictions[plan.primary])
+
+
+# ----------------------------------------------------------------------------- the output folder
+RECORDS_DIR = ".dcsm-evaluate"
+_WRITTEN = ("pred", "methods", "metrics.json", "table.md", "images.jsonl", RECORDS_DIR)
+
+
+def _prepare_out(out: Path, settings: dict[str, Any], force: bool) -> str:
+    """Check that ``out`` is new, empty, or an evaluation with these settings (with ``force``,
+    one with other settings is cleared); the settings' fingerprint."""
+    from dcsm.io import remove_path
+    from dcsm.records import check_settings, fingerprint
+
+    records = out / RECORDS_DIR
+    if out.exists() and not out.is_dir():
+        raise DcsmError(f"'{out}' exists and is not a folder; choose an empty or new --out")
+    ours = (records / "settings.json").is_file()
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        if not (out / "metrics.json").exists():
+            raise DcsmError(f"'{out}' exists and is not an earlier evaluation; choose an empty "
+                            "or new --out")
+        if not force:
+            raise DcsmError(f"'{out}' holds an evaluation without per-image records (an "
+                            "earlier dcsm's); use another --out, or --force to redo it")
+    if force:
+        old = None
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads((records / "settings.json").read_text(encoding="utf-8"))
+        if not (isinstance(old, dict) and old.get("fingerprint") == fingerprint(settings)):
+            for name in _WRITTEN:  # start over: nothing made with other settings may stay
+                remove_path(out / name)
+    try:
+        for folder in (records, out / "pred", *(out / "methods" / m for m in settings["methods"])):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DcsmError(f"cannot create the output folder '{out}': "
+                        f"{exc.strerror or first_line(exc)}") from exc
+    return check_settings(records / "settings.json", settings, force, out)
+
+
+def _done(out: Path, plan: _Plan, fp: str) -> dict[str, dict[str, Any]]:
+    """The records of images already evaluated with these settings whose files are there."""
+    from dcsm.records import read_records
+
+    done: dict[str, dict[str, Any]] = {}
+    for rec in read_records(out / RECORDS_DIR / "records.jsonl"):
+        if rec.get("fingerprint") == fp and rec.get("event") == "done":
+            done[str(rec.get("id"))] = rec
+        elif rec.get("fingerprint") == fp and rec.get("event") == "failed":
+            done.pop(str(rec.get("id")), None)
+    return {i: rec for i, rec in done.items()
+            if all(f.is_file() for f in _prediction_files(out, plan, i))}
+
+
+# ----------------------------------------------------------------------------- the scores
+def _summarise(plan: _Plan, records: list[dict[str, Any]], failures: list[dict[str, str]]
+               ) -> tuple[dict[str, Any], str]:
+    """The metrics of the split from the per-image records (and the markdown table)."""
+    n_labels = plan.labels_n
+    methods = plan.methods
+    confusion = {m: np.zeros((n_labels, n_labels), np.int64) for m in methods}
+    grouped = {g: {m: np.zeros((n_labels, n_labels), np.int64) for m in methods}
+               for g in GROUPS}
+    group_sizes = dict.fromkeys(GROUPS, 0)
+    seconds = dict.fromkeys(methods, 0.0)
+    counts = {"true": 0, "predicted": 0, "correct": 0, "exact": 0}
+    for rec in records:
+        group_sizes[rec["group"]] += 1
+        for key in counts:
+            counts[key] += int(rec["candidate_counts"][key])
+        for m in methods:
+            cm = _dense(rec["confusion"][m], n_labels)
+            confusion[m] += cm
+            grouped[rec["group"]][m] += cm
+            seconds[m] += float(rec["seconds"][m])
+    n = max(len(records), 1)
+    results: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        iou = iou_per_label(confusion[m])
+        results[m] = {
+            "title": METHODS[m].title, "maps": METHODS[m].maps,
+            "segmenter": METHODS[m].segmenter,
+            "miou": mean_iou(confusion[m]),
+            "per_class_iou": {name: (None if np.isnan(v) else float(v))
+                              for name, v in zip(plan.data.label_names, iou, strict=True)},
+            "pixel_accuracy": pixel_accuracy(confusion[m]),
+            "miou_by_classes_in_image": {
+                g: (mean_iou(grouped[g][m]) if group_sizes[g] else None) for g in GROUPS},
+            "seconds_per_image": seconds[m] / n,
+            "confusion": confusion[m].tolist(),
+        }
+    settings = plan.settings()
+    settings.pop("weights_sha256")
+    metrics = {
+        "miou": results[plan.primary]["miou"],
+        "per_class_iou": results[plan.primary]["per_class_iou"],
+        "method": plan.primary,
+        "methods": results,
+        "candidates": {
+            "source": "oracle (ground-truth image labels)" if plan.oracle else "model",
+            "precision": counts["correct"] / max(counts["predicted"], 1),
+            "recall": counts["correct"] / max(counts["true"], 1),
+            "exact": counts["exact"] / n},
+        "settings": {**settings, "images": len(records), "images_failed": len(failures),
+                     "images_by_classes_in_image": group_sizes},
+        "failures": failures,
+    }
+    return metrics, _table(results, plan.data.label_names, group_sizes)
+
+
+def _write_report(out: Path, metrics: dict[str, Any], table: str,
+                  records: list[dict[str, Any]]) -> None:
+    """``metrics.json``, ``table.md`` and ``images.jsonl`` (one line per scored image, in the
+    split's order), each atomically."""
+    from dcsm.io import save_json, write_atomic
+
+    lines = "".join(json.dumps({k: r[k] for k in ("id", "labels", "candidates", "iou")}) + "\n"
+                    for r in records)
+    write_atomic(out / "images.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    write_atomic(out / "table.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    save_json(out / "metrics.json", metrics)
+
+
+# ----------------------------------------------------------------------------- the run
 def evaluate(
     data: VOCDataset,
     split: str,
@@ -182,155 +517,67 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``methods`` on ``split`` and write ``out`` (replaced atomically): ``metrics.json``,
-    ``table.md``, ``images.jsonl``, ``pred/<id>.png`` and ``methods/<method>/<id>.png``.
+    """Evaluate ``methods`` on ``split`` into ``out``: ``metrics.json``, ``table.md``,
+    ``images.jsonl``, ``pred/<id>.png`` and ``methods/<method>/<id>.png``.
 
-    ``full`` is the full method's explainer; the ablations change one of its settings. Returns
-    the metrics written to ``metrics.json``.
+    ``full`` is the full method's explainer; the ablations change one of its settings. The run
+    is resumable: each image's scores are recorded in ``out/.dcsm-evaluate/records.jsonl``
+    (with the settings' fingerprint, ``settings.json`` beside it) once its label images are
+    written, and a rerun skips the images already done, so an interrupted run loses at most
+    the image in progress. A rerun with other settings is refused unless ``force`` (which
+    starts ``out`` over); ``limit`` (the first N images of the split) is not a setting, so a
+    run on part of a split can be extended to all of it. The metrics are computed from the
+    records of the selected images. An image or mask that cannot be read, or an image a
+    method fails on, is recorded as failed (``metrics["failures"]``, the reason logged) and
+    the run goes on; a failure to write (a full disk) stops it with a DcsmError. Returns the
+    metrics written to ``metrics.json``.
     """
-    from dcsm.io import atomic_dir, save_json
-    from dcsm.segmentation import segment
-    from dcsm.segmentation.palette import save_labels
+    from dcsm.records import Journal
 
     log = log or (lambda text: print(text, flush=True))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise DcsmError(f"unknown method '{unknown[0] if unknown else ''}'; known: "
-                        f"{', '.join(METHODS)}")
-    methods = list(dict.fromkeys(methods))
-    adapter = full.adapter
-    if single_layer is not None:
-        adapter.resolve_layers([single_layer])
-    mapping = class_mapping(adapter, data, oracle)
-    to_adapter = {label: i for i, label in mapping.items()}
-    items = data.segmentation_items(split)
-    if limit is not None:
-        items = items[:limit]
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "metrics.json").exists())):
-        raise DcsmError(f"'{out}' exists and is not an earlier evaluation; choose an empty or "
-                        "new --out")
-    explainers = map_explainers(full, {METHODS[m].maps for m in methods}, single_layer)
-    params = {"crf": dict(crf or {}), "grabcut": dict(grabcut or {})}
-    labels_n = data.num_classes + 1
-    confusion = {m: np.zeros((labels_n, labels_n), np.int64) for m in methods}
-    # the same, separately for images whose mask holds one class and several classes
-    grouped = {g: {m: np.zeros((labels_n, labels_n), np.int64) for m in methods}
-               for g in GROUPS}
-    group_sizes = dict.fromkeys(GROUPS, 0)
-    seconds = dict.fromkeys(methods, 0.0)
-    cand_stats = {"true": 0, "predicted": 0, "correct": 0, "exact": 0}
-    primary = PRIMARY if PRIMARY in methods else methods[-1]
+    plan = _plan(data, split, full, methods, oracle, threshold, top_k, crf, grabcut,
+                 single_layer, limit)
+    fp = _prepare_out(out, plan.settings(), force)
+    done = _done(out, plan, fp)
+    pending = [i for i in plan.ids if i not in done]
+    failures: dict[str, dict[str, str]] = {}
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(items), desc=f"evaluate {split}", unit="img", dynamic_ncols=True)
-    with atomic_dir(out) as tmp:
-        (tmp / "pred").mkdir()
-        for m in methods:
-            (tmp / "methods" / m).mkdir(parents=True)
-        with (tmp / "images.jsonl").open("w", encoding="utf-8") as per_image:
-            for item in items:
-                image = data.load_image(item.id)
-                truth = data.load_mask(item.id)
-                if truth.shape != image.shape[:2]:
-                    raise DcsmError(f"mask of '{item.id}' is {truth.shape[1]}x{truth.shape[0]} "
-                                    f"but its image is {image.shape[1]}x{image.shape[0]}")
-                probs = predicted_scores(adapter, image)
-                if oracle:
-                    classes = [to_adapter[label + 1] for label in item.labels]
-                else:
-                    sel = select(adapter, probs, 0, None, top_k, threshold)
-                    classes = [c.index for c in sel.selected]
-                true_set = {label + 1 for label in item.labels}
-                pred_set = {mapping[c] for c in classes}
-                cand_stats["true"] += len(true_set)
-                cand_stats["predicted"] += len(pred_set)
-                cand_stats["correct"] += len(true_set & pred_set)
-                cand_stats["exact"] += int(true_set == pred_set)
-                lut = np.zeros(256, np.uint8)
-                for v, c in enumerate(classes, 1):
-                    lut[v] = mapping[c]
-                maps_cache: dict[str, tuple[Any, float]] = {}
-                group = GROUPS[0] if len(item.labels) <= 1 else GROUPS[1]
-                group_sizes[group] += 1
-                record: dict[str, Any] = {
-                    "id": item.id, "labels": [data.class_names[v] for v in item.labels],
-                    "candidates": [{"name": adapter.class_names[c],
-                                    "score": round(float(probs[0, c]), 4)} for c in classes],
-                    "iou": {}}
-                for m in methods:
-                    method = METHODS[m]
-                    if not classes:
-                        pred = np.zeros(truth.shape, np.uint8)
+        bar = tqdm(total=len(plan.ids), initial=len(plan.ids) - len(pending),
+                   desc=f"evaluate {split}", unit="img", dynamic_ncols=True)
+    journal = Journal(out / RECORDS_DIR / "records.jsonl",
+                      busy=f"another dcsm evaluate run is writing '{out}'")
+    with journal:
+        journal.write("start", fingerprint=fp, images=len(plan.ids), done=len(done),
+                      pending=len(pending))
+        try:
+            for image_id in pending:
+                try:
+                    record, predictions = _evaluate_image(plan, image_id)
+                except _Failed as failed:
+                    failures[image_id] = {"id": image_id, "stage": failed.stage,
+                                          "reason": failed.reason}
+                    journal.write("failed", fingerprint=fp, **failures[image_id])
+                    message = f"dcsm evaluate: {image_id}: failed: {failed.reason}"
+                    if bar is not None:
+                        bar.write(message, file=sys.stderr)
                     else:
-                        if method.maps not in maps_cache:
-                            started = time.perf_counter()
-                            result = explainers[method.maps].explain(image, classes=classes)
-                            maps_cache[method.maps] = (result, time.perf_counter() - started)
-                        result, map_seconds = maps_cache[method.maps]
-                        started = time.perf_counter()
-                        seg = segment(result, method=method.segmenter, max_side=full.max_side,
-                                      **params[method.segmenter])  # type: ignore[arg-type]
-                        seconds[m] += map_seconds + time.perf_counter() - started
-                        pred = lut[seg.labels]
-                    cm = confusion_matrix(truth, pred, labels_n)
-                    confusion[m] += cm
-                    grouped[group][m] += cm
-                    iou = iou_per_label(cm)
-                    record["iou"][m] = round(float(np.nanmean(iou)), 4)
-                    save_labels(tmp / "methods" / m / f"{item.id}.png", pred)
-                    if m == primary:
-                        save_labels(tmp / "pred" / f"{item.id}.png", pred)
-                per_image.write(json.dumps(record) + "\n")
+                        print(message, file=sys.stderr, flush=True)
+                else:
+                    _write_predictions(out, plan, image_id, predictions)
+                    journal.write("done", fingerprint=fp, **record)
+                    done[image_id] = record
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(" ".join(
-                        f"{m.split('_', 1)[-1][:8]} {mean_iou(confusion[m]):.3f}"
-                        for m in methods), refresh=False)
-        if bar is not None:
-            bar.close()
-        n = max(len(items), 1)
-        results: dict[str, dict[str, Any]] = {}
-        for m in methods:
-            iou = iou_per_label(confusion[m])
-            results[m] = {
-                "title": METHODS[m].title, "maps": METHODS[m].maps,
-                "segmenter": METHODS[m].segmenter,
-                "miou": mean_iou(confusion[m]),
-                "per_class_iou": {name: (None if np.isnan(v) else float(v))
-                                  for name, v in zip(data.label_names, iou, strict=True)},
-                "pixel_accuracy": pixel_accuracy(confusion[m]),
-                "miou_by_classes_in_image": {
-                    g: (mean_iou(grouped[g][m]) if group_sizes[g] else None) for g in GROUPS},
-                "seconds_per_image": seconds[m] / n,
-                "confusion": confusion[m].tolist(),
-            }
-        layers = {k: e.parameters().get("layers") for k, e in explainers.items()}
-        metrics = {
-            "miou": results[primary]["miou"],
-            "per_class_iou": results[primary]["per_class_iou"],
-            "method": primary,
-            "methods": results,
-            "candidates": {
-                "source": "oracle (ground-truth image labels)" if oracle else "model",
-                "precision": cand_stats["correct"] / max(cand_stats["predicted"], 1),
-                "recall": cand_stats["correct"] / max(cand_stats["true"], 1),
-                "exact": cand_stats["exact"] / n},
-            "settings": {
-                "data": str(data.root), "split": split, "images": len(items),
-                "images_by_classes_in_image": group_sizes,
-                "labels": data.label_names, "model": adapter.name,
-                "oracle_labels": oracle, "threshold": threshold, "top_k": top_k,
-                "dcsm": full.parameters(), "maps_layers": layers,
-                "crf": params["crf"], "grabcut": params["grabcut"], "methods": methods,
-                "void_label": 255,
-            },
-        }
-        save_json(tmp / "metrics.json", metrics)
-        table = _table(results, data.label_names, group_sizes)
-        (tmp / "table.md").write_text(table, encoding="utf-8")
+        finally:
+            if bar is not None:
+                bar.close()
+    records = [done[i] for i in plan.ids if i in done]
+    metrics, table = _summarise(plan, records, [failures[i] for i in plan.ids if i in failures])
+    _write_report(out, metrics, table, records)
     log(table)
     return metrics
