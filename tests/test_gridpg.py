@@ -347,6 +347,15 @@ def test_cli_runs_on_given_photos(tmp_path, capsys):
                  "96"]) == 0
     report = json.loads((out / "gridpg.json").read_text())
     assert set(report["methods"]) == {"gradcam", "dcsm-tuned@oracle"}
-    assert len(report["methods"]["gradcam"]["scores"][0]) == 4
-    assert (out / "gridpg.png").is_file() and (out / "gridpg.md").is_file()
-    assert "| Grad-CAM (dcsm) |" in capsys.readouterr().out
+    assert report["cells_scored"] == 4 and len(report["grids"]) == 1
+    table = (out / "gridpg.md").read_text()
+    for entry in report["methods"].values():
+        (scores,) = entry["scores"]  # one grid of four cells, each a share of the map's mass
+        assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)
+        summary = entry["summary"]
+        assert summary["mean"] == pytest.approx(np.mean(scores))
+        assert summary["median"] == pytest.approx(np.median(scores))
+        assert f"| {entry['label']} |" in table and f"| {summary['mean']:.3f} |" in table
+    assert (out / "gridpg.png").is_file()
+    printed = capsys.readouterr().out
+    assert all(row in printed for row in table.splitlines() if row.startswith("| "))

@@ -319,7 +319,10 @@ def test_too_small(tmp_path: Path, width: int, height: int) -> None:
 
 def test_exactly_minimum_size(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (8, 8), (3, 4, 5)), tmp_path / "min.png")
-    assert load_image(path).shape == (8, 8, 3)
+    image = load_image(path)
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.broadcast_to(np.array([3, 4, 5], np.uint8),
+                                                         (8, 8, 3)))
 
 
 # ------------------------------------------------------------------ atomic_dir

@@ -177,27 +177,10 @@ def _plain_still_plain() -> None:
     assert torch.equal(grad6, torch.tensor([0.0, -8.0, 0.0]))
 
 
-ORIGINALS = {
-    "F.relu": F.relu, "F.relu6": F.relu6, "F.hardtanh": F.hardtanh, "torch.relu": torch.relu,
-    "Tensor.relu": torch.Tensor.relu, "Tensor.relu_": torch.Tensor.relu_,
-    "ReLU.forward": nn.ReLU.forward, "ReLU6.forward": nn.ReLU6.forward,
-    "Hardtanh.forward": nn.Hardtanh.forward,
-}
-
-
-def _patched() -> list[str]:
-    now = {
-        "F.relu": F.relu, "F.relu6": F.relu6, "F.hardtanh": F.hardtanh, "torch.relu": torch.relu,
-        "Tensor.relu": torch.Tensor.relu, "Tensor.relu_": torch.Tensor.relu_,
-        "ReLU.forward": nn.ReLU.forward, "ReLU6.forward": nn.ReLU6.forward,
-        "Hardtanh.forward": nn.Hardtanh.forward,
-    }
-    return [k for k, v in now.items() if v is not ORIGINALS[k]]
-
-
 def _assert_clean(tiny, model: nn.Module | None = None) -> None:
+    """No function mode, global or module hook left behind, and rectifiers back-propagate plainly
+    again. (The guided rule patches no function, so it checks behaviour rather than identities.)"""
     assert tiny.leftover_state(model) == []
-    assert _patched() == []
     _plain_still_plain()
 
 

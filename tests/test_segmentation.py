@@ -246,12 +246,24 @@ def test_flat_map_gives_an_empty_region():
 
 
 def test_grabcut_on_tiny_image_with_few_seeds():
+    """Four foreground seeds, fewer than the colour model's five components: the model is fitted
+    on them repeated, and the cut finds the red block they sit on."""
     rng = np.random.default_rng(4)
-    img = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    img = np.empty((8, 8, 3), np.uint8)
+    img[:] = (30, 60, 200)
+    img[3:5, 3:5] = (220, 40, 30)
+    img = np.clip(img.astype(int) + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
     m = np.zeros((8, 8), np.float32)
-    m[3, 3] = 1.0  # a single foreground seed pixel
-    seg = segment_grabcut({"x": m}, img)
-    assert seg.labels.shape == (8, 8)
+    m[3:5, 3:5] = 1.0  # 4 of 64 pixels: above the 0.95 quantile
+    expected = np.zeros((8, 8), np.uint8)
+    expected[3:5, 3:5] = 1
+    for iterations in (1, 5):
+        seg = segment_grabcut({"x": m}, img, iterations=iterations)
+        np.testing.assert_array_equal(seg.labels, expected)
+    # a single salient pixel is below the 0.95 quantile's reach: no spread, an empty region
+    one = np.zeros((8, 8), np.float32)
+    one[3, 3] = 1.0
+    assert (segment_grabcut({"x": one}, img).labels == 0).all()
 
 
 # ------------------------------------------------------------------------------ API
@@ -357,8 +369,25 @@ def test_voc_palette_and_overlay():
 
 
 def test_params_dataclasses_validate_directly():
-    with pytest.raises(dcsm.DcsmError):
+    with pytest.raises(dcsm.DcsmError, match="CRF bilateral_srgb must be positive, got 0"):
         CRFParams(bilateral_srgb=0)
-    with pytest.raises(dcsm.DcsmError):
+    with pytest.raises(dcsm.DcsmError, match="CRF gaussian_compat must not be negative"):
+        CRFParams(gaussian_compat=-1.0)
+    with pytest.raises(dcsm.DcsmError, match="CRF iterations must be a whole number >= 0"):
+        CRFParams(iterations=1.5)  # type: ignore[arg-type]
+    with pytest.raises(dcsm.DcsmError, match="GrabCut bg_quantile must be a number, got True"):
         GrabCutParams(bg_quantile=True)  # type: ignore[arg-type]
-    assert isinstance(Segmentation, type)
+    with pytest.raises(dcsm.DcsmError, match=r"bg_quantile \(0.9\) must be below fg_quantile"):
+        GrabCutParams(bg_quantile=0.9, fg_quantile=0.8)
+    assert CRFParams(iterations=0).iterations == 0  # the unaries alone are allowed
+
+
+def test_segmentation_record_names_and_counts():
+    labels = np.array([[0, 1, 1], [2, 2, 2]], np.uint8)
+    seg = Segmentation(labels=labels, masks={"cat": labels == 1, "cup": labels == 2},
+                       candidates=["cat", "cup"], method="crf", parameters={"iterations": 3})
+    assert seg.label_names() == {0: "background", 1: "cat", 2: "cup"}
+    assert seg.summary() == {
+        "segmenter": "crf", "parameters": {"iterations": 3},
+        "labels": {"0": "background", "1": "cat", "2": "cup"},
+        "pixels": {"background": 1, "cat": 2, "cup": 3}}
