@@ -174,6 +174,35 @@ def test_efficientnet_b0_fcn_reproduces_logits():
     assert adapter.resolve_layers(["features.8"])["features.8"] is net.features[8]
 
 
+@pytest.mark.parametrize("arch,defaults", [
+    ("alexnet", ["conv3", "conv4", "conv5"]),
+    ("densenet121", ["features.transition2", "features.denseblock3", "features.transition3",
+                     "features.denseblock4"]),
+    ("regnet_y_400mf", [f"trunk_output.block{s}.block{s}-{b}"
+                        for s, n in ((3, 6), (4, 6)) for b in range(n)]),
+    ("mobilenet_v2", [f"features.{i}" for i in range(10, 19)]),
+    ("mnasnet0_5", [f"layers.{i}" for i in range(8, 17)]),
+])
+def test_more_torchvision_fcns_reproduce_logits(arch, defaults):
+    """The converted model's score map, pooled as the adapter pools it, gives the untouched
+    torchvision model's logits at 224 x 224 (random weights; batch norm given real
+    statistics so that the logits are not degenerate)."""
+    torch.manual_seed(0)
+    adapter = dcsm.load_model(f"torchvision:{arch}", weights="random")
+    net = adapter.model.net
+    if any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+        _calibrate_batchnorm(net)
+    x = _x(224, 224, seed=5)
+    with torch.no_grad():
+        score = adapter.model(x)
+        ref = net(x)
+    side = 1 if arch == "alexnet" else 7  # AlexNet's fc6 is a 6x6 convolution on 6x6 features
+    assert score.shape == (1, 1000, side, side)
+    _assert_logits_close(adapter.pool(score), ref)
+    assert adapter.default_layers == defaults
+    assert set(adapter.resolve_layers(defaults)) == set(defaults)
+
+
 # ----------------------------------------------------------------------------- offline models
 def _image_input(adapter, image: np.ndarray) -> torch.Tensor:
     return adapter.preprocess(image)
