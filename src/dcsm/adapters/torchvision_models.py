@@ -4,7 +4,9 @@ Weights come from a local file (a ``state_dict`` for torchvision's architecture)
 torchvision's own weight names such as ``DEFAULT`` or ``IMAGENET1K_V1`` (downloaded by torchvision,
 so only with a network), or ``random`` for an untrained network (benchmarks, tests).
 
-Fully convolutional forms (checked to reproduce the original logits at 224 x 224):
+Fully convolutional forms (checked to reproduce the original logits at 224 x 224 for VGG-16,
+AlexNet, ResNet-18, RegNetY-400MF, DenseNet-121, EfficientNet-B0, MobileNetV2 and MNASNet 0.5,
+``tests/test_adapters.py``):
 
 * VGG and AlexNet: the fully connected ``fc6``/``fc7``/``fc8`` become convolutions carrying the same
   weights (7x7 resp. 6x6, then 1x1 and 1x1), as in Long et al. 2015; the adaptive pool before them
@@ -14,10 +16,12 @@ Fully convolutional forms (checked to reproduce the original logits at 224 x 224
 * SqueezeNet: already fully convolutional.
 
 Layer names: VGG's layers are addressable by the paper's names ``conv1_1`` ... ``conv5_3`` (the
-convolution outputs, before their ReLU, as Caffe's in-place ReLU leaves them in the paper's
-implementation), ``relu1_1`` ... ``relu5_3``, ``pool1`` ... ``pool5`` and ``fc6``/``fc7``/``fc8``;
-AlexNet's ``conv1`` ... ``conv5``. Every other model's layers are its module paths
-(``layer3.0``, ``features.6``). Default layer sets, the analogues of the paper's conv3_1..conv5_3:
+convolution outputs, before their ReLU), ``relu1_1`` ... ``relu5_3``, ``pool1`` ... ``pool5`` and
+``fc6``/``fc7``/``fc8``. The authors' code takes its derivatives at the *inputs* of conv3_1 ...
+conv5_3 instead (``pool2``, ``relu3_1``, ``relu3_2``, ``pool3``, ...; see :mod:`dcsm.presets`),
+which the ``released`` preset uses. AlexNet's are ``conv1`` ... ``conv5``. Every other model's
+layers are its module paths (``layer3.0``, ``features.6``). Default layer sets, the analogues of
+the paper's conv3_1..conv5_3:
 
 * VGG: ``conv3_1`` ... ``conv5_3`` (9 layers), the paper's set.
 * AlexNet: ``conv3`` ... ``conv5``.
