@@ -449,3 +449,14 @@ def test_guided_rule_warns_when_it_finds_no_activation(monkeypatch):
         warnings.filterwarnings("error", message=".*no activation it knows",
                                 category=dcsm.DcsmWarning)
         dcsm.explain(relu_net, x, classes=[[0, 1]], layers=["layer4.0"], scales=[1.0])
+
+
+def test_pil_images_are_held_to_the_same_rules():
+    from dcsm.images import as_rgb_array
+
+    with pytest.raises(DcsmError, match="at least 8x8"):
+        as_rgb_array(Image.new("RGB", (1, 1)))
+    with pytest.raises(DcsmError, match="mode La"):
+        as_rgb_array(Image.frombytes("La", (20, 20), bytes(800)))
+    grey = Image.fromarray(np.arange(200, dtype=np.uint8).reshape(10, 20))
+    np.testing.assert_array_equal(as_rgb_array(grey)[:, :, 1], np.asarray(grey))

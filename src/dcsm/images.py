@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dcsm.adapters.base import ModelAdapter
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, first_line
 from dcsm.io import load_image
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
@@ -40,8 +40,13 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, str | os.PathLike):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
+        try:
+            arr = np.asarray(image.convert("RGB"))
+        except (ValueError, OSError) as exc:
+            raise DcsmError(f"cannot convert a PIL image of mode {image.mode} to RGB: "
+                            f"{first_line(exc)}") from exc
+    else:
+        arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise DcsmError(f"image arrays must be uint8, got {arr.dtype}")
     if arr.ndim == 2:
