@@ -213,8 +213,11 @@ def test_working_resolution_options(tmp_path, capsys):
     (["--max-side", "16"], "expected an integer >= 32"),
     (["--max-side", "200", "--full-resolution"], "not allowed with argument"),
     (["--precision", "int8"], "invalid choice"),
+    (["--device", "meta"], "device 'meta' cannot run a model"),  # a shape-only device
+    (["--crf-iterations", "100000000"], "from 0 to 1000"),  # segment only: see below
 ])
 def test_working_resolution_errors(tmp_path, capsys, extra, message):
-    code, out, err = run(["explain", str(BUNDLED), "--out", str(tmp_path / "o"), *extra], capsys)
+    command = "segment" if extra[0].startswith("--crf") else "explain"
+    code, out, err = run([command, str(BUNDLED), "--out", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -391,3 +391,31 @@ def test_segmentation_record_names_and_counts():
         "segmenter": "crf", "parameters": {"iterations": 3},
         "labels": {"0": "background", "1": "cat", "2": "cup"},
         "pixels": {"background": 1, "cat": 2, "cup": 3}}
+
+
+def test_values_that_would_hang_or_crash_the_segmenters_are_refused(two_objects):
+    # found by the command-line fuzz (tests/test_cli_fuzz.py): a 1e8-step CRF ran for hours,
+    # and pydensecrf's lattice corrupted memory (and crashed) for widths near 0
+    with pytest.raises(dcsm.DcsmError, match="CRF iterations must be at most 1000"):
+        CRFParams(iterations=100_000_000)
+    with pytest.raises(dcsm.DcsmError, match="GrabCut iterations must be at most 100"):
+        GrabCutParams(iterations=10**9)
+    with pytest.raises(dcsm.DcsmError, match="gaussian_compat must be at most 3.4"):
+        CRFParams(gaussian_compat=1e308)
+    img, maps, _ = two_objects
+    for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
+        with pytest.raises(dcsm.DcsmError, match=f"CRF {name} 1e-300 is too small for a "):
+            dcsm.segment(maps, img, **{name: 1e-300})
+    dcsm.segment(maps, img, gaussian_sxy=1e-3, bilateral_srgb=1e-3)  # small, and still safe
+
+
+def test_a_thin_strip_is_segmented_at_a_working_size_it_fits():
+    rng = np.random.default_rng(0)
+    strip = rng.integers(0, 256, (5000, 8, 3), dtype=np.uint8)
+    maps = {"a": rng.random((5000, 8)).astype(np.float32)}
+    for method in ("crf", "grabcut"):
+        seg = dcsm.segment(maps, strip, method=method, max_side=64)  # not squeezed to 1 px
+        assert seg.labels.shape == (5000, 8)
+    wide = rng.integers(0, 256, (100, 5000, 3), dtype=np.uint8)
+    seg = dcsm.segment({"a": rng.random((100, 5000)).astype(np.float32)}, wide, max_side=64)
+    assert seg.labels.shape == (100, 5000) and seg.parameters["working_size"] == [8, 400]

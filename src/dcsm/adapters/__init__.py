@@ -21,6 +21,8 @@ from dcsm.errors import DcsmError
 from dcsm.layouts import LayoutSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
+# Device types that hold data and run kernels ("meta" holds shapes only).
+_COMPUTE_DEVICES = frozenset({"cpu", "cuda", "mps", "xpu"})
 
 _OFFLINE: dict[str, tuple[Callable[..., ModelAdapter], str]] = {
     "efficientnet_lite0": (
@@ -130,8 +132,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DcsmError(f"unknown device '{device}'") from exc
+    if dev.type not in _COMPUTE_DEVICES:
+        raise DcsmError(f"device '{device}' cannot run a model; use cpu, cuda[:N] or mps")
+    if dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise DcsmError(f"device '{device}' requested but XPU is not available")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DcsmError(f"device '{device}' requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DcsmError(f"device '{device}' requested but there are "
+                        f"{torch.cuda.device_count()} CUDA devices")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise DcsmError(f"device '{device}' requested but MPS is not available")
     return dev

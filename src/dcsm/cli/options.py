@@ -152,12 +152,14 @@ def add_resolution_options(p: argparse.ArgumentParser) -> None:
 def add_crf_options(p: argparse.ArgumentParser) -> None:
     """The dense CRF's parameters (see :mod:`dcsm.segmentation.crf`)."""
     from dcsm.segmentation import CRFParams
+    from dcsm.segmentation.crf import MAX_CRF_ITERATIONS as most
 
     d = CRFParams()
     g = p.add_argument_group("dense CRF", "unaries from the maps; background (1 - max_c M_c)^power")
     g.add_argument("--crf-bg-power", type=positive_float, default=d.bg_power, metavar="P",
                    help="power of the background rule (default %(default)s)")
-    g.add_argument("--crf-iterations", type=nonnegative_int, default=d.iterations, metavar="N",
+    g.add_argument("--crf-iterations", default=d.iterations, metavar="N",
+                   type=number(int, lambda v: 0 <= v <= most, f"an integer from 0 to {most}"),
                    help="mean-field steps; 0 = the unaries' argmax (default %(default)s)")
     g.add_argument("--crf-gaussian-sxy", type=positive_float, default=d.gaussian_sxy,
                    metavar="PX", help="smoothness kernel width, pixels (default %(default)s)")
@@ -174,6 +176,7 @@ def add_crf_options(p: argparse.ArgumentParser) -> None:
 def add_grabcut_options(p: argparse.ArgumentParser) -> None:
     """The GrabCut baseline's parameters (see :mod:`dcsm.segmentation.grabcut`)."""
     from dcsm.segmentation import GrabCutParams
+    from dcsm.segmentation.grabcut import MAX_GRABCUT_ITERATIONS as most
 
     d = GrabCutParams()
     g = p.add_argument_group("GrabCut (Simonyan et al.)", "colour models from map quantiles")
@@ -183,7 +186,8 @@ def add_grabcut_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grabcut-bg-quantile", type=fraction, default=d.bg_quantile, metavar="Q",
                    help="pixels at or below this quantile model the background (default "
                         "%(default)s)")
-    g.add_argument("--grabcut-iterations", type=positive_int, default=d.iterations, metavar="N",
+    g.add_argument("--grabcut-iterations", default=d.iterations, metavar="N",
+                   type=number(int, lambda v: 1 <= v <= most, f"an integer from 1 to {most}"),
                    help="GrabCut rounds; 1 = one graph cut (default %(default)s)")
     g.add_argument("--grabcut-all-components", action="store_true",
                    help="keep every foreground component, not only the largest")

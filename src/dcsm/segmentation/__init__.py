@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from dcsm.images import (
     shrink_image,
     shrink_map,
 )
+from dcsm.io import MIN_SIDE
 from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
 from dcsm.segmentation.crf import (
     CRFParams,
@@ -113,9 +115,10 @@ def segment(
     """
     check_max_side(max_side)
     img, names, stack = maps_and_image(source, image)
-    if max_side is not None and max(img.shape[:2]) > max_side:
-        small = shrink_image(img, max_side)
-        maps = {n: shrink_map(m, max_side) for n, m in zip(names, stack, strict=True)}
+    side = _working_side(img.shape[0], img.shape[1], max_side)
+    if side is not None:
+        small = shrink_image(img, side)
+        maps = {n: shrink_map(m, side) for n, m in zip(names, stack, strict=True)}
         seg = segment(maps, small, method, None, **params)
         return _enlarge(seg, (img.shape[0], img.shape[1]))
     if method not in SEGMENTERS:
@@ -127,6 +130,17 @@ def segment(
     if method == "crf":
         return segment_crf(source, image, **params)
     return segment_grabcut(source, image, **params)
+
+
+def _working_side(height: int, width: int, max_side: int | None) -> int | None:
+    """The long side to segment an image at, or None for its own size: ``max_side``, raised
+    where needed so the short side keeps at least :data:`~dcsm.io.MIN_SIDE` pixels (a 8 x 5000
+    strip is not squeezed to 1 pixel)."""
+    long, short = max(height, width), min(height, width)
+    if max_side is None or long <= max_side:
+        return None
+    side = max(max_side, math.ceil(long * min(short, MIN_SIDE) / short))
+    return None if side >= long else side
 
 
 def _nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

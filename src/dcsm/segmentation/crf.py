@@ -59,13 +59,21 @@ from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, ma
 EPSILON = 1e-5
 
 
+#: The most mean-field steps :class:`CRFParams` accepts.
+MAX_CRF_ITERATIONS = 1000
+#: The largest kernel feature (image side / sxy, 255 / srgb) the CRF's lattice is given: its
+#: integer coordinates overflow, and corrupt memory, some way above (about 7e7).
+MAX_FEATURE = 1e6
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class CRFParams:
     """Settings of :func:`segment_crf` (see the module docstring for the model).
 
     Attributes:
         bg_power: :math:`\\beta` in :math:`v_0 = (1 - \\max_c M_c)^\\beta`; > 0.
-        iterations: mean-field steps; >= 0.
+        iterations: mean-field steps; 0 to :data:`MAX_CRF_ITERATIONS`.
         gaussian_sxy: spatial standard deviation of the smoothness kernel, pixels; > 0.
         gaussian_compat: weight of the smoothness kernel; >= 0.
         bilateral_sxy: spatial standard deviation of the appearance kernel, pixels; > 0.
@@ -89,6 +97,8 @@ class CRFParams:
                 raise DcsmError(f"CRF {name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise DcsmError(f"CRF {name} must be finite, got {value}")
+            if abs(value) > _FLOAT32_MAX:  # the CRF computes in float32
+                raise DcsmError(f"CRF {name} must be at most {_FLOAT32_MAX:.3g}, got {value}")
             if name in positive and value <= 0:
                 raise DcsmError(f"CRF {name} must be positive, got {value}")
             if value < 0:
@@ -96,6 +106,8 @@ class CRFParams:
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int | np.integer) or it < 0:
             raise DcsmError(f"CRF iterations must be a whole number >= 0, got {it!r}")
+        if it > MAX_CRF_ITERATIONS:  # mean field settles in tens of steps; more is a typo
+            raise DcsmError(f"CRF iterations must be at most {MAX_CRF_ITERATIONS}, got {it}")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (written to ``summary.json``)."""
@@ -125,10 +137,27 @@ def _densecrf() -> ModuleType:
     return densecrf
 
 
+def _check_features(params: CRFParams, height: int, width: int) -> None:
+    """DcsmError when a kernel width is so small for this image that the lattice's features
+    (positions / sxy, colours / srgb) would exceed :data:`MAX_FEATURE`."""
+    side = max(height, width)
+    widths = []
+    if params.gaussian_compat > 0:
+        widths.append(("gaussian_sxy", params.gaussian_sxy, side))
+    if params.bilateral_compat > 0:
+        widths += [("bilateral_sxy", params.bilateral_sxy, side),
+                   ("bilateral_srgb", params.bilateral_srgb, 255)]
+    for name, value, span in widths:
+        if span / value > MAX_FEATURE:
+            raise DcsmError(f"CRF {name} {value:g} is too small for a {width}x{height} image: "
+                            f"use at least {span / MAX_FEATURE:.3g}")
+
+
 def crf_marginals(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> np.ndarray:
     """Mean-field marginals (L, H, W) of the dense CRF on ``image`` with unaries -log P."""
     densecrf = _densecrf()
     n_labels, height, width = probabilities.shape
+    _check_features(params, height, width)
     crf = densecrf.DenseCRF2D(width, height, n_labels)
     unary = -np.log(np.maximum(probabilities, EPSILON)).reshape(n_labels, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))

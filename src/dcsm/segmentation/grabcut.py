@@ -43,6 +43,10 @@ from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, ma
 _GMM_COMPONENTS = 5
 
 
+#: The most GrabCut rounds :class:`GrabCutParams` accepts.
+MAX_GRABCUT_ITERATIONS = 100
+
+
 @dataclass(frozen=True)
 class GrabCutParams:
     """Settings of :func:`segment_grabcut` (see the module docstring).
@@ -50,7 +54,7 @@ class GrabCutParams:
     Attributes:
         fg_quantile: maps at or above this quantile seed the foreground; in (0, 1).
         bg_quantile: maps at or below this quantile seed the background; in (0, fg_quantile).
-        iterations: GrabCut rounds; >= 1.
+        iterations: GrabCut rounds; 1 to :data:`MAX_GRABCUT_ITERATIONS`.
         largest_component: keep only the largest 8-connected foreground component.
     """
 
@@ -72,6 +76,9 @@ class GrabCutParams:
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int | np.integer) or it < 1:
             raise DcsmError(f"GrabCut iterations must be a whole number >= 1, got {it!r}")
+        if it > MAX_GRABCUT_ITERATIONS:  # GrabCut converges in a few rounds
+            raise DcsmError(f"GrabCut iterations must be at most {MAX_GRABCUT_ITERATIONS}, "
+                            f"got {it}")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (written to ``summary.json``)."""
