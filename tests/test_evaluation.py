@@ -305,3 +305,21 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(tiny_run, uninterrupted
     code, _, err = evaluate_cli(root, run, out, capsys)
     assert code == 0, err
     assert scores(out) == scores(uninterrupted)
+
+
+def test_an_evaluation_folder_of_an_earlier_dcsm_needs_force(tiny_run, tmp_path, capsys):
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # all-or-nothing runs left no records
+    (out / "pred").mkdir()
+    code, _, err = evaluate_cli(root, run, out, capsys, "--limit", "1")
+    assert code == 2 and "without per-image records" in err and "--force" in err, err
+    code, _, err = evaluate_cli(root, run, out, capsys, "--limit", "1", "--force")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["settings"]["images"] == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = evaluate_cli(root, run, tmp_path / "other", capsys, "--force")
+    assert code == 2 and "is not an earlier evaluation" in err, err  # --force never deletes
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
