@@ -28,25 +28,9 @@ from torch import nn
 from dcsm.adapters.base import LayerRef, ModelAdapter
 from dcsm.errors import DcsmError
 from dcsm.rules import BackpropRule
+from dcsm.state import inference_state
 
 BatchMode = Literal["vmap", "loop"]
-
-
-@contextlib.contextmanager
-def inference_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the block; every flag restored afterwards."""
-    params = [(p, p.requires_grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for p, _ in params:
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    finally:
-        for p, flag in params:
-            p.requires_grad_(flag)
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ def torchvision_family(model: nn.Module) -> str | None:
 
 def _probe_classes(model: nn.Module, size: tuple[int, int]) -> int:
     """The number of classes, from one forward pass on a blank input of ``size``."""
-    from dcsm.gradients import inference_state
+    from dcsm.state import inference_state
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
