@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from test_rules import _run  # the same in-place-aware runner
 from torch import nn
 
 from dcsm.errors import DcsmWarning
@@ -149,15 +150,6 @@ def _grad_out(n: int = 96, seed: int = 2) -> torch.Tensor:
     return g
 
 
-def _run(fn, x: torch.Tensor, g: torch.Tensor, inplace: bool, rule) -> tuple[torch.Tensor, ...]:
-    leaf = x.clone().requires_grad_(True)
-    with rule.active():
-        inp = leaf * 1.0 if inplace else leaf  # in-place ops need a non-leaf
-        out = fn(inp)
-        if inplace:
-            assert out.data_ptr() == inp.data_ptr(), "in-place call must write its input"
-    (grad,) = torch.autograd.grad(out, leaf, g)  # the backward runs outside the context
-    return out.detach(), grad
 
 
 @pytest.mark.parametrize("name", sorted(REF))
