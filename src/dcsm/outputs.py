@@ -5,6 +5,11 @@ by the class's unique name), ``summary.json``, ``<class>.png`` (the map over the
 ``figure.png`` (the image and every map), with ``per_layer`` ``layers.png``, and with a
 segmentation ``labels.png``, ``masks.npz`` and ``segmentation.png``.
 
+The pictures follow :class:`Display`: by default each map over the photo through viridis at
+opacity 0.5, figures with a colour bar; ``style="paper"`` draws grey maps alone (the
+``<class>.png`` files then hold the grey map itself). Only the pictures change with it, never
+``maps.npz``, ``summary.json`` or ``labels.png``.
+
 The PNG previews of photos larger than :data:`PREVIEW_SIDE` pixels are drawn at that size (the
 arrays in ``maps.npz`` and ``labels.png`` stay at full size): a 12-megapixel overlay takes
 seconds to encode and shows nothing a 2048-pixel one does not.
@@ -12,8 +17,9 @@ seconds to encode and shows nothing a 2048-pixel one does not.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dcsm.images import FIGURE_SIDE, PREVIEW_SIDE, shrink_image, shrink_map
 from dcsm.result import SaliencyResult
@@ -21,8 +27,8 @@ from dcsm.result import SaliencyResult
 if TYPE_CHECKING:
     from dcsm.segmentation import Segmentation
 
-__all__ = ["FIGURE_SIDE", "PREVIEW_SIDE", "RESERVED_STEMS", "class_file_stems", "shrink_image",
-           "shrink_map", "write_explanation"]
+__all__ = ["FIGURE_SIDE", "PREVIEW_SIDE", "RESERVED_STEMS", "Display", "class_file_stems",
+           "shrink_image", "shrink_map", "write_explanation"]
 
 # File stems that dcsm writes itself, so a class cannot take them.
 RESERVED_STEMS = ("figure", "layers", "maps", "summary", "labels", "masks", "segmentation")
@@ -43,14 +49,44 @@ def class_file_stems(names: list[str]) -> dict[str, str]:
     return stems
 
 
+@dataclass(frozen=True)
+class Display:
+    """How the pictures draw the maps (``--style``, ``--colormap``, ``--opacity``).
+
+    Attributes:
+        style: ``"overlay"`` (each map over the photo) or ``"paper"`` (grey maps alone).
+        colormap: a matplotlib colormap name; None for the style's own (viridis, or grey).
+        opacity: the maps' opacity over the photo, in [0, 1].
+    """
+
+    style: str = "overlay"
+    colormap: str | None = None
+    opacity: float = 0.5
+
+    def __post_init__(self) -> None:
+        from dcsm.viz import check_opacity, style_colormap
+
+        style_colormap(self.style, self.colormap)  # a one-line DcsmError when unknown
+        check_opacity(self.opacity)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the :mod:`dcsm.viz` figure builders."""
+        return {"style": self.style, "cmap": self.colormap, "alpha": self.opacity}
+
+
 def write_explanation(result: SaliencyResult, directory: Path, image_path: str | None = None,
-                      segmentation: Segmentation | None = None) -> None:
+                      segmentation: Segmentation | None = None,
+                      display: Display | None = None) -> None:
     """Write an explanation's files (and its segmentation's, if given) into ``directory``.
 
-    Each file is written atomically; use :func:`dcsm.io.atomic_dir` for the directory.
+    ``display`` chooses how the PNG files draw the maps (default :class:`Display`: over the
+    photo, viridis, opacity 0.5). Each file is written atomically; use
+    :func:`dcsm.io.atomic_dir` for the directory.
     """
     from dcsm.io import save_figure, save_json, save_npz, save_png
-    from dcsm.viz import layers_figure, maps_figure, overlay
+    from dcsm.viz import layers_figure, map_picture, maps_figure
+
+    display = Display() if display is None else display
 
     directory = Path(directory)
     save_npz(directory / "maps.npz", result.maps)
@@ -62,18 +98,20 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
     files = {}
     for name, m in result.maps.items():
         files[name] = f"{stems[name]}.png"
-        save_png(directory / files[name], overlay(picture, shrink_map(m, PREVIEW_SIDE)))
+        save_png(directory / files[name],
+                 map_picture(picture, shrink_map(m, PREVIEW_SIDE), **display.options()))
     summary["map_images"] = files
     small = shrink_image(result.image, FIGURE_SIDE)
     titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
     fig = maps_figure(small, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
-                      titles)
+                      titles, **display.options())
     save_figure(directory / "figure.png", fig)
     if result.layer_maps:
         layer_maps = {c: {name: shrink_map(m, FIGURE_SIDE) for name, m in layers.items()}
                       for c, layers in result.layer_maps.items()}
         save_figure(directory / "layers.png", layers_figure(
-            small, layer_maps, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()}))
+            small, layer_maps, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
+            **display.options()))
     if segmentation is not None:
         from dcsm.segmentation import write_segmentation
 

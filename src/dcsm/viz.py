@@ -1,29 +1,61 @@
 """Figures and colour overlays for saliency maps.
 
+Two styles of drawing a map (:data:`STYLES`):
+
+* ``"overlay"`` (the default): the map, coloured through a perceptually uniform colormap
+  (:data:`DEFAULT_COLORMAP`, viridis), blended over the photo with an opacity (:func:`overlay`);
+  figures add a colour bar for the map's 0..1 scale.
+* ``"paper"``: the map alone in grey (:data:`PAPER_COLORMAP`), side by side with the photo, as
+  Shimoda & Yanai's figures show them.
+
 Only matplotlib's object API is used (:class:`~matplotlib.figure.Figure` with a
 :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`), never ``pyplot``, so nothing global
-(current figure, backend, figure registry) changes and figures are freed like any object.
+(current figure, backend, figure registry) changes and figures are freed like any object. The
+figure builders accept ``figure=`` to draw into a figure made elsewhere (``pyplot`` in
+:meth:`dcsm.SaliencyResult.show`).
+
+:func:`png_bytes`, :func:`data_uri` and :func:`html_gallery` turn pictures into PNG bytes and
+self-contained HTML (embedded images, nothing loaded from elsewhere), for notebooks and the
+viewer.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 
 from dcsm.errors import DcsmError
 
 __all__ = [
+    "DEFAULT_COLORMAP",
+    "DEFAULT_OPACITY",
+    "PAPER_COLORMAP",
+    "STYLES",
+    "SUGGESTED_COLORMAPS",
+    "check_colormap",
+    "check_opacity",
+    "check_style",
     "colorize",
+    "data_uri",
     "figure_to_array",
+    "figure_to_png",
+    "html_gallery",
     "layers_figure",
+    "map_picture",
     "maps_figure",
     "overlay",
+    "png_bytes",
+    "style_colormap",
 ]
 
 #: Width and height of one panel, in inches.
@@ -32,14 +64,58 @@ PANEL_INCHES = 3.0
 TITLE_INCHES = 0.4
 #: Title of the fused-map column in :func:`layers_figure`.
 FUSED_TITLE = "average"
+#: The colormap of overlays unless one is named: perceptually uniform, readable in grey.
+DEFAULT_COLORMAP = "viridis"
+#: The colormap of the ``paper`` style: grey maps, as the paper prints them.
+PAPER_COLORMAP = "gray"
+#: How much of an overlay's colour comes from the map (the rest from the photo).
+DEFAULT_OPACITY = 0.5
+#: The ways of drawing a map: over the photo, or alone in grey (the paper's figures).
+STYLES: tuple[str, ...] = ("overlay", "paper")
+#: Colormaps named in error messages and offered by the viewer (any matplotlib name works).
+SUGGESTED_COLORMAPS: tuple[str, ...] = (
+    "viridis", "inferno", "magma", "plasma", "cividis", "turbo", "jet", "gray")
+#: Label of the colour bar of overlay figures.
+COLORBAR_LABEL = "saliency"
+
+
+def check_colormap(name: str) -> str:
+    """``name`` if matplotlib knows the colormap, else a one-line :class:`DcsmError`."""
+    if not isinstance(name, str) or name not in matplotlib.colormaps:
+        raise DcsmError(f"unknown colormap '{name}'; try one of "
+                        f"{', '.join(SUGGESTED_COLORMAPS)} (any matplotlib colormap name)")
+    return name
+
+
+def check_opacity(alpha: float) -> float:
+    """``alpha`` as a float if it lies in [0, 1], else a one-line :class:`DcsmError`."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise DcsmError(f"opacity must be a number from 0 to 1, got {alpha!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise DcsmError(f"opacity must be from 0 to 1, got {alpha}")
+    return value
+
+
+def check_style(style: str) -> str:
+    """``style`` if it is one of :data:`STYLES`, else a one-line :class:`DcsmError`."""
+    if style not in STYLES:
+        raise DcsmError(f"unknown style '{style}'; known: {', '.join(STYLES)}")
+    return style
+
+
+def style_colormap(style: str, cmap: str | None) -> str:
+    """The colormap a style draws with: ``cmap`` if named, else the style's own (viridis over
+    the photo, grey for the paper's style)."""
+    if cmap is not None:
+        return check_colormap(cmap)
+    return PAPER_COLORMAP if check_style(style) == "paper" else DEFAULT_COLORMAP
 
 
 def _colormap(name: str) -> Colormap:
     """Look up a registered matplotlib colormap by name, or raise :class:`DcsmError`."""
-    try:
-        return matplotlib.colormaps[name]
-    except KeyError:
-        raise DcsmError(f"unknown colormap '{name}'") from None
+    return matplotlib.colormaps[check_colormap(name)]
 
 
 def _as_map(m: np.ndarray, what: str = "map") -> np.ndarray:
@@ -60,7 +136,7 @@ def _as_image(image: np.ndarray) -> np.ndarray:
     return array
 
 
-def colorize(m: np.ndarray, cmap: str = "jet") -> np.ndarray:
+def colorize(m: np.ndarray, cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """Colour a float map in [0, 1] through a matplotlib colormap.
 
     Values outside [0, 1] are clipped, NaN counts as 0. Returns an ``(H, W, 3)`` uint8 array
@@ -74,19 +150,19 @@ def colorize(m: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
 
 
-def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+def overlay(image: np.ndarray, m: np.ndarray, alpha: float = DEFAULT_OPACITY,
+            cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """Blend a colourised map over an image.
 
     Returns the ``(H, W, 3)`` uint8 array ``round((1 - alpha) * image + alpha * colorize(m))``
     (rounding half to even). ``image`` is ``(H, W, 3)`` (or grey ``(H, W)``) uint8 and ``m``
-    an ``(H, W)`` float map in [0, 1].
+    an ``(H, W)`` float map in [0, 1]; ``alpha`` is the map's opacity.
 
     Raises:
         DcsmError: if the shapes do not match, ``alpha`` is outside [0, 1], or ``cmap`` is
             unknown.
     """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise DcsmError(f"overlay alpha must be between 0 and 1, got {alpha}")
+    alpha = check_opacity(alpha)
     picture = _as_image(image)
     values = _as_map(m)
     if picture.shape[:2] != values.shape:
@@ -97,16 +173,33 @@ def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.5, cmap: str = "j
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _new_figure(rows: int, cols: int, aspect: float = 1.0) -> tuple[Figure, np.ndarray]:
-    """Create an Agg-backed figure with a ``rows`` x ``cols`` grid of axes (a 2-D array).
+def map_picture(image: np.ndarray, m: np.ndarray, style: str = "overlay",
+                cmap: str | None = None, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
+    """One map as an ``(H, W, 3)`` uint8 picture in a style: :func:`overlay` over ``image``
+    (``"overlay"``) or the map alone through the colormap (``"paper"``, grey by default)."""
+    colours = style_colormap(style, cmap)
+    if style == "paper":
+        return colorize(m, colours)
+    return overlay(image, m, alpha, colours)
+
+
+# ----------------------------------------------------------------------------- figures
+def _new_figure(rows: int, cols: int, aspect: float = 1.0,
+                figure: Figure | None = None) -> tuple[Figure, np.ndarray]:
+    """A figure (new and Agg-backed, or ``figure`` resized and cleared) with a ``rows`` x
+    ``cols`` grid of axes (a 2-D array).
 
     ``aspect`` is the panels' height over width (the image's), so rows hug the pictures.
     """
-    fig = Figure(
-        figsize=(PANEL_INCHES * cols, (PANEL_INCHES * aspect + TITLE_INCHES) * rows),
-        layout="constrained",
-    )
-    FigureCanvasAgg(fig)
+    size = (PANEL_INCHES * cols, (PANEL_INCHES * aspect + TITLE_INCHES) * rows)
+    if figure is None:
+        fig = Figure(figsize=size, layout="constrained")
+        FigureCanvasAgg(fig)
+    else:
+        fig = figure
+        fig.clear()
+        fig.set_size_inches(*size)
+        fig.set_layout_engine("constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
@@ -123,11 +216,23 @@ def _show_image(ax: Axes, image: np.ndarray, title: str) -> None:
     ax.set_axis_off()
 
 
-def _show_map(ax: Axes, m: np.ndarray, title: str) -> None:
-    """Draw a [0, 1] map on ``ax`` as a jet heat map with a title and no axis decorations."""
-    ax.imshow(_as_map(m), cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
+def _show_map(ax: Axes, image: np.ndarray, m: np.ndarray, title: str, style: str, cmap: str,
+              alpha: float) -> None:
+    """Draw a [0, 1] map on ``ax`` in ``style``: over the photo (an RGB picture) or alone
+    through ``cmap`` on a fixed 0..1 scale."""
+    if style == "paper":
+        ax.imshow(_as_map(m), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(overlay(image, m, alpha, cmap), interpolation="nearest")
     ax.set_title(title)
     ax.set_axis_off()
+
+
+def _colorbar(fig: Figure, axes: Sequence[Axes], cmap: str) -> None:
+    """One colour bar for the map panels ``axes``: the colormap over the maps' 0..1 scale."""
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_colormap(cmap))
+    fig.colorbar(mappable, ax=list(axes), shrink=0.8, aspect=25, pad=0.02,
+                 label=COLORBAR_LABEL)
 
 
 def maps_figure(
@@ -135,23 +240,37 @@ def maps_figure(
     maps: Mapping[str, np.ndarray],
     titles: Mapping[str, str] | None = None,
     suptitle: str | None = None,
+    *,
+    style: str = "overlay",
+    cmap: str | None = None,
+    alpha: float = DEFAULT_OPACITY,
+    colorbar: bool = True,
+    figure: Figure | None = None,
 ) -> Figure:
-    """One row of panels: the image, then each class's map as a heat map.
+    """One row of panels: the image, then each class's map.
 
-    Maps are drawn with the ``jet`` colormap on a fixed 0..1 scale. Each map's panel is titled
-    ``titles[name]`` when given (for example ``"tabby 0.62"``), else the class name; the image
-    panel is titled ``"image"``. With no maps the figure holds only the image. Each panel is
-    about 3 inches wide.
+    In the ``overlay`` style each map is drawn over the image (:func:`overlay` with ``alpha``
+    and ``cmap``, viridis by default) and, with ``colorbar``, one colour bar shows the maps'
+    0..1 scale; in the ``paper`` style each map is drawn alone on a fixed 0..1 scale (grey by
+    default), without a colour bar. Each map's panel is titled ``titles[name]`` when given (for
+    example ``"tabby (0.62)"``), else the class name; the image panel is titled ``"image"``.
+    With no maps the figure holds only the image. Each panel is about 3 inches wide.
 
     Raises:
-        DcsmError: if the image or a map has the wrong number of dimensions.
+        DcsmError: if the image or a map has the wrong number of dimensions, or the style,
+            colormap or opacity is not known or valid.
     """
+    colours = style_colormap(style, cmap)
+    alpha = check_opacity(alpha)
+    picture = _as_image(image)
     names = list(maps)
-    fig, axes = _new_figure(1, 1 + len(names), _aspect(image))
-    _show_image(axes[0, 0], image, "image")
+    fig, axes = _new_figure(1, 1 + len(names), _aspect(picture), figure)
+    _show_image(axes[0, 0], picture, "image")
     for col, name in enumerate(names, start=1):
         title = titles[name] if titles is not None and name in titles else name
-        _show_map(axes[0, col], maps[name], title)
+        _show_map(axes[0, col], picture, maps[name], title, style, colours, alpha)
+    if names and colorbar and style == "overlay":
+        _colorbar(fig, list(axes[0, 1:]), colours)
     if suptitle is not None:
         fig.suptitle(suptitle)
     return fig
@@ -170,37 +289,51 @@ def layers_figure(
     image: np.ndarray,
     layer_maps: Mapping[str, Mapping[str, np.ndarray]],
     fused: Mapping[str, np.ndarray],
+    *,
+    style: str = "overlay",
+    cmap: str | None = None,
+    alpha: float = DEFAULT_OPACITY,
+    colorbar: bool = True,
+    figure: Figure | None = None,
 ) -> Figure:
     """Per-layer maps and their fusion, one row per class (like Fig. 2 of Shimoda & Yanai).
 
-    Columns: the image (titled with the class name), one heat map per layer (titled with the
-    layer name) and the fused map (titled ``"average"``). ``layer_maps[class][layer]`` and
-    ``fused[class]`` are float maps in [0, 1]. A class lacking one of the layers other classes
-    have gets an empty panel there. With no classes the figure holds only the image.
+    Columns: the image (titled with the class name), one map per layer (titled with the layer
+    name) and the fused map (titled ``"average"``), drawn as in :func:`maps_figure` (over the
+    image with a colour bar, or alone in grey for the ``paper`` style).
+    ``layer_maps[class][layer]`` and ``fused[class]`` are float maps in [0, 1]. A class lacking
+    one of the layers other classes have gets an empty panel there. With no classes the figure
+    holds only the image.
 
     Raises:
-        DcsmError: if a class in ``layer_maps`` has no fused map, or an array has the wrong
-            number of dimensions.
+        DcsmError: if a class in ``layer_maps`` has no fused map, an array has the wrong number
+            of dimensions, or the style, colormap or opacity is not known or valid.
     """
+    colours = style_colormap(style, cmap)
+    alpha = check_opacity(alpha)
+    picture = _as_image(image)
     classes = list(layer_maps)
     missing = [name for name in classes if name not in fused]
     if missing:
         raise DcsmError(f"no fused map for class '{missing[0]}'")
     if not classes:
-        fig, axes = _new_figure(1, 1)
-        _show_image(axes[0, 0], image, "image")
+        fig, axes = _new_figure(1, 1, figure=figure)
+        _show_image(axes[0, 0], picture, "image")
         return fig
     layers = _layer_names(layer_maps)
-    fig, axes = _new_figure(len(classes), 2 + len(layers), _aspect(image))
+    fig, axes = _new_figure(len(classes), 2 + len(layers), _aspect(picture), figure)
     for row, name in enumerate(classes):
-        _show_image(axes[row, 0], image, name)
+        _show_image(axes[row, 0], picture, name)
         for col, layer in enumerate(layers, start=1):
             if layer in layer_maps[name]:
-                _show_map(axes[row, col], layer_maps[name][layer], layer)
+                _show_map(axes[row, col], picture, layer_maps[name][layer], layer, style,
+                          colours, alpha)
             else:
                 axes[row, col].set_title(layer)
                 axes[row, col].set_axis_off()
-        _show_map(axes[row, -1], fused[name], FUSED_TITLE)
+        _show_map(axes[row, -1], picture, fused[name], FUSED_TITLE, style, colours, alpha)
+    if colorbar and style == "overlay":
+        _colorbar(fig, list(axes[:, 1:].ravel()), colours)
     return fig
 
 
@@ -215,3 +348,47 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.array(rgba[..., :3], dtype=np.uint8)
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """An ``(H, W, 3)`` (or grey ``(H, W)``) uint8 picture encoded as PNG bytes."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(_as_image(picture), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def figure_to_png(fig: Figure) -> bytes:
+    """A figure rendered with Agg (:func:`figure_to_array`) as PNG bytes."""
+    return png_bytes(figure_to_array(fig))
+
+
+def data_uri(picture: np.ndarray) -> str:
+    """A picture as a ``data:image/png;base64,...`` URI, to embed in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode("ascii")
+
+
+def html_gallery(items: Sequence[tuple[str, str, np.ndarray]], title: str | None = None,
+                 element_id: str | None = None, width: int = 320) -> str:
+    """Pictures side by side as self-contained HTML (each embedded as a PNG data URI).
+
+    ``items`` are ``(name, caption, picture)``: each becomes ``<figure data-name=name>`` with an
+    ``<img alt=name>`` ``width`` CSS pixels wide and ``<figcaption>caption</figcaption>``; every
+    text is HTML-escaped. ``title`` adds a heading, ``element_id`` an id on the outer ``div``.
+    """
+    ident = f' id="{html.escape(element_id)}"' if element_id else ""
+    parts = [f'<div class="dcsm-gallery"{ident}>']
+    if title:
+        parts.append(f"<h4 style=\"margin:0.3em 0\">{html.escape(title)}</h4>")
+    parts.append('<div style="display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start">')
+    for name, caption, picture in items:
+        parts.append(
+            f'<figure data-name="{html.escape(name)}" style="margin:0;width:{int(width)}px">'
+            f'<img alt="{html.escape(name)}" src="{data_uri(picture)}" '
+            f'style="width:100%;height:auto;display:block"/>'
+            f'<figcaption style="text-align:center;font-size:0.9em">{html.escape(caption)}'
+            "</figcaption></figure>")
+    parts.append("</div></div>")
+    return "".join(parts)

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING
 
 from dcsm.cli.options import (
     add_crf_options,
+    add_display_options,
     add_grabcut_options,
     add_method_options,
     add_model_options,
     crf_params_from_args,
+    display_from_args,
     explainer_from_args,
     grabcut_params_from_args,
     max_side,
@@ -72,6 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_options(fg)
     add_method_options(fg)
     fg.add_argument("--dpi", type=positive_int, default=100, help="default %(default)s")
+    add_display_options(fg)
     add_crf_options(fg)
     add_grabcut_options(fg)
     fg.set_defaults(handler=run_figure)
@@ -84,6 +87,7 @@ def _images_and_model(p: argparse.ArgumentParser) -> None:
     add_method_options(p)
     p.add_argument("--per-layer", action="store_true",
                    help="also write layers.png with the single-layer maps (paper Fig. 2)")
+    add_display_options(p)
 
 
 # ----------------------------------------------------------------------------- the shared path
@@ -126,6 +130,7 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
     from dcsm.segmentation import segment
 
     params = segmenter_params(args, segmenter)  # checked before any work
+    display = display_from_args(args)
     args.method = method_for(args, segmenter)
     stems = output_stems(args.images)
     images, explainer = load_inputs(args, args.images)
@@ -136,7 +141,7 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
             seg = segment(result, method=segmenter, max_side=max_side(args), **params)
         final = args.out / stem
         with atomic_dir(final) as tmp:
-            write_explanation(result, tmp, path, seg)
+            write_explanation(result, tmp, path, seg, display)
         print(f"{path}: {_listed(result, seg)} -> {final}")
     return 0
 
@@ -181,6 +186,7 @@ def run_figure(args: argparse.Namespace) -> int:
 
     crf_params = crf_params_from_args(args)
     grabcut_params = grabcut_params_from_args(args)
+    display = display_from_args(args)
     _figure_format(args.out)
     [image], explainer = load_inputs(args, [args.image])
     distinct = explain_one(explainer, image, args)
@@ -189,7 +195,8 @@ def run_figure(args: argparse.Namespace) -> int:
         image, classes=[c.index for c in distinct.candidates])
     crf = segment(distinct, method="crf", max_side=max_side(args), **crf_params)
     grabcut = segment(simonyan, method="grabcut", max_side=max_side(args), **grabcut_params)
-    fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method)
+    fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method,
+                     **display.options())
     save_figure(args.out, fig, dpi=args.dpi)
     print(f"{args.image}: {_listed(distinct, None)} -> {args.out}")
     return 0

@@ -10,9 +10,10 @@ Every command module of :mod:`dcsm.cli` builds its options from these, so ``expl
   :data:`positive_float`, :data:`nonnegative_float`, :data:`fraction`.
 * Option groups: :func:`add_model_options`, :func:`add_method_options` (with
   :func:`add_resolution_options`), :func:`add_crf_options`, :func:`add_grabcut_options`,
-  :func:`add_progress_options`.
+  :func:`add_progress_options`, :func:`add_display_options`.
 * Their use: :func:`explainer_from_args`, :func:`segmenter_params`, :func:`method_for`,
-  :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`.
+  :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`,
+  :func:`display_from_args`.
 
 This module imports only the standard library at load time.
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from dcsm.api import Explainer
+    from dcsm.outputs import Display
 
 #: Exit status of bad input, options or output folders.
 EXIT_USAGE = 2
@@ -89,6 +91,18 @@ finite = number(float)
 positive_float = number(float, lambda v: v > 0, "a positive number")
 nonnegative_float = number(float, lambda v: v >= 0, "a number >= 0")
 fraction = number(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+opacity = number(float, lambda v: 0 <= v <= 1, "an opacity from 0 to 1")
+
+
+def colormap(text: str) -> str:
+    """A matplotlib colormap name (checked when the options are parsed)."""
+    from dcsm.errors import DcsmError
+    from dcsm.viz import check_colormap
+
+    try:
+        return check_colormap(text)
+    except DcsmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- option groups
@@ -193,6 +207,20 @@ def add_grabcut_options(p: argparse.ArgumentParser) -> None:
                    help="keep every foreground component, not only the largest")
 
 
+def add_display_options(p: argparse.ArgumentParser) -> None:
+    """How the pictures draw the maps: ``--style``, ``--colormap``, ``--opacity``."""
+    g = p.add_argument_group("pictures", "how the PNG files and figures draw the maps "
+                                         "(maps.npz is never affected)")
+    g.add_argument("--style", choices=["overlay", "paper"], default="overlay",
+                   help="overlay: each map over the photo, with a colour bar (default); "
+                        "paper: grey maps side by side, as in the paper")
+    g.add_argument("--colormap", type=colormap, default=None, metavar="NAME",
+                   help="matplotlib colormap of the maps (default viridis; grey for "
+                        "--style paper), e.g. inferno, magma, cividis, jet")
+    g.add_argument("--opacity", type=opacity, default=0.5, metavar="A",
+                   help="the maps' opacity over the photo, 0 to 1 (default %(default)s)")
+
+
 def add_progress_options(p: argparse.ArgumentParser, default_help: str = "on a terminal"
                          ) -> None:
     """``--progress`` / ``--no-progress`` (``args.progress``: True, False or None)."""
@@ -258,6 +286,15 @@ def explainer_from_args(args: argparse.Namespace) -> Explainer:
                           subtract=not args.no_subtract, upsample=args.upsample,
                           min_contrast=args.min_contrast, max_side=max_side(args),
                           precision=args.precision)
+
+
+def display_from_args(args: argparse.Namespace) -> Display:
+    """The :class:`~dcsm.outputs.Display` the picture options describe."""
+    from dcsm.outputs import Display
+
+    return Display(style=getattr(args, "style", "overlay"),
+                   colormap=getattr(args, "colormap", None),
+                   opacity=getattr(args, "opacity", 0.5))
 
 
 def report_memory(explainer: Explainer, image: np.ndarray) -> None:

@@ -1,11 +1,16 @@
 """Figures of segmentations: labels over the image with a legend, and the paper's Fig. 1.
 
-Like :mod:`dcsm.viz`, only matplotlib's object API is used (no ``pyplot``).
+Like :mod:`dcsm.viz`, only matplotlib's object API is used (no ``pyplot``); the builders accept
+``figure=`` to draw into a figure made elsewhere (``pyplot`` in
+:meth:`dcsm.segmentation.Segmentation.show`). Maps in Fig. 1 are drawn in :mod:`dcsm.viz`'s
+styles: over the photo through a colormap (viridis by default) with a colour bar, or grey and
+alone (``style="paper"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -14,8 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from dcsm.errors import DcsmError
-from dcsm.segmentation.common import Segmentation
-from dcsm.segmentation.palette import label_overlay, voc_palette
+from dcsm.segmentation.palette import colorize_labels, label_overlay, voc_palette
+from dcsm.viz import DEFAULT_OPACITY, check_opacity, colorize, overlay, style_colormap
+
+if TYPE_CHECKING:
+    from dcsm.segmentation.common import Segmentation
 
 #: Width of one panel, in inches.
 PANEL_INCHES = 2.6
@@ -30,10 +38,17 @@ def _legend_handles(seg: Segmentation) -> list[Patch]:
             for v, name in seg.label_names().items()]
 
 
-def _new_figure(cols: int, aspect: float, legend_rows: int = 0) -> tuple[Figure, list[Axes]]:
-    height = PANEL_INCHES * aspect + 0.45 + 0.25 * legend_rows
-    fig = Figure(figsize=(PANEL_INCHES * cols, height), layout="constrained")
-    FigureCanvasAgg(fig)
+def _new_figure(cols: int, aspect: float, legend_rows: int = 0,
+                figure: Figure | None = None) -> tuple[Figure, list[Axes]]:
+    size = (PANEL_INCHES * cols, PANEL_INCHES * aspect + 0.45 + 0.25 * legend_rows)
+    if figure is None:
+        fig = Figure(figsize=size, layout="constrained")
+        FigureCanvasAgg(fig)
+    else:
+        fig = figure
+        fig.clear()
+        fig.set_size_inches(*size)
+        fig.set_layout_engine("constrained")
     axes = fig.subplots(1, cols, squeeze=False)[0]
     return fig, list(axes)
 
@@ -48,11 +63,19 @@ def _panel(ax: Axes, picture: np.ndarray, title: str) -> None:
     ax.set_axis_off()
 
 
-def _map_panel(ax: Axes, m: np.ndarray, title: str) -> None:
+def _display_values(m: np.ndarray) -> np.ndarray:
+    """A map divided by its :data:`DISPLAY_QUANTILE` (when positive) and clipped to [0, 1]."""
     values = np.nan_to_num(np.asarray(m, dtype=np.float64))
     top = float(np.quantile(values, DISPLAY_QUANTILE)) if values.size else 1.0
-    ax.imshow(values, cmap="jet", vmin=0.0, vmax=top if top > 0 else 1.0,
-              interpolation="nearest")
+    return np.clip(values / (top if top > 0 else 1.0), 0.0, 1.0)
+
+
+def _map_panel(ax: Axes, image: np.ndarray, m: np.ndarray, title: str, style: str, cmap: str,
+               alpha: float) -> None:
+    """A map scaled by :func:`_display_values`: over the image, or alone (``paper``)."""
+    values = _display_values(m)
+    picture = colorize(values, cmap) if style == "paper" else overlay(image, values, alpha, cmap)
+    ax.imshow(picture, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
@@ -62,18 +85,28 @@ def _region_picture(image: np.ndarray, region: np.ndarray, label: int) -> np.nda
     return label_overlay(image, np.where(region, label, 0).astype(np.uint8))
 
 
-def segmentation_figure(image: np.ndarray, seg: Segmentation, title: str | None = None) -> Figure:
+def segmentation_figure(image: np.ndarray | None, seg: Segmentation, title: str | None = None,
+                        figure: Figure | None = None) -> Figure:
     """The image and the labels over it (VOC colours, background darkened), with a legend.
+
+    Without an image (``None``), one panel of the labels in their VOC colours (background
+    black). ``figure``: draw into this figure instead of a new Agg-backed one.
 
     Raises:
         DcsmError: if the labels do not fit the image.
     """
-    img = np.asarray(image)
-    if img.shape[:2] != seg.labels.shape:
-        raise DcsmError("the segmentation does not fit the image")
-    fig, axes = _new_figure(2, _aspect(img), legend_rows=1 + len(seg.candidates) // 4)
-    _panel(axes[0], img, "image")
-    _panel(axes[1], label_overlay(img, seg.labels), title or f"segmentation ({seg.method})")
+    heading = title or f"segmentation ({seg.method})"
+    legend_rows = 1 + len(seg.candidates) // 4
+    if image is None:
+        fig, axes = _new_figure(1, _aspect(seg.labels), legend_rows, figure)
+        _panel(axes[0], colorize_labels(seg.labels), heading)
+    else:
+        img = np.asarray(image)
+        if img.shape[:2] != seg.labels.shape:
+            raise DcsmError("the segmentation does not fit the image")
+        fig, axes = _new_figure(2, _aspect(img), legend_rows, figure)
+        _panel(axes[0], img, "image")
+        _panel(axes[1], label_overlay(img, seg.labels), heading)
     fig.legend(handles=_legend_handles(seg), loc="outside lower center",
                ncol=min(4, len(seg.candidates) + 1), fontsize=9, frameon=False)
     return fig
@@ -86,13 +119,20 @@ def figure_one(
     distinct: Mapping[str, np.ndarray],
     crf: Segmentation,
     distinct_label: str = "ours",
+    *,
+    style: str = "overlay",
+    cmap: str | None = None,
+    alpha: float = DEFAULT_OPACITY,
+    colorbar: bool = True,
 ) -> Figure:
     """The paper's Fig. 1 for any image, one labelled row of panels.
 
     (A) the image; per class, Simonyan et al.'s maps; per class, their GrabCut regions (each
     class's own region, in its label colour, the rest darkened; regions may overlap); per
-    class, the distinct maps; and the CRF labels over the image, with a legend. Maps are jet
-    heat maps from 0 to their own 99th percentile.
+    class, the distinct maps; and the CRF labels over the image, with a legend. Maps are
+    scaled from 0 to their own 99th percentile and drawn over the image through ``cmap``
+    (viridis by default) with opacity ``alpha`` and, with ``colorbar``, a colour bar; or, in
+    the ``paper`` style, alone in grey.
 
     Args:
         image: (H, W, 3) uint8.
@@ -101,10 +141,17 @@ def figure_one(
         distinct: class name -> distinct map.
         crf: :func:`~dcsm.segmentation.segment_crf` of ``distinct``.
         distinct_label: how the distinct maps are named in the titles.
+        style: ``"overlay"`` or ``"paper"`` (:data:`dcsm.viz.STYLES`).
+        cmap: the maps' colormap (default: the style's own).
+        alpha: the maps' opacity over the image, in [0, 1].
+        colorbar: draw a colour bar in the ``overlay`` style.
 
     Raises:
-        DcsmError: if the classes or sizes disagree.
+        DcsmError: if the classes or sizes disagree, or the style, colormap or opacity is not
+            known or valid.
     """
+    colours = style_colormap(style, cmap)
+    alpha = check_opacity(alpha)
     img = np.asarray(image)
     names = list(crf.candidates)
     if list(grabcut.candidates) != names or any(n not in simonyan or n not in distinct
@@ -122,13 +169,21 @@ def figure_one(
 
     _panel(axes[0], img, label("image"))
     for i, name in enumerate(names):
-        _map_panel(axes[1 + i], simonyan[name], label(f"Simonyan: {name}"))
+        _map_panel(axes[1 + i], img, simonyan[name], label(f"Simonyan: {name}"), style, colours,
+                   alpha)
     for i, name in enumerate(names):
         _panel(axes[1 + k + i], _region_picture(img, grabcut.regions[name], i + 1),
                label(f"GrabCut: {name}"))
     for i, name in enumerate(names):
-        _map_panel(axes[1 + 2 * k + i], distinct[name], label(f"{distinct_label}: {name}"))
+        _map_panel(axes[1 + 2 * k + i], img, distinct[name], label(f"{distinct_label}: {name}"),
+                   style, colours, alpha)
     _panel(axes[-1], label_overlay(img, crf.labels), label(f"CRF on {distinct_label}"))
     fig.legend(handles=_legend_handles(crf), loc="outside lower center",
                ncol=min(6, k + 1), fontsize=9, frameon=False)
+    if colorbar and style == "overlay":
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colours), ax=list(axes), shrink=0.8,
+                     aspect=25, pad=0.02, label="saliency (to the 99th percentile)")
     return fig
