@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dcsm.candidates import Candidate
+from dcsm.errors import DcsmError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: The long side, in pixels, of the pictures a result shows of itself in a notebook.
+DISPLAY_SIDE = 640
 
 
 @dataclass
@@ -46,6 +54,96 @@ class SaliencyResult:
             "candidates": [c.as_dict() for c in self.candidates],
             "contrast_classes": [c.as_dict() for c in self.contrast],
         }
+
+    # ------------------------------------------------------------------------- display
+    def class_name(self, cls: str | int) -> str:
+        """The key in ``maps`` of a class given by name or by the model's class index.
+
+        Raises:
+            DcsmError: if the result holds no map of that class (one line, naming those it has).
+        """
+        if isinstance(cls, str) and cls in self.maps:
+            return cls
+        if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            for c in self.candidates:
+                if c.index == int(cls) and c.name in self.maps:
+                    return c.name
+        raise DcsmError(f"no map of class {cls!r} in this result; it has "
+                        f"{', '.join(self.maps) or 'none'}")
+
+    def overlay(self, cls: str | int, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
+        """Class ``cls``'s map over the image: an ``(H, W, 3)`` uint8 array the image's size,
+        :func:`dcsm.viz.overlay` with opacity ``alpha`` and colormap ``cmap``.
+
+        ``cls`` is a class name (a key of ``maps``) or the model's index of a candidate.
+
+        Raises:
+            DcsmError: for a class without a map, an opacity outside [0, 1] or an unknown
+                colormap.
+        """
+        from dcsm.viz import overlay
+
+        return overlay(self.image, self.maps[self.class_name(cls)], alpha, cmap)
+
+    def _titles(self) -> dict[str, str]:
+        """Each map's title: its class name and score."""
+        return {c.name: f"{c.name} ({c.score:.3f})" for c in self.candidates if c.name in self.maps}
+
+    def figure(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5,
+               figure: Figure | None = None) -> Figure:
+        """The image and each class's map, titled with its score (:func:`dcsm.viz.maps_figure`),
+        the image drawn at most :data:`~dcsm.images.FIGURE_SIDE` pixels a side.
+
+        ``style`` ``"overlay"`` draws each map over the image through ``cmap`` (viridis by
+        default) with a colour bar; ``"paper"`` draws grey maps side by side. ``figure``: draw
+        into this figure instead of a new Agg-backed one.
+        """
+        from dcsm.images import FIGURE_SIDE, shrink_image, shrink_map
+        from dcsm.viz import maps_figure
+
+        small = shrink_image(self.image, FIGURE_SIDE)
+        maps = {n: shrink_map(m, FIGURE_SIDE) for n, m in self.maps.items()}
+        return maps_figure(small, maps, self._titles(), f"{self.method} ({self.model})",
+                           style=style, cmap=cmap, alpha=alpha, figure=figure)
+
+    def show(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5) -> None:
+        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it (in a notebook, inline;
+        elsewhere, in pyplot's window)."""
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure()
+        self.figure(style, cmap, alpha, figure=fig)
+        plt.show()
+
+    def _repr_png_(self) -> bytes:
+        """The notebook's PNG of the result: :meth:`figure` (the image, each class's map over
+        it with its score, a colour bar) at most :data:`DISPLAY_SIDE` pixels a panel."""
+        from dcsm.images import shrink_image, shrink_map
+        from dcsm.viz import figure_to_png, maps_figure
+
+        small = shrink_image(self.image, DISPLAY_SIDE)
+        maps = {n: shrink_map(m, DISPLAY_SIDE) for n, m in self.maps.items()}
+        fig = maps_figure(small, maps, self._titles(), f"{self.method} ({self.model})")
+        return figure_to_png(fig)
+
+    def _repr_html_(self) -> str:
+        """The notebook's HTML of the result: a line naming the model and method, then the
+        image and each class's map over it (:meth:`overlay`, viridis, opacity 0.5) as embedded
+        PNGs at most :data:`DISPLAY_SIDE` pixels a side, captioned with the class and score."""
+        import html
+
+        from dcsm.images import shrink_image, shrink_map
+        from dcsm.viz import html_gallery, overlay
+
+        small = shrink_image(self.image, DISPLAY_SIDE)
+        scores = {c.name: c.score for c in self.candidates}
+        items = [("image", f"image ({self.image.shape[1]}x{self.image.shape[0]})", small)]
+        for name, m in self.maps.items():
+            caption = f"{name} {scores[name]:.3f}" if name in scores else name
+            items.append((name, caption, overlay(small, shrink_map(m, DISPLAY_SIDE))))
+        head = (f"<p><b>{html.escape(self.method)}</b> maps of {len(self.maps)} "
+                f"class{'es' if len(self.maps) != 1 else ''} ({html.escape(self.model)})</p>")
+        return head + html_gallery(items)
 
 
 @dataclass

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dcsm.errors import DcsmError
 from dcsm.images import ImageLike, as_rgb_array
 from dcsm.result import SaliencyResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: The label of the background in every label image.
 BACKGROUND = 0
@@ -65,6 +69,31 @@ class Segmentation:
             "labels": {str(v): name for v, name in self.label_names().items()},
             "pixels": {name: int(counts[v]) for v, name in self.label_names().items()},
         }
+
+    def figure(self, image: ImageLike | None = None, figure: Figure | None = None) -> Figure:
+        """The labels over ``image`` (or alone, in VOC colours, without one), with a legend
+        (:func:`dcsm.segmentation.figure.segmentation_figure`); ``figure``: draw into it."""
+        from dcsm.segmentation.figure import segmentation_figure
+
+        picture = None if image is None else as_rgb_array(image)
+        return segmentation_figure(picture, self, figure=figure)
+
+    def show(self, image: ImageLike | None = None) -> None:
+        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it (in a notebook, inline).
+
+        Pass the image (``result.image``) to see the labels over it; a segmentation does not
+        keep its image."""
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure()
+        self.figure(image, figure=fig)
+        plt.show()
+
+    def _repr_png_(self) -> bytes:
+        """The notebook's PNG of the segmentation: its labels in VOC colours, with a legend."""
+        from dcsm.viz import figure_to_png
+
+        return figure_to_png(self.figure())
 
 
 def masks_from_labels(labels: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
