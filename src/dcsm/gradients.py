@@ -231,12 +231,12 @@ def forward_pass(
                 amp, convs:
             score_map = adapter.model(x)
     if not isinstance(score_map, torch.Tensor) or score_map.ndim not in (2, 4) or \
-            score_map.shape[1] != adapter.num_classes or score_map.shape[0] != x.shape[0]:
+            score_map.shape[1] != adapter.score_channels or score_map.shape[0] != x.shape[0]:
         got = tuple(score_map.shape) if isinstance(score_map, torch.Tensor) else \
             type(score_map).__name__
         raise DcsmError(f"model {adapter.name} returned {got}, expected "
-                        f"({x.shape[0]}, {adapter.num_classes}) logits or a "
-                        f"({x.shape[0]}, {adapter.num_classes}, h, w) score map")
+                        f"({x.shape[0]}, {adapter.score_channels}) logits or a "
+                        f"({x.shape[0]}, {adapter.score_channels}, h, w) score map")
     if score_map.ndim == 2:
         score_map = score_map[:, :, None, None]
     missing = [name for name in modules if name not in acts]

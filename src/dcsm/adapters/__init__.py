@@ -66,11 +66,22 @@ def load_model(
     weights: str | Path | None = None,
     device: str | torch.device | None = None,
     multilabel: bool | None = None,
+    labels: str | None = None,
 ) -> ModelAdapter:
     """Build the adapter for ``name``; ``weights`` replaces the default weights.
 
-    Raises DcsmError for an unknown name, missing or unfitting weights, or a bad device.
+    ``labels``: ``"voc"`` or ``"coco"`` gives an ImageNet-1k model the data set's classes, as
+    groups of ImageNet classes (:mod:`dcsm.adapters.groups`); None or ``"imagenet"``: the
+    model's own classes.
+
+    Raises DcsmError for an unknown name, missing or unfitting weights, a bad device, an unknown
+    label set, or a label set for a model without ImageNet-1k's classes.
     """
+    if labels is not None:
+        from dcsm.adapters.groups import label_set
+
+        if labels.strip().lower() != "imagenet":
+            label_set(labels)  # an unknown label set fails before the model loads
     if name in _OFFLINE:
         adapter = _OFFLINE[name][0](weights)
     elif name.startswith("torchvision:"):
@@ -88,6 +99,10 @@ def load_model(
         raise DcsmError(f"unknown model '{name}'; known: {known}")
     if multilabel is not None:
         adapter.multilabel = multilabel
+    if labels is not None:
+        from dcsm.adapters.groups import grouped_adapter
+
+        adapter = grouped_adapter(adapter, labels)
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter
@@ -101,13 +116,23 @@ def as_adapter(
     multilabel: bool | None = None,
     input_size: tuple[int, int] | None = None,
     layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
+    labels: str | None = None,
 ) -> ModelAdapter:
     """An adapter for ``model``: an adapter as is, a registry name (:func:`load_model`), or any
     classifier ``nn.Module`` (:func:`dcsm.adapters.module.module_adapter`).
 
-    The other arguments describe a plain module; with an adapter or a name only ``multilabel``
-    and ``layouts`` may be given (they override the adapter's).
+    The other arguments describe a plain module; with an adapter or a name only ``multilabel``,
+    ``layouts`` and ``labels`` may be given (they override the adapter's). ``labels``
+    (``"voc"``, ``"coco"``) groups an ImageNet-1k model's classes into a data set's
+    (:func:`dcsm.adapters.groups.grouped_adapter`); ``"imagenet"`` ungroups a grouped adapter.
     """
+    if labels is not None:
+        from dcsm.adapters.groups import grouped_adapter
+
+        plain = as_adapter(model, layers=layers, class_names=class_names,
+                           preprocess=preprocess, multilabel=multilabel, input_size=input_size,
+                           layouts=layouts)
+        return grouped_adapter(plain, labels)
     if isinstance(model, str):
         model = load_model(model)
     if isinstance(model, ModelAdapter):

@@ -141,6 +141,14 @@ class ModelAdapter:
         """Number of classes the model scores."""
         return len(self.class_names)
 
+    @property
+    def score_channels(self) -> int:
+        """Channels of the model's score map: one per class, in class order (``num_classes``).
+        An adapter may carry more after them for its own :meth:`pool` and :meth:`probabilities`
+        (:class:`dcsm.adapters.groups.GroupedAdapter`: its base model's logits); only the first
+        ``num_classes`` are class score maps."""
+        return self.num_classes
+
     def to(self, device: torch.device | str) -> ModelAdapter:
         """Move the model to ``device`` (in place) and return self."""
         self.model.to(device)
