@@ -16,6 +16,7 @@ from dcsm.cli.options import (
     Parser,
     add_model_options,
     finite,
+    labels_from_args,
     names,
     nonnegative_int,
     positive_int,
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.candidates is not None:
         plan_runs(methods, args.candidates)  # checks the candidate modes before any work
     photos = file_photos(args.images) if args.images else package_photos()
-    adapter = load_model(args.model, weights=args.weights, device=args.device)
+    adapter = load_model(args.model, weights=args.weights, device=args.device,
+                         labels=labels_from_args(args))
     report = gridpg(adapter, photos, n=args.grid, count=args.grids, tau=args.tau,
                     cell=args.cell, seed=args.seed, crops=not args.no_crops, methods=methods,
                     modes=args.candidates, progress=lambda line: print(line, flush=True))

@@ -11,8 +11,8 @@ Every command module of :mod:`dcsm.cli` builds its options from these, so ``expl
 * Option groups: :func:`add_model_options`, :func:`add_method_options` (with
   :func:`add_resolution_options`), :func:`add_crf_options`, :func:`add_grabcut_options`,
   :func:`add_progress_options`, :func:`add_display_options`.
-* Their use: :func:`explainer_from_args`, :func:`segmenter_params`, :func:`method_for`,
-  :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`,
+* Their use: :func:`explainer_from_args`, :func:`labels_from_args`, :func:`segmenter_params`,
+  :func:`method_for`, :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`,
   :func:`display_from_args`.
 
 This module imports only the standard library at load time.
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
     from dcsm.api import Explainer
     from dcsm.outputs import Display
+
+#: The label sets ``--labels`` accepts (:mod:`dcsm.adapters.groups`; kept here so that the
+#: parser imports no torch).
+LABELS: tuple[str, ...] = ("imagenet", "voc", "coco")
 
 #: Exit status of bad input, options or output folders.
 EXIT_USAGE = 2
@@ -115,6 +119,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="weights: a local file, a torchvision weight name, or 'random'")
     p.add_argument("--device", default="cpu", help="torch device, default %(default)s")
+    p.add_argument("--labels", choices=LABELS, default=None,
+                   help="classes of an ImageNet model: its own (imagenet, default) or PASCAL "
+                        "VOC's or COCO's as groups of ImageNet classes (see `dcsm models "
+                        "--labels voc`)")
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -275,12 +283,18 @@ def progress_wanted(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
+def labels_from_args(args: argparse.Namespace) -> str | None:
+    """``--labels`` (None where the command has no such option)."""
+    return getattr(args, "labels", None)
+
+
 def explainer_from_args(args: argparse.Namespace) -> Explainer:
     """Load the model and build the explainer the options describe."""
     from dcsm.adapters import load_model
     from dcsm.api import make_explainer
 
-    adapter = load_model(args.model, weights=args.weights, device=args.device)
+    adapter = load_model(args.model, weights=args.weights, device=args.device,
+                         labels=labels_from_args(args))
     return make_explainer(adapter, args.method, preset=args.preset, scales=args.scales,
                           layers=args.layers, backprop=args.backprop, alpha=args.alpha,
                           subtract=not args.no_subtract, upsample=args.upsample,
