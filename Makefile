@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[test]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test,viewer]' $(TORCH_PINS)
 	touch $@
 
 demo: $(BIN)/.installed

@@ -11,6 +11,7 @@ command runs) and the handler itself; what they share is :mod:`dcsm.cli.options`
 * :mod:`dcsm.cli.train`: ``dcsm train``.
 * :mod:`dcsm.cli.evaluate`: ``dcsm evaluate``, the segmentation methods on a labelled split.
 * :mod:`dcsm.cli.bench`: ``dcsm bench gridpg``, the grid pointing game.
+* :mod:`dcsm.cli.serve`: ``dcsm serve``, the local web viewer (the ``viewer`` extra).
 
 The dependencies go one way: this package imports the library (:mod:`dcsm.batch`,
 :mod:`dcsm.training`, :mod:`dcsm.evaluation`, :mod:`dcsm.bench`, the API), never the other way.
@@ -29,14 +30,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from dcsm.cli import batch, bench, data, evaluate, explain, models, train
+from dcsm.cli import batch, bench, data, evaluate, explain, models, serve, train
 from dcsm.cli.options import EXIT_USAGE, Parser
 from dcsm.errors import DcsmError, DcsmWarning, first_line
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main"]
 
 #: The command modules, in the order ``dcsm --help`` lists them.
-COMMANDS = (models, explain, batch, data, train, evaluate, bench)
+COMMANDS = (models, explain, batch, data, train, evaluate, bench, serve)
 
 
 def build_parser() -> Parser:

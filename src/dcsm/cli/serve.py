@@ -1,0 +1,40 @@
+"""``dcsm serve``: the local web viewer (:mod:`dcsm.viewer`).
+
+``dcsm serve [--port 7860] [--host 127.0.0.1] [--model NAME] [--weights W] [--device D]``
+loads the model once and serves the page until Ctrl-C. It listens on 127.0.0.1 (this machine
+only) unless ``--host`` says otherwise. Without the optional extra (Gradio) it prints one line
+naming what to install and exits with status 2, before loading anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dcsm.cli.options import add_model_options, number
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to the ``dcsm`` command's subparsers."""
+    p = sub.add_parser("serve", help="a local web viewer: maps over the photo, per layer, "
+                                     "segmentation, downloads (needs the 'viewer' extra)")
+    p.add_argument("--port", type=number(int, lambda v: 1 <= v <= 65535, "a port from 1 to "
+                                         "65535"), default=7860, help="default %(default)s")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s: this machine only; "
+                        "0.0.0.0 opens it to the network)")
+    add_model_options(p)
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``dcsm serve``: check the extra, load the model, serve the page."""
+    from dcsm.viewer.app import launch, require_gradio
+    from dcsm.viewer.logic import Viewer
+
+    require_gradio()  # a one-line error naming the extra, before the model loads
+    viewer = Viewer.from_name(args.model, weights=args.weights, device=args.device)
+    print(f"dcsm: viewer of {viewer.model_name} at http://{args.host}:{args.port} "
+          "(Ctrl-C stops it)", file=sys.stderr, flush=True)
+    launch(viewer, host=args.host, port=args.port)
+    return 0

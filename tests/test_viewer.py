@@ -1,0 +1,358 @@
+"""The viewer (``dcsm serve``): its logic as plain functions, the command without its extra, and
+the page itself in a real headless Chromium driven by Selenium.
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them)
+and skips, saying so, where they are missing; nothing is downloaded at run time. Set
+``DCSM_VIEWER_SCREENSHOT=path.png`` to keep a screenshot of the page it drove.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dcsm
+from dcsm import cli, viz
+from dcsm.errors import DcsmError
+from dcsm.images import shrink_image, shrink_map
+from dcsm.viewer.app import INSTALL_HINT, redraw, run_explain, show_photo
+from dcsm.viewer.logic import (
+    BUNDLED_IMAGE,
+    VIEW_SIDE,
+    Settings,
+    Viewer,
+    class_maps_html,
+    layer_maps_html,
+    load_picture,
+    scores_markdown,
+    segmentation_html,
+    write_downloads,
+)
+
+PAIR = ("tabby", "espresso")
+
+
+@pytest.fixture(scope="module")
+def viewer() -> Viewer:
+    return Viewer.from_name()
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return load_picture(BUNDLED_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def analysis(viewer, image):
+    return viewer.analyse(image, Settings(classes=PAIR))
+
+
+def _embedded(page: str) -> dict[str, np.ndarray]:
+    found = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', page)
+    return {alt: np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+            for alt, data in found}
+
+
+# ----------------------------------------------------------------------------- logic
+def test_analysis_is_the_library_result(viewer, image, analysis):
+    expected = dcsm.explain(viewer.adapter, image, classes=list(PAIR), per_layer=True)
+    assert [c.name for c in analysis.result.candidates] == list(PAIR)
+    for name in PAIR:
+        np.testing.assert_allclose(analysis.result.maps[name], expected.maps[name], atol=1e-6)
+    assert set(analysis.result.layer_maps["tabby"]) == set(viewer.default_layers)
+    seg = dcsm.segment(expected)
+    np.testing.assert_array_equal(analysis.segmentation.labels, seg.labels)
+    # The cat is on the left half, the cup on the right.
+    labels = analysis.segmentation.labels
+    assert (labels[:, :224] == 1).sum() > 10 * (labels[:, 224:] == 1).sum()
+    assert (labels[:, 224:] == 2).sum() > 10 * (labels[:, :224] == 2).sum()
+
+
+def test_explainers_are_built_once(viewer):
+    first = viewer.explainer(Settings())
+    assert viewer.explainer(Settings(layers=tuple(viewer.default_layers))) is first
+    assert viewer.explainer(Settings(preset="tuned")) is not first
+    assert viewer.explainer(Settings(method="simonyan", preset="tuned")) is viewer.explainer(
+        Settings(method="simonyan"))  # the baselines have no preset and read no layer
+
+
+def test_auto_classes_and_top_classes(viewer, image):
+    auto = viewer.analyse(image, Settings(segmenter="none", method="gradcam"))
+    assert [c.name for c in auto.result.candidates] == ["espresso", "tiger cat"]
+    assert auto.segmentation is None and auto.result.layer_maps is None
+    top = auto.top_classes
+    assert len(top) == 10 and [c.name for c in top[:2]] == ["espresso", "tiger cat"]
+    assert all(a.score >= b.score for a, b in zip(top, top[1:], strict=False))
+    for c, ranked in zip(auto.result.candidates, top, strict=False):
+        assert c.score == pytest.approx(ranked.score, abs=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    (Settings(method="gradcam", layers=("block14", "block15")), "exactly one layer"),
+    (Settings(classes=("no such class",)), "unknown class 'no such class'"),
+    (Settings(layers=()), "at least one layer"),
+    (Settings(layers=("nope",)), "nope"),
+    (Settings(segmenter="watershed"), "unknown segmenter 'watershed'"),
+    (Settings(top_k=0), "top-k"),
+])
+def test_refused_settings_are_one_line(viewer, image, settings, says):
+    with pytest.raises(DcsmError, match=says) as exc:
+        viewer.analyse(image, settings)
+    assert "\n" not in str(exc.value)
+
+
+def test_load_picture_refuses_bad_files(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is text, not a picture")
+    with pytest.raises(DcsmError, match="not a recognised image format"):
+        load_picture(bad)
+    with pytest.raises(DcsmError, match="no image"):
+        load_picture(None)
+    preview, status = show_photo(str(bad))
+    assert preview is None and status.startswith("**Error:**") and "bad.png" in status
+    preview, _ = show_photo(str(BUNDLED_IMAGE))
+    assert preview.shape == (224, 448, 3)
+
+
+def test_class_maps_html(analysis):
+    page = class_maps_html(analysis, 0.7, "inferno")
+    assert 'id="class-maps"' in page
+    assert "tabby " + f"{analysis.result.candidates[0].score:.3f}" in page
+    pictures = _embedded(page)
+    assert list(pictures) == list(PAIR)
+    small = shrink_image(analysis.result.image, VIEW_SIDE)
+    for name, picture in pictures.items():
+        np.testing.assert_array_equal(picture, viz.overlay(
+            small, shrink_map(analysis.result.maps[name], VIEW_SIDE), 0.7, "inferno"))
+    with pytest.raises(DcsmError, match="opacity"):
+        class_maps_html(analysis, 2.0)
+
+
+def test_layer_maps_html(viewer, analysis):
+    pictures = _embedded(layer_maps_html(analysis))
+    layers = viewer.default_layers
+    assert list(pictures) == [f"{c} / {layer}" for c in PAIR for layer in layers]
+    small = shrink_image(shrink_image(analysis.result.image, VIEW_SIDE), 256)
+    m = shrink_map(analysis.result.layer_maps["espresso"][layers[-1]], 256)
+    np.testing.assert_array_equal(pictures[f"espresso / {layers[-1]}"], viz.overlay(small, m))
+
+
+def test_segmentation_html_and_scores(analysis):
+    from dcsm.segmentation import label_overlay
+
+    page = segmentation_html(analysis)
+    counts = analysis.segmentation.summary()["pixels"]
+    for name in ("background", *PAIR):
+        assert f"{name}: {counts[name]} px" in page
+    picture = _embedded(page)["segmentation"]
+    np.testing.assert_array_equal(picture, label_overlay(analysis.result.image,
+                                                         analysis.segmentation.labels))
+    table = scores_markdown(analysis)
+    for c in analysis.result.candidates:
+        assert f"| {c.name} | {c.score:.3f} | yes |" in table
+    assert "| tiger cat | " in table  # one of the model's own top classes, not explained
+
+
+def test_write_downloads(tmp_path, analysis):
+    paths = write_downloads(analysis, tmp_path)
+    assert [p.name for p in paths] == ["maps.npz", "labels.png", "summary.json"]
+    with np.load(paths[0]) as npz:
+        for name in PAIR:
+            np.testing.assert_array_equal(npz[name], analysis.result.maps[name])
+    np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), analysis.segmentation.labels)
+    summary = json.loads(paths[2].read_text())
+    assert [c["name"] for c in summary["candidates"]] == list(PAIR)
+    assert summary["segmentation"]["labels"] == {"0": "background", "1": "tabby",
+                                                 "2": "espresso"}
+
+
+def test_handlers(viewer, tmp_path):
+    out = run_explain(viewer, str(BUNDLED_IMAGE), list(PAIR), 2, "simonyan", "paper", None,
+                      "none", 0.5, "viridis")
+    state, status, maps, scores, layers, seg, files = out
+    assert status.startswith("Explained with simonyan") and "tabby" in status
+    assert list(_embedded(maps)) == list(PAIR)
+    assert "reads no set of layers" in layers and "No segmentation" in seg
+    assert [Path(f).name for f in files] == ["maps.npz", "summary.json"]
+    again, _ = redraw(state, 1.0, "gray")
+    grey = _embedded(again)["tabby"]
+    assert (grey[..., 0] == grey[..., 1]).all()  # opacity 1: the grey map alone
+    assert redraw(None, 0.5, "viridis") == ("", "")
+    refused = run_explain(viewer, str(BUNDLED_IMAGE), ["nope"], 2, "dcsm", "paper", None,
+                          "crf", 0.5, "viridis")
+    assert refused[0] is None and refused[1] == "**Error:** unknown class 'nope' for model " \
+        "efficientnet_lite0"
+
+
+# ----------------------------------------------------------------------------- the command
+def test_serve_without_the_extra_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not load without the extra")
+
+    monkeypatch.setattr(Viewer, "from_name", never)
+    code = cli.main(["serve", "--port", "7999"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == f"dcsm: error: the viewer needs Gradio, which is not installed: {INSTALL_HINT}\n"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "http"])
+def test_serve_bad_port(capsys, port):
+    assert cli.main(["serve", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--port" in err
+
+
+def test_serve_defaults_to_this_machine_only():
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 7860
+
+
+# ----------------------------------------------------------------------------- the browser
+def _browser() -> tuple[str, str]:
+    """Chromium and its driver, or a skip saying what is missing."""
+    pytest.importorskip("gradio", reason="the viewer extra (gradio) is not installed")
+    pytest.importorskip("selenium", reason="selenium is not installed")
+    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
+                                                 "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    if chrome is None or driver is None:
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
+                    "(.ci/run does)")
+    return chrome, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server():
+    """``dcsm serve`` on a free port, as a user starts it; stopped after the tests."""
+    _browser()
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dcsm", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dcsm serve stopped: {proc.stdout.read()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("dcsm serve did not listen within 120 s")
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chrome, driver_path = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1700", "--lang=en-US"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_in_a_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(condition, seconds: float = 60):
+        return WebDriverWait(browser, seconds).until(lambda d: condition())
+
+    def find(css: str) -> list:
+        return browser.find_elements(By.CSS_SELECTOR, css)
+
+    def map_names() -> list[str]:
+        return [img.get_attribute("alt") for img in find("#class-maps img")]
+
+    browser.get(server)
+    wait(lambda: find("#explain") and find("#photo img"))
+    assert "chelsea_coffee.png" in "".join(find("#upload")[0].text.split())  # preloaded
+
+    # Run the bundled image with the model's own classes.
+    find("#explain")[0].click()
+    wait(lambda: map_names() == ["espresso", "tiger cat"])
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#class-maps img'))"
+        ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    assert sizes == [[True, 448, 224]] * 2  # decoded pictures, the photo's size
+    assert "espresso" in find("#status")[0].text
+    assert find("#segmentation img") and "tiger cat:" in find("#segmentation")[0].text
+    offered = "".join(find("#downloads")[0].text.split())
+    assert "maps.npz" in offered and "labels.png" in offered and "summary.json" in offered
+
+    # Pick other classes, explain them; then the opacity slider redraws without explaining.
+    box = find("#classes input")[0]
+    for name in PAIR:
+        box.click()
+        box.send_keys(name)
+        wait(lambda name=name: find(f'li[role="option"][aria-label="{name}"]'), 10)
+        find(f'li[role="option"][aria-label="{name}"]')[0].click()
+    box.send_keys(Keys.ESCAPE)
+    find("#explain")[0].click()
+    wait(lambda: map_names() == list(PAIR))
+    before = find("#class-maps img")[0].get_attribute("src")
+    opacity = find("#opacity input[type=number]")[0]
+    opacity.send_keys(Keys.CONTROL, "a")
+    opacity.send_keys("1", Keys.ENTER)
+    wait(lambda: find("#class-maps img")[0].get_attribute("src") != before, 20)
+
+    if os.environ.get("DCSM_VIEWER_SCREENSHOT"):
+        browser.save_screenshot(os.environ["DCSM_VIEWER_SCREENSHOT"])
+
+    # A file that is not an image is refused with one line in the page.
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is text, not a picture")
+    find('#upload button[aria-label="Clear"]')[0].click()
+    wait(lambda: find("#upload input[type=file]"), 10)
+    find("#upload input[type=file]")[0].send_keys(str(bad))
+    wait(lambda: "Error:" in find("#status")[0].text, 30)
+    assert "not a recognised image format" in find("#status")[0].text
+
+    # Nothing was fetched from anywhere but the local server.
+    hosts = set()
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            url = urlparse(message["params"]["request"]["url"])
+            if url.scheme in ("http", "https", "ws", "wss"):
+                hosts.add(url.hostname)
+    assert hosts == {"127.0.0.1"}
