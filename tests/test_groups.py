@@ -227,6 +227,18 @@ def test_hand_built_model_explains_by_group_names_and_base_layers():
     assert {c.name for c in auto.candidates} <= set(adapter.class_names)
 
 
+@pytest.mark.filterwarnings("ignore::dcsm.errors.DcsmWarning")
+def test_hand_built_model_vmap_backward_matches_the_loop():
+    adapter = grouped_adapter(linear_adapter(), "coco")
+    image = np.random.default_rng(1).integers(0, 256, (12, 16, 3)).astype(np.uint8)
+    maps = {mode: dcsm.DistinctSaliency(adapter, batch=mode, scales=[1.0, 1.4],
+                                        backprop="plain").explain(image,
+                                                                  classes=["cup", "dog", "car"])
+            for mode in ("loop", "vmap")}
+    for name in ("cup", "dog", "car"):
+        np.testing.assert_allclose(maps["vmap"].maps[name], maps["loop"].maps[name], atol=1e-5)
+
+
 def test_errors():
     tiny = ModelAdapter(name="tiny", model=nn.Conv2d(3, 5, 1),
                         class_names=[f"c{i}" for i in range(5)],
