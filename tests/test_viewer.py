@@ -329,14 +329,13 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
     box.send_keys(Keys.ESCAPE)
     find("#explain")[0].click()
     wait(lambda: map_names() == list(PAIR))
+    if os.environ.get("DCSM_VIEWER_SCREENSHOT"):
+        browser.save_screenshot(os.environ["DCSM_VIEWER_SCREENSHOT"])
     before = find("#class-maps img")[0].get_attribute("src")
     opacity = find("#opacity input[type=number]")[0]
     opacity.send_keys(Keys.CONTROL, "a")
     opacity.send_keys("1", Keys.ENTER)
     wait(lambda: find("#class-maps img")[0].get_attribute("src") != before, 20)
-
-    if os.environ.get("DCSM_VIEWER_SCREENSHOT"):
-        browser.save_screenshot(os.environ["DCSM_VIEWER_SCREENSHOT"])
 
     # A file that is not an image is refused with one line in the page.
     bad = tmp_path / "broken.png"

@@ -224,7 +224,8 @@ def class_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
     items = [(name, f"{name} {scores.get(name, float('nan')):.3f}",
               overlay(small, shrink_map(m, VIEW_SIDE), alpha, cmap))
              for name, m in analysis.result.maps.items()]
-    return html_gallery(items, element_id="class-maps", width=360)
+    return html_gallery(items, title="Each class's map over the photo",
+                        element_id="class-maps", width=360)
 
 
 def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "viridis") -> str:
@@ -268,7 +269,7 @@ def segmentation_html(analysis: Analysis) -> str:
         f"{html.escape(name)}: {counts[name]} px</span>"  # type: ignore[index]
         for v, name in seg.label_names().items())
     gallery = html_gallery([("segmentation", f"{seg.method} labels",
-                             label_overlay(small, labels))], width=480)
+                             label_overlay(small, labels))], title="Segmentation", width=480)
     return f'<div id="segmentation">{gallery}<p>{legend}</p></div>'
 
 
