@@ -219,6 +219,26 @@ def test_serve_bad_port(capsys, port):
     assert err.count("\n") == 1 and "--port" in err
 
 
+def test_serve_refuses_a_taken_port_before_loading(monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not load for an address that cannot serve")
+
+    monkeypatch.setattr(Viewer, "from_name", never)
+    pytest.importorskip("gradio", reason="the viewer extra (gradio) is not installed")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dcsm: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+                   "choose another --port\n")
+    assert cli.main(["serve", "--host", "no-such-host.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dcsm: error: cannot listen on no-such-host.invalid: ")
+    assert err.count("\n") == 1
+
+
 def test_serve_defaults_to_this_machine_only():
     args = cli.build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 7860

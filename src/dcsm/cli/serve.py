@@ -9,9 +9,12 @@ naming what to install and exits with status 2, before loading anything.
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
 from dcsm.cli.options import add_model_options, number
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +30,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_serve)
 
 
+def check_address(host: str, port: int) -> None:
+    """A one-line :class:`DcsmError` if nothing can listen on ``host:port`` (the port taken, the
+    host unknown or not this machine's), checked before the model loads."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise DcsmError(f"cannot listen on {host}: {reason}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = "; choose another --port" if exc.errno == errno.EADDRINUSE else ""
+            raise DcsmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}"
+                            ) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    """``dcsm serve``: check the extra, load the model, serve the page."""
+    """``dcsm serve``: check the extra and the address, load the model, serve the page."""
     from dcsm.viewer.app import launch, require_gradio
     from dcsm.viewer.logic import Viewer
 
     require_gradio()  # a one-line error naming the extra, before the model loads
+    check_address(args.host, args.port)
     viewer = Viewer.from_name(args.model, weights=args.weights, device=args.device)
     print(f"dcsm: viewer of {viewer.model_name} at http://{args.host}:{args.port} "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)
