@@ -404,7 +404,8 @@ def test_bad_device():
 
 def test_list_models_and_adapter_basics(lite0):
     names = [n for n, _ in dcsm.list_models()]
-    assert names[:2] == ["efficientnet_lite0", "squeezenet1_1"] and "torchvision:<arch>" in names
+    assert names[:3] == ["efficientnet_lite0", "efficientnet_lite2", "squeezenet1_1"]
+    assert "torchvision:<arch>" in names
     assert dcsm.DEFAULT_MODEL == "efficientnet_lite0"
     assert lite0.num_classes == 1000 and lite0.device == torch.device("cpu")
     assert lite0.class_index("Tabby") == 281 and lite0.class_index("967") == 967

@@ -106,8 +106,8 @@ def test_models_lists_offline_models(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()]
-    assert names == ["efficientnet_lite0", "squeezenet1_1", "torchvision:<arch>",
-                     "timm:<name>", "checkpoint:<path>"]
+    assert names == ["efficientnet_lite0", "efficientnet_lite2", "squeezenet1_1",
+                     "torchvision:<arch>", "timm:<name>", "checkpoint:<path>"]
 
 
 def corrupt_file(tmp_path: Path) -> str:
