@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -180,27 +179,26 @@ def test_write_downloads(tmp_path, analysis):
                                                  "2": "espresso"}
 
 
-def test_handlers(viewer, tmp_path):
-    out = run_explain(viewer, str(BUNDLED_IMAGE), list(PAIR), 2, "simonyan", "paper", None,
-                      "none", 0.5, "viridis")
-    state, status, maps, scores, layers, seg, files = out
+def test_handlers(viewer):
+    state, status, files = run_explain(viewer, str(BUNDLED_IMAGE), list(PAIR), 2, "simonyan",
+                                       "paper", None, "none")
     assert status.startswith("Explained with simonyan") and "tabby" in status
-    assert list(_embedded(maps)) == list(PAIR)
-    assert "reads no set of layers" in layers and "No segmentation" in seg
-    assert [Path(f).name for f in files] == ["maps.npz", "summary.json"]
-    again, _ = redraw(state, 1.0, "gray")
-    grey = _embedded(again)["tabby"]
+    assert [f.name for f in files] == ["maps.npz", "summary.json"]
+    shown = redraw(state, 0.5, "viridis")
+    assert list(_embedded(shown["maps"])) == list(PAIR)
+    assert "reads no set of layers" in shown["layers"]
+    assert "No segmentation" in shown["segmentation"] and "| tabby |" in shown["scores"]
+    grey = _embedded(redraw(state, 1.0, "gray")["maps"])["tabby"]
     assert (grey[..., 0] == grey[..., 1]).all()  # opacity 1: the grey map alone
-    assert redraw(None, 0.5, "viridis") == ("", "")
-    refused = run_explain(viewer, str(BUNDLED_IMAGE), ["nope"], 2, "dcsm", "paper", None,
-                          "crf", 0.5, "viridis")
-    assert refused[0] is None and refused[1] == "**Error:** unknown class 'nope' for model " \
-        "efficientnet_lite0"
+    assert redraw(None, 0.5, "viridis") == {"maps": "", "layers": "", "segmentation": "",
+                                            "scores": ""}
+    refused = run_explain(viewer, str(BUNDLED_IMAGE), ["nope"], 2, "dcsm", "paper", None, "crf")
+    assert refused == (None, "**Error:** unknown class 'nope' for model efficientnet_lite0", [])
 
 
 # ----------------------------------------------------------------------------- the command
 def test_serve_without_the_extra_is_one_line(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+    monkeypatch.setitem(sys.modules, "streamlit", None)  # `import gradio` raises ImportError
 
     def never(*args, **kwargs):
         raise AssertionError("the model must not load without the extra")
@@ -209,7 +207,8 @@ def test_serve_without_the_extra_is_one_line(monkeypatch, capsys):
     code = cli.main(["serve", "--port", "7999"])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
-    assert err == f"dcsm: error: the viewer needs Gradio, which is not installed: {INSTALL_HINT}\n"
+    assert err == ("dcsm: error: the viewer needs Streamlit, which is not installed: "
+                   f"{INSTALL_HINT}\n")
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "http"])
@@ -224,7 +223,7 @@ def test_serve_refuses_a_taken_port_before_loading(monkeypatch, capsys):
         raise AssertionError("the model must not load for an address that cannot serve")
 
     monkeypatch.setattr(Viewer, "from_name", never)
-    pytest.importorskip("gradio", reason="the viewer extra (gradio) is not installed")
+    pytest.importorskip("streamlit", reason="the viewer extra (streamlit) is not installed")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -241,13 +240,13 @@ def test_serve_refuses_a_taken_port_before_loading(monkeypatch, capsys):
 
 def test_serve_defaults_to_this_machine_only():
     args = cli.build_parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1" and args.port == 7860
+    assert args.host == "127.0.0.1" and args.port == 8501
 
 
 # ----------------------------------------------------------------------------- the browser
 def _browser() -> tuple[str, str]:
     """Chromium and its driver, or a skip saying what is missing."""
-    pytest.importorskip("gradio", reason="the viewer extra (gradio) is not installed")
+    pytest.importorskip("streamlit", reason="the viewer extra (streamlit) is not installed")
     pytest.importorskip("selenium", reason="selenium is not installed")
     chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                  "google-chrome")) if p), None)
@@ -269,7 +268,7 @@ def server():
     """``dcsm serve`` on a free port, as a user starts it; stopped after the tests."""
     _browser()
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1"}
+    env = {**os.environ, "NO_PROXY": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-m", "dcsm", "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -310,12 +309,31 @@ def browser():
 
 
 def test_the_page_in_a_browser(server, browser, tmp_path):
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    flaky = (StaleElementReferenceException, NoSuchElementException, IndexError,
+             ElementClickInterceptedException)
+
     def wait(condition, seconds: float = 60):
-        return WebDriverWait(browser, seconds).until(lambda d: condition())
+        """Wait for ``condition``; elements replaced by a rerun meanwhile are looked up again."""
+        return WebDriverWait(browser, seconds, ignored_exceptions=flaky).until(
+            lambda d: condition())
+
+    def act(action) -> None:
+        """Do ``action`` once the page lets it (a rerun may replace the elements it uses)."""
+        def attempt() -> bool:
+            action()
+            return True
+
+        wait(attempt, 20)
 
     def find(css: str) -> list:
         return browser.find_elements(By.CSS_SELECTOR, css)
@@ -323,48 +341,62 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
     def map_names() -> list[str]:
         return [img.get_attribute("alt") for img in find("#class-maps img")]
 
+    def status() -> str:
+        alerts = find('[data-testid="stAlert"]')
+        return alerts[0].text if alerts else ""
+
     browser.get(server)
-    wait(lambda: find("#explain") and find("#photo img"))
-    assert "chelsea_coffee.png" in "".join(find("#upload")[0].text.split())  # preloaded
+    wait(lambda: find(".st-key-explain button") and find('[data-testid="stImage"] img'))
+    assert "chelsea_coffee.png" in find('[data-testid="stImage"]')[0].text  # preloaded
 
     # Run the bundled image with the model's own classes.
-    find("#explain")[0].click()
+    act(lambda: find(".st-key-explain button")[0].click())
     wait(lambda: map_names() == ["espresso", "tiger cat"])
     sizes = browser.execute_script(
         "return Array.from(document.querySelectorAll('#class-maps img'))"
         ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
     assert sizes == [[True, 448, 224]] * 2  # decoded pictures, the photo's size
-    assert "espresso" in find("#status")[0].text
-    assert find("#segmentation img") and "tiger cat:" in find("#segmentation")[0].text
-    offered = "".join(find("#downloads")[0].text.split())
-    assert "maps.npz" in offered and "labels.png" in offered and "summary.json" in offered
+    assert "Explained with dcsm" in status() and "espresso" in status()
+    wait(lambda: find("#segmentation img") and len(find('[data-testid="stDownloadButton"]')) == 3)
+    assert "tiger cat:" in find("#segmentation")[0].text
+    assert [b.text for b in find('[data-testid="stDownloadButton"]')] == [
+        "Download maps.npz", "Download labels.png", "Download summary.json"]
 
     # Pick other classes, explain them; then the opacity slider redraws without explaining.
-    box = find("#classes input")[0]
     for name in PAIR:
-        box.click()
-        box.send_keys(name)
-        wait(lambda name=name: find(f'li[role="option"][aria-label="{name}"]'), 10)
-        find(f'li[role="option"][aria-label="{name}"]')[0].click()
-    box.send_keys(Keys.ESCAPE)
-    find("#explain")[0].click()
+        option = f"//*[@role='option'][normalize-space(.)='{name}']"
+
+        def pick(name=name, option=option) -> None:
+            box = find(".st-key-classes input")[0]
+            box.click()
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(name)
+            WebDriverWait(browser, 5).until(lambda d, option=option: d.find_elements(
+                By.XPATH, option))
+            browser.find_elements(By.XPATH, option)[0].click()
+
+        act(pick)
+        wait(lambda name=name: name in find(".st-key-classes")[0].text.split("\n"), 20)
+    act(lambda: find(".st-key-classes input")[0].send_keys(Keys.ESCAPE))
+    act(lambda: find(".st-key-explain button")[0].click())
     wait(lambda: map_names() == list(PAIR))
     if os.environ.get("DCSM_VIEWER_SCREENSHOT"):
         browser.save_screenshot(os.environ["DCSM_VIEWER_SCREENSHOT"])
     before = find("#class-maps img")[0].get_attribute("src")
-    opacity = find("#opacity input[type=number]")[0]
-    opacity.send_keys(Keys.CONTROL, "a")
-    opacity.send_keys("1", Keys.ENTER)
-    wait(lambda: find("#class-maps img")[0].get_attribute("src") != before, 20)
+    explained = status()
+    act(lambda: ActionChains(browser).click(
+        find(".st-key-opacity [role='group'] [data-rac][style*='left']")[0]).send_keys(
+        Keys.END).perform())  # opacity 1
+    wait(lambda: find("#class-maps img") and
+         find("#class-maps img")[0].get_attribute("src") != before, 20)
+    assert status() == explained  # redrawn, not explained again
 
     # A file that is not an image is refused with one line in the page.
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"this is text, not a picture")
-    find('#upload button[aria-label="Clear"]')[0].click()
-    wait(lambda: find("#upload input[type=file]"), 10)
-    find("#upload input[type=file]")[0].send_keys(str(bad))
-    wait(lambda: "Error:" in find("#status")[0].text, 30)
-    assert "not a recognised image format" in find("#status")[0].text
+    act(lambda: find(".st-key-upload input[type=file]")[0].send_keys(str(bad)))
+    wait(lambda: "Error:" in status(), 30)
+    assert "broken.png" in status() and "not a recognised image format" in status()
 
     # Nothing was fetched from anywhere but the local server.
     hosts = set()

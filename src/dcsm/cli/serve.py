@@ -1,9 +1,10 @@
 """``dcsm serve``: the local web viewer (:mod:`dcsm.viewer`).
 
-``dcsm serve [--port 7860] [--host 127.0.0.1] [--model NAME] [--weights W] [--device D]``
+``dcsm serve [--port 8501] [--host 127.0.0.1] [--model NAME] [--weights W] [--device D]``
 loads the model once and serves the page until Ctrl-C. It listens on 127.0.0.1 (this machine
-only) unless ``--host`` says otherwise. Without the optional extra (Gradio) it prints one line
-naming what to install and exits with status 2, before loading anything.
+only) unless ``--host`` says otherwise. Without the optional extra (Streamlit) it prints one line
+naming what to install and exits with status 2, before loading anything. The page is a
+Streamlit app (:mod:`dcsm.viewer.page`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a local web viewer: maps over the photo, per layer, "
                                      "segmentation, downloads (needs the 'viewer' extra)")
     p.add_argument("--port", type=number(int, lambda v: 1 <= v <= 65535, "a port from 1 to "
-                                         "65535"), default=7860, help="default %(default)s")
+                                         "65535"), default=8501, help="default %(default)s")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s: this machine only; "
                         "0.0.0.0 opens it to the network)")
@@ -50,10 +51,10 @@ def check_address(host: str, port: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``dcsm serve``: check the extra and the address, load the model, serve the page."""
-    from dcsm.viewer.app import launch, require_gradio
+    from dcsm.viewer.app import launch, require_streamlit
     from dcsm.viewer.logic import Viewer
 
-    require_gradio()  # a one-line error naming the extra, before the model loads
+    require_streamlit()  # a one-line error naming the extra, before the model loads
     check_address(args.host, args.port)
     viewer = Viewer.from_name(args.model, weights=args.weights, device=args.device)
     print(f"dcsm: viewer of {viewer.model_name} at http://{args.host}:{args.port} "

@@ -4,8 +4,10 @@
   (the model, loaded once; explainers built once per setting), on the library's own code
   (:mod:`dcsm.api`, :mod:`dcsm.segmentation`, :mod:`dcsm.io`, :mod:`dcsm.viz`). No web
   framework is needed to import or test it.
-* :mod:`dcsm.viewer.app`: the page, built with Gradio (the optional extra ``viewer``:
-  ``pip install 'distinct-saliency[viewer]'``), which is imported only when the app is built.
+* :mod:`dcsm.viewer.app`: the page's handlers (plain functions too) and :func:`launch`, which
+  starts Streamlit's server (the optional extra ``viewer``:
+  ``pip install 'distinct-saliency[viewer]'``) in this process.
+* :mod:`dcsm.viewer.page`: the page itself, a Streamlit script.
 """
 
 from __future__ import annotations
