@@ -47,6 +47,9 @@ INSTALL_HINT = "pip install 'distinct-saliency[viewer]'"
 WELCOME = ("Pick or drop an image (the bundled one is loaded), choose the settings, press "
            "**Explain**.")
 
+#: The page's Streamlit script (:mod:`dcsm.viewer.page`, which imports this module).
+PAGE = Path(__file__).resolve().with_name("page.py")
+
 _VIEWER: Viewer | None = None
 
 
@@ -117,8 +120,6 @@ def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501) -> None:
     require_streamlit()
     from streamlit.web import bootstrap
 
-    from dcsm.viewer import page
-
     _VIEWER = viewer
     options: dict[str, Any] = {
         "server.address": host,
@@ -135,4 +136,4 @@ def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501) -> None:
         "theme.base": "light",
     }
     bootstrap.load_config_options(flag_options=options)
-    bootstrap.run(str(Path(page.__file__)), False, [], options)
+    bootstrap.run(str(PAGE), False, [], options)
