@@ -35,6 +35,7 @@ from dcsm.viewer.logic import (
     Settings,
     Viewer,
     class_maps_html,
+    default_preset,
     layer_maps_html,
     load_picture,
     scores_markdown,
@@ -57,7 +58,7 @@ def image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def analysis(viewer, image):
-    return viewer.analyse(image, Settings(classes=PAIR))
+    return viewer.analyse(image, Settings(classes=PAIR, preset="paper"))
 
 
 def _embedded(page: str) -> dict[str, np.ndarray]:
@@ -68,11 +69,12 @@ def _embedded(page: str) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- logic
 def test_analysis_is_the_library_result(viewer, image, analysis):
-    expected = dcsm.explain(viewer.adapter, image, classes=list(PAIR), per_layer=True)
+    expected = dcsm.explain(viewer.adapter, image, classes=list(PAIR), per_layer=True,
+                            preset="paper")
     assert [c.name for c in analysis.result.candidates] == list(PAIR)
     for name in PAIR:
         np.testing.assert_allclose(analysis.result.maps[name], expected.maps[name], atol=1e-6)
-    assert set(analysis.result.layer_maps["tabby"]) == set(viewer.default_layers)
+    assert set(analysis.result.layer_maps["tabby"]) == set(viewer.preset_layers("paper"))
     seg = dcsm.segment(expected)
     np.testing.assert_array_equal(analysis.segmentation.labels, seg.labels)
     # The cat is on the left half, the cup on the right.
@@ -82,11 +84,24 @@ def test_analysis_is_the_library_result(viewer, image, analysis):
 
 
 def test_explainers_are_built_once(viewer):
-    first = viewer.explainer(Settings())
-    assert viewer.explainer(Settings(layers=tuple(viewer.default_layers))) is first
-    assert viewer.explainer(Settings(preset="tuned")) is not first
+    first = viewer.explainer(Settings(preset="paper"))
+    assert viewer.explainer(Settings(preset="paper",
+                                     layers=tuple(viewer.preset_layers("paper")))) is first
+    assert viewer.explainer(Settings(preset="released")) is not first
+    assert viewer.explainer(Settings()) is viewer.explainer(Settings(preset=default_preset()))
     assert viewer.explainer(Settings(method="simonyan", preset="tuned")) is viewer.explainer(
         Settings(method="simonyan"))  # the baselines have no preset and read no layer
+
+
+def test_preset_layers(viewer):
+    from dcsm.presets import get_preset
+
+    for name in ("paper", "released", "tuned"):
+        own = get_preset(name).layers_for(viewer.model_name)
+        assert viewer.preset_layers(name) == list(own or viewer.default_layers)
+        assert set(viewer.preset_layers(name)) <= set(viewer.layer_choices())
+    tuned = viewer.explainer(Settings(preset="tuned"))
+    assert list(tuned.parameters()["layers"]) == viewer.preset_layers("tuned")
 
 
 def test_auto_classes_and_top_classes(viewer, image):
@@ -143,7 +158,7 @@ def test_class_maps_html(analysis):
 
 def test_layer_maps_html(viewer, analysis):
     pictures = _embedded(layer_maps_html(analysis))
-    layers = viewer.default_layers
+    layers = viewer.preset_layers("paper")
     assert list(pictures) == [f"{c} / {layer}" for c in PAIR for layer in layers]
     small = shrink_image(shrink_image(analysis.result.image, VIEW_SIDE), 256)
     m = shrink_map(analysis.result.layer_maps["espresso"][layers[-1]], 256)
@@ -308,7 +323,7 @@ def browser():
     driver.quit()
 
 
-def test_the_page_in_a_browser(server, browser, tmp_path):
+def test_the_page_in_a_browser(server, browser, viewer, tmp_path):
     from selenium.common.exceptions import (
         ElementClickInterceptedException,
         NoSuchElementException,
@@ -349,16 +364,17 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
     wait(lambda: find(".st-key-explain button") and find('[data-testid="stImage"] img'))
     assert "chelsea_coffee.png" in find('[data-testid="stImage"]')[0].text  # preloaded
 
-    # Run the bundled image with the model's own classes.
+    # Run the bundled image with the model's own classes (the library's default preset).
+    auto = [c.name for c in dcsm.explain(viewer.adapter, BUNDLED_IMAGE).candidates]
     act(lambda: find(".st-key-explain button")[0].click())
-    wait(lambda: map_names() == ["espresso", "tiger cat"])
+    wait(lambda: map_names() == auto)
     sizes = browser.execute_script(
         "return Array.from(document.querySelectorAll('#class-maps img'))"
         ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
     assert sizes == [[True, 448, 224]] * 2  # decoded pictures, the photo's size
-    assert "Explained with dcsm" in status() and "espresso" in status()
+    assert "Explained with dcsm" in status() and auto[0] in status()
     wait(lambda: find("#segmentation img") and len(find('[data-testid="stDownloadButton"]')) == 3)
-    assert "tiger cat:" in find("#segmentation")[0].text
+    assert f"{auto[-1]}:" in find("#segmentation")[0].text
     assert [b.text for b in find('[data-testid="stDownloadButton"]')] == [
         "Download maps.npz", "Download labels.png", "Download summary.json"]
 

@@ -47,17 +47,18 @@ class Settings:
 
     Attributes:
         method: ``dcsm``, ``simonyan``, ``guided`` or ``gradcam`` (:data:`dcsm.api.METHODS`).
-        preset: the dcsm preset (``paper``, ``released``, ``tuned``); the baselines have none.
-        layers: the layers the maps are read at; None or the model's default set for its
-            default (Grad-CAM then reads its own default layer). The input-gradient baselines
-            read no layer.
+        preset: the dcsm preset (``paper``, ``released``, ``tuned``); None for the library's
+            default (:func:`default_preset`); the baselines have none.
+        layers: the layers the maps are read at; None, or the preset's layers for the model
+            (:meth:`Viewer.preset_layers`), for the preset's own (Grad-CAM then reads its own
+            default layer). The input-gradient baselines read no layer.
         classes: class names to explain; empty for the model's own top classes.
         top_k: how many classes to explain when ``classes`` is empty.
         segmenter: ``crf``, ``grabcut`` or ``none``.
     """
 
     method: str = "dcsm"
-    preset: str = "paper"
+    preset: str | None = None
     layers: tuple[str, ...] | None = None
     classes: tuple[str, ...] = ()
     top_k: int = 2
@@ -81,6 +82,15 @@ class Analysis:
     top_classes: list[Candidate]
     seconds: float
     settings: Settings = field(default_factory=Settings)
+
+
+def default_preset() -> str:
+    """The preset :func:`dcsm.api.make_explainer` uses when none is named."""
+    import inspect
+
+    from dcsm.api import make_explainer
+
+    return str(inspect.signature(make_explainer).parameters["preset"].default)
 
 
 def load_picture(path: str | Path | None) -> np.ndarray:
@@ -130,34 +140,52 @@ class Viewer:
         return list(self.adapter.default_layers)
 
     def layer_choices(self) -> list[str]:
-        """The layers the page offers: the model's named layers (its default set included), in
-        the model's order."""
-        names = list(self.adapter.layer_aliases) or []
-        return names + [n for n in self.default_layers if n not in names]
+        """The layers the page offers: the model's named layers, in the model's order, then any
+        of its default set or of a preset's set for it not named."""
+        from dcsm.presets import PRESETS
 
-    def layers_for(self, method: str, layers: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """The layers to hand :func:`~dcsm.api.make_explainer`: None for the default set (and
-        for the input-gradient baselines, which read none)."""
-        if method in ("simonyan", "guided") or layers is None:
-            return None
-        if set(layers) == set(self.default_layers):
+        names = list(self.adapter.layer_aliases)
+        for layer in [*self.default_layers, *(n for p in PRESETS for n in self.preset_layers(p))]:
+            if layer not in names:
+                names.append(layer)
+        return names
+
+    def preset_layers(self, preset: str | None = None) -> list[str]:
+        """The layers a dcsm preset reads on this model (its own set for some models, else the
+        model's default set)."""
+        from dcsm.presets import get_preset
+
+        chosen = get_preset(preset or default_preset())
+        return list(chosen.layers_for(self.model_name) or self.default_layers)
+
+    def layers_for(self, settings: Settings) -> tuple[str, ...] | None:
+        """The layers to hand :func:`~dcsm.api.make_explainer`: None for the preset's own set
+        (Grad-CAM: for the model's or the preset's default set, so that it reads its own
+        layer), and for the input-gradient baselines, which read none."""
+        layers = settings.layers
+        if settings.method in ("simonyan", "guided") or layers is None:
             return None
         if not layers:
             raise DcsmError("choose at least one layer")
+        defaults = [set(self.preset_layers(settings.preset))]
+        if settings.method == "gradcam":
+            defaults.append(set(self.default_layers))
+        if set(layers) in defaults:
+            return None
         return tuple(layers)
 
     def explainer(self, settings: Settings) -> Explainer:
         """The explainer of ``settings``' method, preset and layers, built once."""
         from dcsm.api import make_explainer
 
-        layers = self.layers_for(settings.method, settings.layers)
-        preset = settings.preset if settings.method == "dcsm" else ""
+        layers = self.layers_for(settings)
+        preset = (settings.preset or default_preset()) if settings.method == "dcsm" else ""
         key = (settings.method, preset, layers)
         if key not in self._explainers:
             options: dict[str, object] = {"layers": list(layers) if layers else None,
                                           "max_side": DEFAULT_MAX_SIDE}
             if settings.method == "dcsm":
-                options["preset"] = settings.preset
+                options["preset"] = preset
             self._explainers[key] = make_explainer(self.adapter, settings.method,
                                                    **options)  # type: ignore[arg-type]
         return self._explainers[key]

@@ -41,7 +41,7 @@ def main() -> None:
     from dcsm.api import METHODS
     from dcsm.presets import PRESETS
     from dcsm.viewer import app
-    from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS
+    from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS, default_preset
     from dcsm.viz import SUGGESTED_COLORMAPS
 
     st.set_page_config(page_title="dcsm viewer", layout="wide")
@@ -65,10 +65,18 @@ def main() -> None:
                                  viewer.class_names, key="classes")
         top_k = st.slider("Top classes (when none picked)", 1, 5, 2, key="top_k")
         method = st.radio("Method", list(METHODS), horizontal=True, key="method")
-        preset = st.radio("Preset (dcsm)", list(PRESETS), horizontal=True, key="preset")
+        if "preset" not in state:
+            state["preset"] = default_preset()
+        if "layers" not in state:
+            state["layers"] = viewer.preset_layers(state["preset"])
+
+        def preset_changed() -> None:  # each preset starts from its own layers
+            state["layers"] = viewer.preset_layers(state["preset"])
+
+        preset = st.radio("Preset (dcsm)", list(PRESETS), horizontal=True, key="preset",
+                          on_change=preset_changed)
         layers = st.multiselect("Layers (dcsm; Grad-CAM: one, or the default)",
-                                viewer.layer_choices(), default=viewer.default_layers,
-                                key="layers")
+                                viewer.layer_choices(), key="layers")
         segmenter = st.radio("Segmentation", list(SEGMENTERS), horizontal=True,
                              key="segmenter")
         if st.button("Explain", type="primary", key="explain", width="stretch"):
