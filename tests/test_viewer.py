@@ -253,6 +253,14 @@ def test_serve_refuses_a_taken_port_before_loading(monkeypatch, capsys):
     assert err.count("\n") == 1
 
 
+def test_viewer_takes_the_label_set():
+    voc = Viewer.from_name(labels="voc")
+    assert "cat" in voc.class_names and "tabby" not in voc.class_names
+    analysis = voc.analyse(load_picture(BUNDLED_IMAGE),
+                           Settings(classes=("cat",), segmenter="none", method="gradcam"))
+    assert [c.name for c in analysis.result.candidates] == ["cat"]
+
+
 def test_serve_defaults_to_this_machine_only():
     args = cli.build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8501

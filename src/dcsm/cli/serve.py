@@ -56,7 +56,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     require_streamlit()  # a one-line error naming the extra, before the model loads
     check_address(args.host, args.port)
-    viewer = Viewer.from_name(args.model, weights=args.weights, device=args.device)
+    viewer = Viewer.from_name(args.model, weights=args.weights, device=args.device,
+                              labels=getattr(args, "labels", None))
     print(f"dcsm: viewer of {viewer.model_name} at http://{args.host}:{args.port} "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)
     launch(viewer, host=args.host, port=args.port)

@@ -117,12 +117,14 @@ class Viewer:
 
     @classmethod
     def from_name(cls, model: str | None = None, weights: str | None = None,
-                  device: str = "cpu") -> Viewer:
+                  device: str = "cpu", labels: str | None = None) -> Viewer:
         """A viewer of a registry model (``--model``, default the default model; ``--weights``,
-        ``--device``)."""
+        ``--device``, ``--labels``: the class set, as :func:`dcsm.load_model` takes them)."""
         from dcsm.adapters import DEFAULT_MODEL
 
-        return cls(dcsm.load_model(model or DEFAULT_MODEL, weights=weights, device=device))
+        options = {} if labels is None else {"labels": labels}
+        return cls(dcsm.load_model(model or DEFAULT_MODEL, weights=weights, device=device,
+                                   **options))  # type: ignore[arg-type]
 
     @property
     def model_name(self) -> str:
