@@ -363,7 +363,7 @@ def test_other_settings_are_refused_unless_forced(tmp_path, capsys):
     code = cli.main(["batch", str(folder), "--out", str(out), *FAST, "--alpha", "2"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "parameters.alpha: 3.0 -> 2.0" in err and "--force" in err
+    assert "parameters.alpha: 1.0 -> 2.0" in err and "--force" in err
     code = cli.main(["batch", str(folder), "--out", str(out), *FAST, "--alpha", "2", "--force"])
     assert code == 0 and "1 done" in capsys.readouterr().out
     summary = json.loads((out / "one" / "summary.json").read_text())

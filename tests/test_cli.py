@@ -85,9 +85,11 @@ def test_tuned_preset_and_min_contrast(tmp_path, capsys):
 
 def test_zero_map_warns_on_one_line(tmp_path, capsys):
     """Contrasted with its look-alikes ("tiger cat", "Egyptian cat"), which respond more strongly
-    on the whole cat, "tabby" has no distinct map left under the strongest-other contrast."""
+    on the whole cat, "tabby" has no distinct map left under the strongest-other contrast at
+    EfficientNet-Lite0's stride-16 blocks."""
     code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path), "--preset", "tuned",
-                        "--classes", "tabby", "--min-contrast", "4"], capsys)
+                        "--classes", "tabby", "--min-contrast", "4",
+                        "--layers", ",".join(f"block{i}" for i in range(5, 11))], capsys)
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dcsm: warning: the distinct map of 'tabby'")
@@ -95,10 +97,12 @@ def test_zero_map_warns_on_one_line(tmp_path, capsys):
     with np.load(tmp_path / "chelsea_coffee" / "maps.npz") as npz:
         assert npz["tabby"].max() == 0.0
     with pytest.warns(dcsm.DcsmWarning, match="'tabby' is zero everywhere"):
-        dcsm.DistinctSaliency(dcsm.load_model(), preset="tuned", min_contrast=4).explain(
+        dcsm.DistinctSaliency(dcsm.load_model(), preset="tuned", min_contrast=4,
+                              layers=[f"block{i}" for i in range(5, 11)]).explain(
             BUNDLED, classes=["tabby"])
     code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path / "paper"),
-                        "--classes", "tabby", "--min-contrast", "4", *FAST], capsys)
+                        "--classes", "tabby", "--min-contrast", "4", "--preset", "paper",
+                        *FAST], capsys)
     assert code == 0 and err == ""  # the paper's sum contrast keeps a map
 
 

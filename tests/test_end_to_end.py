@@ -56,7 +56,8 @@ def results(request, image) -> dict[str, dict[str, dcsm.SaliencyResult]]:
     for which in BOUNDS:
         adapter = request.getfixturevalue(which)
         out[which] = {
-            "dcsm": dcsm.explain(adapter, image, method="dcsm", classes=CLASSES, per_layer=True),
+            "dcsm": dcsm.explain(adapter, image, method="dcsm", classes=CLASSES, per_layer=True,
+                                 preset="paper"),
             "simonyan": dcsm.explain(adapter, image, method="simonyan", classes=CLASSES),
         }
     return out

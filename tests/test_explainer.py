@@ -237,8 +237,9 @@ def test_single_class_is_not_contrasted(tiny):
     net = _net(tiny, seed=12)
     adapter = tiny.adapter(net, layers=tuple(LAYERS))
     image = tiny.image(*IMAGE_SHAPE, seed=3)
-    result = dcsm.DistinctSaliency(adapter).explain(image, classes=["delta"])
-    raw = dcsm.DistinctSaliency(adapter, subtract=False).explain(image, classes=["delta"])
+    result = dcsm.DistinctSaliency(adapter, preset="paper").explain(image, classes=["delta"])
+    raw = dcsm.DistinctSaliency(adapter, preset="paper", subtract=False).explain(
+        image, classes=["delta"])
     _, _, fused, _ = reference(tiny, net, image, selected=[3], scales=[1.0, 1.2, 1.4, 1.6],
                                layers=LAYERS, rule="guided", alpha=3.0, subtract=False,
                                order="max_first", fusion="paper", min_contrast=1)
@@ -250,7 +251,7 @@ def test_automatic_candidates_softmax(tiny):
     net = _net(tiny, seed=14)
     adapter = tiny.adapter(net, layers=tuple(LAYERS))
     image = tiny.image(*IMAGE_SHAPE, seed=4)
-    result = dcsm.DistinctSaliency(adapter).explain(image)
+    result = dcsm.DistinctSaliency(adapter, preset="paper").explain(image)
     chosen, _, fused, _ = reference(
         tiny, net, image, selected=None, scales=[1.0, 1.2, 1.4, 1.6], layers=LAYERS,
         rule="guided", alpha=3.0, subtract=True, order="max_first", fusion="paper",
@@ -259,7 +260,7 @@ def test_automatic_candidates_softmax(tiny):
     _check(result, [tiny.names[i] for i in chosen], fused)
     probs = _probs(tiny, net, tiny.reference_input(image, 1.0), False)
     assert [c.score for c in result.candidates] == pytest.approx(probs[chosen].tolist(), abs=1e-5)
-    top3 = dcsm.DistinctSaliency(adapter).explain(image, top_k=3)
+    top3 = dcsm.DistinctSaliency(adapter, preset="paper").explain(image, top_k=3)
     assert len(top3.candidates) == 3
 
 
@@ -329,7 +330,8 @@ def test_small_image_is_enlarged_and_maps_keep_its_shape(tiny):
     net = _net(tiny, seed=15)
     adapter = tiny.adapter(net, min_input=16, layers=("c1", "c2"))
     image = tiny.image(10, 12, seed=6)
-    result = dcsm.DistinctSaliency(adapter, scales=[1.0, 1.5]).explain(image, classes=[0, 1])
+    result = dcsm.DistinctSaliency(adapter, preset="paper", scales=[1.0, 1.5]).explain(
+        image, classes=[0, 1])
     _, _, fused, _ = reference(tiny, net, image, selected=[0, 1], scales=[1.0, 1.5],
                                layers=["c1", "c2"], rule="guided", alpha=3.0, subtract=True,
                                order="max_first", fusion="paper", min_contrast=1, min_input=16)
@@ -433,7 +435,7 @@ def test_max_pooled_multilabel_candidates(tiny):
     mean = torch.sigmoid(score.detach().mean(dim=(2, 3))[0]).numpy()
     chosen = [int(i) for i in np.argsort(-peak) if peak[i] >= 0.5]
     assert chosen != [int(i) for i in np.argsort(-mean) if mean[i] >= 0.5]
-    result = dcsm.DistinctSaliency(adapter, scales=[1.0, 1.4]).explain(image)
+    result = dcsm.DistinctSaliency(adapter, preset="paper", scales=[1.0, 1.4]).explain(image)
     assert [c.index for c in result.candidates] == chosen
     assert [c.score for c in result.candidates] == pytest.approx(peak[chosen].tolist(), abs=1e-5)
     _, _, fused, _ = reference(tiny, net, image, selected=chosen, scales=[1.0, 1.4],

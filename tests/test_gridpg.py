@@ -301,7 +301,8 @@ def test_get_methods_checks_names():
 
 def test_tuned_preset_layers_per_model(colour):
     tuned = dcsm.PRESETS["tuned"]
-    assert tuned.layers_for("efficientnet_lite0") == [f"block{i}" for i in range(5, 11)]
+    assert tuned.layers_for("efficientnet_lite0") == [f"block{i}" for i in range(5, 16)]
+    assert tuned.layers_for("efficientnet_lite2") == [f"block{i}" for i in range(7, 21)]
     assert tuned.layers_for("colour") is None
     assert dcsm.PRESETS["paper"].layers_for("efficientnet_lite0") is None
     assert dcsm.DistinctSaliency(colour, preset="tuned").layers == ["features"]

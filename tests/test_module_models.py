@@ -42,11 +42,15 @@ def test_a_pooled_head_needs_no_conversion():
     converted = ModelAdapter("fcn", fcn, plain.class_names, plain.preprocess, defaults)
     image = _image(72, 96)
     layers = ["layer3.1", "layer4.0", "layer4.1"]
-    for backprop in ("guided", "plain"):
-        a = dcsm.explain(plain, image, classes=[3, 7, 11], layers=layers, backprop=backprop)
-        b = dcsm.explain(converted, image, classes=[3, 7, 11], layers=layers, backprop=backprop)
+    # float32 rounding passes through tanh(3x) damped where it saturates, through tanh(x) less
+    for backprop, preset, atol in (("guided", "paper", 2e-5), ("plain", "paper", 2e-5),
+                                   ("guided", "tuned", 1e-4)):
+        a = dcsm.explain(plain, image, classes=[3, 7, 11], layers=layers, backprop=backprop,
+                         preset=preset)
+        b = dcsm.explain(converted, image, classes=[3, 7, 11], layers=layers,
+                         backprop=backprop, preset=preset)
         for name in a.maps:
-            np.testing.assert_allclose(a.maps[name], b.maps[name], atol=2e-5)
+            np.testing.assert_allclose(a.maps[name], b.maps[name], atol=atol)
             assert a.maps[name].max() > 0.1  # not a comparison of two empty maps
 
 
@@ -297,13 +301,13 @@ def test_token_layers_against_a_float64_reference():
     torch.manual_seed(1)
     x = torch.randn(1, 3, 32, 40)  # an 8 x 10 patch grid after one class token
     explainer = dcsm.DistinctSaliency(net, layers=[net.block_a, net.block_b], scales=[1.0],
-                                      backprop="plain")
+                                      backprop="plain", preset="paper")
     got = explainer.explain(x, classes=[[0, 2, 3]]).maps[0].double().numpy()
     expected = _token_reference(net, x, [0, 2, 3])
     np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-5)
     # The grid and the class token are found from the shape; stating them gives the same maps.
     stated = dcsm.DistinctSaliency(net, layers=["block_a", "block_b"], scales=[1.0],
-                                   backprop="plain", layouts="tokens:1")
+                                   backprop="plain", layouts="tokens:1", preset="paper")
     torch.testing.assert_close(stated.explain(x, classes=[[0, 2, 3]]).maps[0],
                                torch.from_numpy(got).float(), rtol=0, atol=1e-6)
     wrong = dcsm.DistinctSaliency(net, layers=["block_a"], scales=[1.0], layouts="tokens:3")

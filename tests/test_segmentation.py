@@ -29,6 +29,7 @@ from dcsm.segmentation import (
     voc_palette,
     write_segmentation,
 )
+from dcsm.segmentation.crf import normalized_maps
 from dcsm.segmentation.grabcut import largest_component, resolve_overlaps
 
 
@@ -99,6 +100,11 @@ def grabcut_scene(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.nd
 
 
 # ------------------------------------------------------------------------------ CRF
+#: dcsm's earlier unary rule, v_0 = 1 - max_c M_c on the maps as they are: the tests of the CRF's
+#: mechanics below state their expected borders in terms of it.
+POWER1 = dict(background="power", bg_power=1.0, normalize=False, sharpness=1.0)
+
+
 def test_crf_recovers_blurred_regions(two_objects):
     img, maps, truth = two_objects
     unary_only = segment_crf(maps, img, iterations=0)
@@ -121,8 +127,8 @@ def test_crf_recovers_blurred_regions(two_objects):
 @pytest.mark.parametrize("shift", [-8, -5, 5, 8])
 def test_crf_snaps_shifted_map_to_colour_edge(shift):
     img, m = edge_scene(shift)
-    before = segment_crf({"thing": m}, img, iterations=0).masks["thing"]
-    after = segment_crf({"thing": m}, img).masks["thing"]
+    before = segment_crf({"thing": m}, img, iterations=0, **POWER1).masks["thing"]
+    after = segment_crf({"thing": m}, img, **POWER1).masks["thing"]
     truth = np.broadcast_to(np.arange(128) < 64, (48, 128))
     # the unaries put the border where the map does, |shift| pixels off the colour edge
     assert set(before.sum(axis=1)) == {64 + shift}
@@ -146,11 +152,19 @@ def test_read_only_inputs(two_objects):
 
 def test_crf_without_pairwise_terms_is_the_unary_argmax(two_objects):
     img, maps, _ = two_objects
-    probs = unary_probabilities(np.stack(list(maps.values())), 1.0)
-    plain = segment_crf(maps, img, gaussian_compat=0, bilateral_compat=0)
+    stack = np.stack(list(maps.values()))
+    probs = unary_probabilities(stack, 1.0)
+    plain = segment_crf(maps, img, gaussian_compat=0, bilateral_compat=0, **POWER1)
     np.testing.assert_array_equal(plain.labels, probs.argmax(axis=0))
-    np.testing.assert_array_equal(segment_crf(maps, img, iterations=0).labels,
+    np.testing.assert_array_equal(segment_crf(maps, img, iterations=0, **POWER1).labels,
                                   probs.argmax(axis=0))
+    # the default rule: normalised maps against the constant background, any sharpness
+    d = CRFParams()
+    ours = unary_probabilities(stack, background=d.background, bg_threshold=d.bg_threshold,
+                               normalize=d.normalize, sharpness=d.sharpness)
+    for sharp in (1.0, 7.0):
+        got = segment_crf(maps, img, gaussian_compat=0, bilateral_compat=0, sharpness=sharp)
+        np.testing.assert_array_equal(got.labels, ours.argmax(axis=0))
 
 
 def test_background_rule_values():
@@ -171,9 +185,37 @@ def test_background_rule_values():
 
 def test_bg_power_moves_the_border(two_objects):
     img, maps, truth = two_objects
-    sizes = [segment_crf(maps, img, bg_power=p, iterations=0).masks["disk"].sum()
-             for p in (0.5, 1.0, 2.0)]
+    sizes = [segment_crf(maps, img, bg_power=p, iterations=0, background="power",
+                         normalize=False).masks["disk"].sum() for p in (0.5, 1.0, 2.0)]
     assert sizes[0] < sizes[1] < sizes[2]
+    # the constant rule: a higher background score, a smaller object
+    sizes = [segment_crf(maps, img, bg_threshold=t, iterations=0, background="constant"
+                         ).masks["disk"].sum() for t in (0.6, 0.3, 0.1)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_constant_background_normalisation_and_sharpness_by_hand():
+    # class 0 peaks at 0.5, class 1 at 0.8; pixels: (0.5, 0.2), (0.1, 0.8), (0.05, 0.04)
+    maps = np.array([[[0.5, 0.1, 0.05]], [[0.2, 0.8, 0.04]]], dtype=np.float32)
+    normed = np.array([[[1.0, 0.2, 0.1]], [[0.25, 1.0, 0.05]]])
+    np.testing.assert_allclose(normalized_maps(maps), normed, rtol=1e-6)
+    np.testing.assert_array_equal(normalized_maps(np.zeros((1, 2, 2), np.float32)), 0.0)
+    p = unary_probabilities(maps, background="constant", bg_threshold=0.3, normalize=True)[:, 0]
+    v = np.stack([np.full(3, 0.3), normed[0, 0], normed[1, 0]])
+    np.testing.assert_allclose(p, v / v.sum(axis=0), rtol=1e-5)
+    assert list(p.argmax(axis=0)) == [1, 2, 0]   # the weak class 0 still wins its own pixel
+    # without normalisation the weak class loses its pixel to the 0.6 background
+    raw = unary_probabilities(maps, background="constant", bg_threshold=0.6)[:, 0]
+    assert list(raw.argmax(axis=0)) == [0, 2, 0]
+    # sharpness gamma: P proportional to v^gamma
+    sharp = unary_probabilities(maps, background="constant", bg_threshold=0.3, normalize=True,
+                                sharpness=4.0)[:, 0]
+    np.testing.assert_allclose(sharp, v ** 4 / (v ** 4).sum(axis=0), rtol=1e-4)
+    # the power rule on normalised maps: v_0 = (1 - max_c M^_c)^beta
+    pw = unary_probabilities(maps, 2.0, background="power", normalize=True)[:, 0]
+    w = np.stack([(1 - normed.max(axis=0)[0]) ** 2, normed[0, 0], normed[1, 0]])
+    w = np.maximum(w, 1e-5)
+    np.testing.assert_allclose(pw, w / w.sum(axis=0), rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------ GrabCut
@@ -288,7 +330,9 @@ def test_segment_takes_a_result_in_candidate_order(two_objects):
     assert summary["parameters"] == CRFParams().as_dict()
     assert CRFParams().as_dict() == {"bg_power": 1.0, "iterations": 10, "gaussian_sxy": 3.0,
                                      "gaussian_compat": 3.0, "bilateral_sxy": 80.0,
-                                     "bilateral_srgb": 13.0, "bilateral_compat": 10.0}
+                                     "bilateral_srgb": 13.0, "bilateral_compat": 10.0,
+                                     "background": "constant", "bg_threshold": 0.2,
+                                     "normalize": True, "sharpness": 10.0}
     gc = dcsm.segment(result, method="grabcut", iterations=2)
     assert gc.method == "grabcut" and gc.parameters["iterations"] == 2
 
@@ -297,6 +341,10 @@ BAD_CALLS = {
     "unknown method": (dict(method="watershed"), "watershed"),
     "unknown parameter": (dict(method="crf", fg_quantile=0.9), "fg_quantile"),
     "zero power": (dict(bg_power=0), "bg_power"),
+    "unknown background": (dict(background="mean"), "background rule"),
+    "threshold 1": (dict(bg_threshold=1.0), "bg_threshold"),
+    "zero sharpness": (dict(sharpness=0), "sharpness"),
+    "normalize string": (dict(normalize="yes"), "normalize"),
     "nan sxy": (dict(gaussian_sxy=math.nan), "gaussian_sxy"),
     "negative compat": (dict(bilateral_compat=-1), "bilateral_compat"),
     "negative iterations": (dict(iterations=-1), "iterations"),

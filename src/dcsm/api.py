@@ -19,6 +19,7 @@ from dcsm.candidates import ClassSpec
 from dcsm.errors import DcsmError
 from dcsm.explainer import DistinctSaliency
 from dcsm.images import DEFAULT_MAX_SIDE, ImageLike
+from dcsm.presets import DEFAULT_PRESET
 from dcsm.result import BatchResult, SaliencyResult
 
 METHODS: tuple[str, ...] = ("dcsm", "simonyan", "guided", "gradcam")
@@ -46,7 +47,7 @@ class Explainer(Protocol):
 def make_explainer(
     model: ModelAdapter | nn.Module | str,
     method: str = "dcsm",
-    preset: str = "paper",
+    preset: str = DEFAULT_PRESET,
     scales: Sequence[float] | None = None,
     layers: Sequence[LayerRef] | None = None,
     backprop: str = "guided",

@@ -66,7 +66,7 @@ from dcsm.layer_maps import (
     upsample,
 )
 from dcsm.layouts import LayoutSpec, resolve_layout, to_grid
-from dcsm.presets import Preset, get_preset
+from dcsm.presets import DEFAULT_PRESET, Preset, get_preset
 from dcsm.result import BatchResult, SaliencyResult
 from dcsm.rules import BackpropRule, GuidedRule, get_rule, warn_if_unguided
 
@@ -300,8 +300,8 @@ class DistinctSaliency(_Explainer):
     Args:
         model: a model adapter (:func:`dcsm.load_model`), a registry name, or any classifier
             ``nn.Module`` (:mod:`dcsm.adapters.module`).
-        preset: ``"paper"`` (default), ``"released"`` or ``"tuned"``; the other arguments
-            override it.
+        preset: ``"tuned"`` (default, :data:`dcsm.presets.DEFAULT_PRESET`), ``"paper"`` or
+            ``"released"``; the other arguments override it.
         scales: scale ratios (paper: 1, 1.2, 1.4, 1.6).
         layers: layers as names, dotted module paths or module objects, mixed (default: the
             preset's for this model if it names any, else the adapter's; VGG-16's
@@ -337,7 +337,7 @@ class DistinctSaliency(_Explainer):
     def __init__(
         self,
         model: ModelAdapter | nn.Module | str,
-        preset: str | Preset = "paper",
+        preset: str | Preset = DEFAULT_PRESET,
         scales: Sequence[float] | None = None,
         layers: Sequence[LayerRef] | None = None,
         backprop: str | BackpropRule = "guided",

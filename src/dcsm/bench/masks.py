@@ -32,6 +32,7 @@ from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import MethodSpec
 from dcsm.datasets.realphotos import MaskedPhoto
 from dcsm.errors import DcsmError
+from dcsm.io import write_atomic
 from dcsm.metrics import energy_pointing_game, pointing_game_hit, summarize
 
 __all__ = ["DEFAULT_MASK_METHODS", "PhotoClasses", "iou", "masks_benchmark", "name_classes",
@@ -39,8 +40,8 @@ __all__ = ["DEFAULT_MASK_METHODS", "PhotoClasses", "iou", "masks_benchmark", "na
 
 #: The methods ``dcsm bench masks`` runs by default (those whose library is installed).
 DEFAULT_MASK_METHODS: tuple[str, ...] = (
-    "dcsm-paper", "dcsm-released", "dcsm-tuned", "gradcam", "simonyan", "pgc-gradcam",
-    "pgc-finercam",
+    "dcsm-tuned", "dcsm-paper", "dcsm-released", "dcsm-tuned-no-subtract", "gradcam",
+    "simonyan", "pgc-gradcam", "pgc-finercam",
 )
 #: Pointing game tolerance in pixels (Zhang et al. 2016).
 POINTING_TOLERANCE = 15.0
@@ -162,7 +163,8 @@ def masks_benchmark(
             if maps_dir is not None:
                 folder = maps_dir / spec.key
                 folder.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(folder / f"{photo.name.replace(':', '_')}.npz", **maps)
+                write_atomic(folder / f"{photo.name.replace(':', '_')}.npz",
+                             lambda tmp, maps=maps: np.savez_compressed(tmp, **maps))
             masks = _segment(spec.key, maps, photo.image, crf, grabcut) if maps else {}
             entry = results[spec.key]
             entry["seconds"].append(seconds)

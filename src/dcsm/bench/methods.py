@@ -297,6 +297,8 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("dcsm-tuned", "dcsm (tuned preset)", "dcsm", True, "dcsm", dcsm_method("tuned")),
     MethodSpec("dcsm-no-subtract", "dcsm, no subtraction", "dcsm", False, "dcsm",
                dcsm_method("paper", subtract=False)),
+    MethodSpec("dcsm-tuned-no-subtract", "dcsm (tuned preset), no subtraction", "dcsm", False,
+               "dcsm", dcsm_method("tuned", subtract=False)),
     MethodSpec("simonyan", "Simonyan et al. (dcsm)", "dcsm", False, "dcsm",
                baseline_method("simonyan")),
     MethodSpec("guided", "guided backprop (dcsm)", "dcsm", False, "dcsm",

@@ -129,7 +129,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of the saliency method and of candidate selection."""
     from dcsm.api import METHODS
     from dcsm.layer_maps import UPSAMPLE_ORDERS
-    from dcsm.presets import PRESETS
+    from dcsm.presets import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--classes", default="auto",
                    help="'auto' (from the model's scores) or comma-separated names or indices")
@@ -141,7 +141,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="contrast the classes with at least this many in all, topped up by the "
                         "candidate rule's ranking (preset default: 1, released 4)")
     p.add_argument("--method", choices=METHODS, default="dcsm")
-    p.add_argument("--preset", choices=list(PRESETS), default="paper")
+    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help="method settings (default %(default)s; paper: the paper's text; "
+                        "released: the authors' code)")
     p.add_argument("--scales", type=floats, default=None,
                    help="comma-separated scale ratios (paper: 1,1.2,1.4,1.6)")
     p.add_argument("--layers", type=names, default=None,
@@ -174,12 +176,27 @@ def add_resolution_options(p: argparse.ArgumentParser) -> None:
 def add_crf_options(p: argparse.ArgumentParser) -> None:
     """The dense CRF's parameters (see :mod:`dcsm.segmentation.crf`)."""
     from dcsm.segmentation import CRFParams
+    from dcsm.segmentation.crf import BACKGROUNDS
     from dcsm.segmentation.crf import MAX_CRF_ITERATIONS as most
 
     d = CRFParams()
-    g = p.add_argument_group("dense CRF", "unaries from the maps; background (1 - max_c M_c)^power")
+    g = p.add_argument_group("dense CRF", "unaries from the maps (each divided by its maximum "
+                                          "unless --crf-no-normalize) against a background "
+                                          "score: a constant or (1 - max_c M_c)^power")
+    g.add_argument("--crf-background", choices=list(BACKGROUNDS), default=d.background,
+                   help="background rule (default %(default)s)")
+    g.add_argument("--crf-bg-threshold", type=number(float, lambda v: 0 < v < 1,
+                                                     "a number in (0, 1)"),
+                   default=d.bg_threshold, metavar="T",
+                   help="the constant background score (default %(default)s)")
     g.add_argument("--crf-bg-power", type=positive_float, default=d.bg_power, metavar="P",
-                   help="power of the background rule (default %(default)s)")
+                   help="power of the 'power' background rule (default %(default)s)")
+    g.add_argument("--crf-sharpness", type=positive_float, default=d.sharpness, metavar="G",
+                   help="power of the unary scores: how strongly the maps hold against the "
+                        "pairwise terms (default %(default)s)")
+    g.add_argument("--crf-no-normalize", dest="crf_normalize", action="store_false",
+                   default=d.normalize,
+                   help="use the maps as they are, not each divided by its maximum")
     g.add_argument("--crf-iterations", default=d.iterations, metavar="N",
                    type=number(int, lambda v: 0 <= v <= most, f"an integer from 0 to {most}"),
                    help="mean-field steps; 0 = the unaries' argmax (default %(default)s)")
@@ -245,7 +262,8 @@ def crf_params_from_args(args: argparse.Namespace) -> dict[str, object]:
 
     return CRFParams(args.crf_bg_power, args.crf_iterations, args.crf_gaussian_sxy,
                      args.crf_gaussian_compat, args.crf_bilateral_sxy, args.crf_bilateral_srgb,
-                     args.crf_bilateral_compat).as_dict()
+                     args.crf_bilateral_compat, args.crf_background, args.crf_bg_threshold,
+                     args.crf_normalize, args.crf_sharpness).as_dict()
 
 
 def grabcut_params_from_args(args: argparse.Namespace) -> dict[str, object]:

@@ -3,21 +3,38 @@ r"""Dense CRF segmentation from class saliency maps (the paper's Fig. 1 (H)).
 The fully connected CRF of Krähenbühl & Koltun (NIPS 2011), through ``pydensecrf2``, with
 labels :math:`l \in \{0, 1, \dots, K\}`: background and the K candidate classes.
 
-**Unaries.** From the class maps :math:`M_c \in [0, 1]` (c = 1..K), the background gets
+**Unaries.** From the class maps :math:`M_c \in [0, 1]` (c = 1..K), first, with ``normalize``
+(the default), each map divided by its own maximum, :math:`\hat M_c = M_c / \max_x M_c(x)`, so
+that every class peaks at 1 however weak its map is (the per-class normalisation of the CAM
+pseudo-label steps in AffinityNet, Ahn & Kwak 2018, and IRN, Ahn et al. 2019); without it
+:math:`\hat M_c = M_c`. The background then gets, by ``background``:
+
+* ``"power"``: :math:`v_0(x) = \big(1 - \max_c \hat M_c(x)\big)^{\beta}`, a pixel is background
+  as much as no class claims it (:math:`\beta` = ``bg_power``; AffinityNet uses 4 to 32 on
+  normalised maps; :math:`\beta > 1` shrinks the background, :math:`\beta < 1` grows it);
+* ``"constant"``: :math:`v_0(x) = \tau` (``bg_threshold``), IRN's fixed background score: a
+  pixel belongs to a class where that class's map passes :math:`\tau` (before the CRF);
+
+and each class :math:`v_c(x) = \hat M_c(x)`. Then
 
 .. math::
 
-    v_0(x) = \big(1 - \max_c M_c(x)\big)^{\beta}, \qquad v_c(x) = M_c(x),
+    P_l(x) = \frac{\max(v_l(x), \epsilon)^{\gamma}}{\sum_{l'} \max(v_{l'}(x), \epsilon)^{\gamma}},
+    \qquad \psi_u(l, x) = -\log P_l(x), \qquad \epsilon = 10^{-5},
 
-(:math:`\beta` = ``bg_power``, default 1: a pixel is background as much as no class claims it;
-:math:`\beta > 1` shrinks the background, :math:`\beta < 1` grows it), then
+with the unaries' sharpness :math:`\gamma` (``sharpness``, default ``DEFAULT_SHARPNESS``). The
+pairwise terms below are normalised, so a label's neighbours pull on a pixel with up to about
+``bilateral_compat + gaussian_compat`` nats; maps in [0, 1] against a background score give
+unaries that differ by one or two nats at most, and with :math:`\gamma = 1` the CRF hands whole
+objects to the background when most similar-coloured pixels are background. :math:`\gamma`
+scales every unary difference; the argmax of the unaries (``iterations=0``) does not depend on
+it.
 
-.. math::
-
-    P_l(x) = \frac{\max(v_l(x), \epsilon)}{\sum_{l'} \max(v_{l'}(x), \epsilon)}, \qquad
-    \psi_u(l, x) = -\log P_l(x), \qquad \epsilon = 10^{-5}.
-
-With one class this is a threshold at 0.5 before any smoothing (for :math:`\beta = 1`).
+The defaults (``normalize``, ``constant``, :math:`\tau` = ``DEFAULT_BG_THRESHOLD``) were chosen
+on real photos with real masks by leave-one-photo-out (``dcsm bench masks``, docs/RESULTS.md):
+the rule dcsm used before (``power``, :math:`\beta` = 1, no normalisation) drops objects whose
+map is right but never bright (a map peaking at 0.4 leaves the background the larger score
+everywhere). ``normalize=False, background="power", bg_power=1`` gives that rule back.
 
 **Pairwise terms** (Potts compatibility, weights ``compat``):
 
@@ -48,6 +65,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 
@@ -57,6 +75,12 @@ from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, ma
 
 #: Probabilities are clipped at this value before the logarithm of the unary.
 EPSILON = 1e-5
+#: The background rules of the unaries (see the module docstring).
+BACKGROUNDS: tuple[str, ...] = ("constant", "power")
+#: The default constant background score :math:`\tau`.
+DEFAULT_BG_THRESHOLD = 0.2
+#: The default sharpness :math:`\gamma` of the unaries.
+DEFAULT_SHARPNESS = 10.0
 
 
 #: The most mean-field steps :class:`CRFParams` accepts.
@@ -72,13 +96,18 @@ class CRFParams:
     """Settings of :func:`segment_crf` (see the module docstring for the model).
 
     Attributes:
-        bg_power: :math:`\\beta` in :math:`v_0 = (1 - \\max_c M_c)^\\beta`; > 0.
+        bg_power: :math:`\\beta` in :math:`v_0 = (1 - \\max_c \\hat M_c)^\\beta`
+            (``background="power"``); > 0.
         iterations: mean-field steps; 0 to :data:`MAX_CRF_ITERATIONS`.
         gaussian_sxy: spatial standard deviation of the smoothness kernel, pixels; > 0.
         gaussian_compat: weight of the smoothness kernel; >= 0.
         bilateral_sxy: spatial standard deviation of the appearance kernel, pixels; > 0.
         bilateral_srgb: colour standard deviation of the appearance kernel, 0..255 units; > 0.
         bilateral_compat: weight of the appearance kernel; >= 0.
+        background: ``"constant"`` (:math:`v_0 = \\tau`) or ``"power"``.
+        bg_threshold: :math:`\\tau`, the constant background score; in (0, 1).
+        normalize: divide each class map by its maximum before the unaries.
+        sharpness: :math:`\\gamma`, the power of the unary scores; > 0.
     """
 
     bg_power: float = 1.0
@@ -88,9 +117,21 @@ class CRFParams:
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
+    background: Literal["constant", "power"] = "constant"
+    bg_threshold: float = DEFAULT_BG_THRESHOLD
+    normalize: bool = True
+    sharpness: float = DEFAULT_SHARPNESS
 
     def __post_init__(self) -> None:
-        positive = ("bg_power", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        if self.background not in BACKGROUNDS:
+            raise DcsmError(f"unknown CRF background rule {self.background!r}; known: "
+                            f"{', '.join(BACKGROUNDS)}")
+        if not isinstance(self.normalize, bool | np.bool_):
+            raise DcsmError(f"CRF normalize must be True or False, got {self.normalize!r}")
+        tau = self.bg_threshold
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < tau < 1:
+            raise DcsmError(f"CRF bg_threshold must be a number in (0, 1), got {tau!r}")
+        positive = ("bg_power", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "sharpness")
         for name in (*positive, "gaussian_compat", "bilateral_compat"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -111,21 +152,53 @@ class CRFParams:
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (written to ``summary.json``)."""
-        return {k: (int(v) if k == "iterations" else float(v)) for k, v in asdict(self).items()}
+        out: dict[str, object] = {}
+        for k, v in asdict(self).items():
+            if k == "iterations":
+                out[k] = int(v)
+            elif k == "background":
+                out[k] = str(v)
+            elif k == "normalize":
+                out[k] = bool(v)
+            else:
+                out[k] = float(v)
+        return out
 
 
-def background_probability(maps: np.ndarray, bg_power: float = 1.0) -> np.ndarray:
-    """:math:`v_0 = (1 - \\max_c M_c)^\\beta` for stacked (K, H, W) maps in [0, 1]."""
+def normalized_maps(maps: np.ndarray) -> np.ndarray:
+    """Each (K, H, W) map divided by its maximum (a map that is zero everywhere stays zero)."""
+    peaks = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.size else np.zeros(0)
+    scale = np.where(peaks > 0, peaks, 1.0).astype(np.float64)
+    return (maps / scale[:, None, None]).astype(np.float32)
+
+
+def background_probability(maps: np.ndarray, bg_power: float = 1.0,
+                           background: str = "power",
+                           bg_threshold: float = DEFAULT_BG_THRESHOLD) -> np.ndarray:
+    """:math:`v_0` for stacked (K, H, W) maps in [0, 1] (already normalised if wanted):
+    :math:`(1 - \\max_c M_c)^\\beta` (``power``) or :math:`\\tau` everywhere (``constant``)."""
+    if background == "constant":
+        return np.full(maps.shape[1:], bg_threshold, dtype=np.float32)
     return np.power(1.0 - maps.max(axis=0), bg_power).astype(np.float32)
 
 
-def unary_probabilities(maps: np.ndarray, bg_power: float = 1.0) -> np.ndarray:
+def unary_probabilities(maps: np.ndarray, bg_power: float = 1.0, *,
+                        background: str = "power", bg_threshold: float = DEFAULT_BG_THRESHOLD,
+                        normalize: bool = False, sharpness: float = 1.0) -> np.ndarray:
     """The CRF's (K + 1, H, W) label probabilities :math:`P_l` (row 0 background).
 
-    ``maps`` is (K, H, W) in [0, 1]; see the module docstring for the rule.
+    ``maps`` is (K, H, W) in [0, 1]; see the module docstring for the rule. The keyword
+    defaults here are the plain rule (no normalisation, ``power``); :class:`CRFParams` holds
+    the segmenter's defaults.
     """
-    values = np.concatenate([background_probability(maps, bg_power)[None], maps])
+    if normalize:
+        maps = normalized_maps(maps)
+    values = np.concatenate([background_probability(maps, bg_power, background,
+                                                    bg_threshold)[None], maps])
     values = np.maximum(values.astype(np.float64), EPSILON)
+    if sharpness != 1.0:  # in logs: the small values' powers would underflow
+        logs = sharpness * np.log(values)
+        values = np.exp(logs - logs.max(axis=0, keepdims=True))
     return (values / values.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
@@ -184,6 +257,10 @@ def segment_crf(
     bilateral_sxy: float = CRFParams.bilateral_sxy,
     bilateral_srgb: float = CRFParams.bilateral_srgb,
     bilateral_compat: float = CRFParams.bilateral_compat,
+    background: Literal["constant", "power"] = CRFParams.background,
+    bg_threshold: float = CRFParams.bg_threshold,
+    normalize: bool = CRFParams.normalize,
+    sharpness: float = CRFParams.sharpness,
 ) -> Segmentation:
     """Segment the image into background and the candidate classes with a dense CRF.
 
@@ -192,7 +269,8 @@ def segment_crf(
             mapping from class name to (H, W) map in [0, 1] (then ``image`` is required).
         image: the image, when ``source`` is a mapping (or to override the result's image).
         bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
-            bilateral_compat: see :class:`CRFParams` and the module docstring.
+            bilateral_compat, background, bg_threshold, normalize, sharpness: see
+            :class:`CRFParams` and the module docstring.
 
     Returns:
         A :class:`Segmentation` with the marginals in ``probabilities``.
@@ -201,9 +279,13 @@ def segment_crf(
         DcsmError: for a bad parameter, or maps that do not fit the image or [0, 1].
     """
     params = CRFParams(bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy,
-                       bilateral_srgb, bilateral_compat)
+                       bilateral_srgb, bilateral_compat, background, bg_threshold, normalize,
+                       sharpness)
     img, names, maps = maps_and_image(source, image)
-    q = crf_marginals(img, unary_probabilities(maps, params.bg_power), params)
+    unaries = unary_probabilities(maps, params.bg_power, background=params.background,
+                                  bg_threshold=params.bg_threshold, normalize=params.normalize,
+                                  sharpness=params.sharpness)
+    q = crf_marginals(img, unaries, params)
     labels = np.argmax(q, axis=0).astype(np.uint8)
     masks = masks_from_labels(labels, names)
     return Segmentation(labels=labels, masks=masks, candidates=names, method="crf",
