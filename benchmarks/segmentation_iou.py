@@ -20,6 +20,8 @@ import numpy as np
 import dcsm
 
 CLASSES = ["tabby", "espresso"]
+#: The CRF unaries dcsm used before the real-photo study: v_0 = 1 - max_c M_c, maps as they are.
+EARLIER = dict(background="power", bg_power=1.0, normalize=False, sharpness=1.0)
 
 
 def scores(masks: dict[str, np.ndarray]) -> tuple[float, float, float, float]:
@@ -44,19 +46,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for model in ("efficientnet_lite0", "squeezenet1_1"):
         adapter = dcsm.load_model(model)
-        distinct = dcsm.explain(adapter, image, classes=CLASSES)
+        tuned = dcsm.explain(adapter, image, classes=CLASSES)  # the default preset
+        paper = dcsm.explain(adapter, image, classes=CLASSES, preset="paper")
         simonyan = dcsm.explain(adapter, image, method="simonyan", classes=CLASSES)
-        tuned = dcsm.explain(adapter, image, classes=CLASSES, preset="tuned")
         runs = {
-            "CRF on dcsm maps": dcsm.segment(distinct),
-            "dcsm maps, unaries only (0 CRF steps)": dcsm.segment(distinct, iterations=0),
-            "CRF on dcsm maps, bg_power 3": dcsm.segment(distinct, bg_power=3),
+            "CRF on dcsm maps (every default)": dcsm.segment(tuned),
+            "dcsm maps, unaries only (0 CRF steps)": dcsm.segment(tuned, iterations=0),
+            "CRF on dcsm maps, earlier unaries": dcsm.segment(tuned, **EARLIER),
+            "GrabCut on dcsm maps": dcsm.segment(tuned, method="grabcut"),
+            "CRF on paper-preset maps": dcsm.segment(paper),
+            "CRF on paper-preset maps, earlier unaries": dcsm.segment(paper, **EARLIER),
             "GrabCut on Simonyan maps (baseline)": dcsm.segment(simonyan, method="grabcut"),
             "CRF on Simonyan maps": dcsm.segment(simonyan),
-            "GrabCut on dcsm maps": dcsm.segment(distinct, method="grabcut"),
-            "CRF on dcsm tuned-preset maps": dcsm.segment(tuned),
-            "CRF on dcsm tuned-preset maps, bg_power 3": dcsm.segment(tuned, bg_power=3),
-            "GrabCut on dcsm tuned-preset maps": dcsm.segment(tuned, method="grabcut"),
         }
         for label, seg in runs.items():
             cat_iou, cup_iou, cat_in, cup_in = scores(seg.masks)
