@@ -88,7 +88,7 @@ def synchronize(device: str) -> None:
 
 def run_dcsm(case: Case, x: torch.Tensor, classes: torch.Tensor, precision: str,
              batch: str) -> np.ndarray:
-    explainer = dcsm.DistinctSaliency(case.adapter, batch=batch,
+    explainer = dcsm.DistinctSaliency(case.adapter, preset="paper", batch=batch,
                                       precision=DCSM_PRECISION[precision])
     return explainer.explain(x, classes=classes).maps.float().cpu().numpy()
 

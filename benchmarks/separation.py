@@ -30,10 +30,10 @@ def main() -> None:
     for model in ("efficientnet_lite0", "squeezenet1_1"):
         adapter = dcsm.load_model(model)
         runs = {
-            "dcsm (paper)": {"method": "dcsm"},
+            "dcsm (paper)": {"method": "dcsm", "preset": "paper"},
             "dcsm (released)": {"method": "dcsm", "preset": "released"},
             "dcsm (tuned)": {"method": "dcsm", "preset": "tuned"},
-            "dcsm, no subtraction": {"method": "dcsm", "subtract": False},
+            "dcsm, no subtraction": {"method": "dcsm", "preset": "paper", "subtract": False},
             "Simonyan et al.": {"method": "simonyan"},
             "guided backprop": {"method": "guided"},
             "Grad-CAM": {"method": "gradcam"},

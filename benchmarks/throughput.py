@@ -4,9 +4,9 @@ For each model (default: the two offline models and VGG-16 with random weights),
 settings (preset ``paper``: scales 1, 1.2, 1.4, 1.6; the model's default layers, VGG-16's nine
 conv3_1..conv5_3; three candidate classes), on the bundled image resized to ``--size``:
 
-* ``dcsm``: ``dcsm.DistinctSaliency(adapter).explain(image, classes=...)``: one forward per
-  scale shared by the classes, parameters frozen, graph from the lowest layer, the 1x1
-  classifier's backward replaced by its weight rows, and the class slots back-propagated as
+* ``dcsm``: ``dcsm.DistinctSaliency(adapter, preset="paper").explain(image, classes=...)``:
+  one forward per scale shared by the classes, parameters frozen, graph from the lowest layer,
+  the 1x1 classifier's backward replaced by its weight rows, and the class slots back-propagated as
   ``batch="auto"`` chooses (:func:`dcsm.gradients.choose_batch_mode`).
 * ``dcsm batch=loop`` / ``dcsm batch=vmap``: the same with the choice forced: one backward per
   class slot, or one backward for all slots (``torch.func.vmap`` over ``torch.autograd.grad``).
@@ -177,7 +177,7 @@ def set_tf32(precision: str) -> None:
 # --------------------------------------------------------------------------- variants
 def dcsm_variant(batch: str) -> Callable[[Case, str], np.ndarray]:
     def run(case: Case, precision: str) -> np.ndarray:
-        explainer = dcsm.DistinctSaliency(case.adapter, batch=batch,
+        explainer = dcsm.DistinctSaliency(case.adapter, preset="paper", batch=batch,
                                           precision=DCSM_PRECISION[precision])
         result = explainer.explain(case.image, classes=case.targets)
         return np.stack([result.maps[c.name] for c in result.candidates])
@@ -342,7 +342,8 @@ def batched_variant(n: int) -> Callable[[Case, str], np.ndarray]:
 
     def run(case: Case, precision: str) -> np.ndarray:
         x, classes = batch_input(case, n)
-        explainer = dcsm.DistinctSaliency(case.adapter, precision=DCSM_PRECISION[precision])
+        explainer = dcsm.DistinctSaliency(case.adapter, preset="paper",
+                                          precision=DCSM_PRECISION[precision])
         return explainer.explain(x, classes=classes).maps.float().cpu().numpy()
 
     return run
