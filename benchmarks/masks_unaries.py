@@ -8,6 +8,7 @@ each (photo, class). The rules:
 * ``power``: background :math:`(1 - \\max_c M_c)^\\beta`, :math:`\\beta` in 1..32 (dcsm's earlier
   rule is :math:`\\beta = 1` without normalisation; AffinityNet's 4-32 on normalised CAMs);
 * ``constant``: background :math:`\\tau` (IRN's CAM threshold), :math:`\\tau` in 0.05..0.5;
+* ``otsu``: background Otsu's threshold of the image's :math:`\\max_c M_c`;
 
 each with and without dividing every class map by its own maximum, and either the unaries'
 argmax or 10 mean-field steps with the unaries' sharpness 1, 4 or 10.
@@ -51,13 +52,15 @@ def rules() -> list[dict[str, object]]:
         common = dict(normalize=normalize, iterations=iterations, sharpness=gamma)
         out += [dict(background="power", bg_power=b, **common) for b in POWERS]
         out += [dict(background="constant", bg_threshold=t, **common) for t in THRESHOLDS]
+        out.append(dict(background="otsu", **common))
     return out
 
 
 def label(rule: dict[str, object]) -> str:
     """A short name of a rule."""
-    bg = (f"power {rule['bg_power']:g}" if rule["background"] == "power"
-          else f"constant {rule['bg_threshold']:g}")
+    bg = {"power": f"power {rule.get('bg_power', 1):g}",
+          "constant": f"constant {rule.get('bg_threshold', 0):g}",
+          "otsu": "Otsu"}[str(rule["background"])]
     norm = "normalised" if rule["normalize"] else "as is"
     crf = f"CRF, sharpness {rule['sharpness']:g}" if rule["iterations"] else "argmax"
     return f"{bg}, {norm}, {crf}"

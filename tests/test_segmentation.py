@@ -29,7 +29,7 @@ from dcsm.segmentation import (
     voc_palette,
     write_segmentation,
 )
-from dcsm.segmentation.crf import normalized_maps
+from dcsm.segmentation.crf import OTSU_BINS, normalized_maps, otsu_threshold
 from dcsm.segmentation.grabcut import largest_component, resolve_overlaps
 
 
@@ -107,13 +107,16 @@ POWER1 = dict(background="power", bg_power=1.0, normalize=False, sharpness=1.0)
 
 def test_crf_recovers_blurred_regions(two_objects):
     img, maps, truth = two_objects
-    unary_only = segment_crf(maps, img, iterations=0)
+    # with the earlier unaries the maps alone are too blurred and the CRF repairs them
+    unary_only = segment_crf(maps, img, iterations=0, **POWER1)
+    repaired = segment_crf(maps, img, **POWER1)
+    for name in ("rect", "disk"):
+        assert iou(repaired.masks[name], truth[name]) > 0.9
+        assert iou(repaired.masks[name], truth[name]) > iou(unary_only.masks[name], truth[name])
+    # the default unaries (Otsu's background on normalised maps) get there too
     seg = segment_crf(maps, img)
     for name in ("rect", "disk"):
-        print(name, "unary IoU", iou(unary_only.masks[name], truth[name]),
-              "CRF IoU", iou(seg.masks[name], truth[name]))
         assert iou(seg.masks[name], truth[name]) > 0.9
-        assert iou(seg.masks[name], truth[name]) > iou(unary_only.masks[name], truth[name])
     assert iou(unary_only.masks["rect"], truth["rect"]) < 0.9  # the maps alone are too blurred
     assert seg.candidates == ["rect", "disk"]
     assert seg.labels.dtype == np.uint8 and set(np.unique(seg.labels)) == {0, 1, 2}
@@ -192,6 +195,33 @@ def test_bg_power_moves_the_border(two_objects):
     sizes = [segment_crf(maps, img, bg_threshold=t, iterations=0, background="constant"
                          ).masks["disk"].sum() for t in (0.6, 0.3, 0.1)]
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_otsu_background_follows_the_maps():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(3)
+    for low, high, share in ((0.1, 0.7, 0.3), (0.3, 0.9, 0.6), (0.05, 0.4, 0.1)):
+        n = 4000
+        values = np.concatenate([rng.normal(low, 0.04, int(n * (1 - share))),
+                                 rng.normal(high, 0.06, int(n * share))]).clip(0, 1)
+        tau = otsu_threshold(values)
+        assert low < tau < high
+        # skimage's Otsu over the values' own range: the same cut within two of our bins
+        assert abs(tau - threshold_otsu(values, nbins=256)) <= 2 / OTSU_BINS + 1e-9
+    assert otsu_threshold(np.full(10, 0.3)) == 0.5 and otsu_threshold(np.zeros(0)) == 0.5
+    # the background score is that threshold of max_c M^_c, the same everywhere
+    sparse = np.zeros((2, 20, 20), np.float32)
+    sparse[0, 2:5, 2:5], sparse[1, 10:12, 10:14] = 1.0, 0.5
+    bg = background_probability(normalized_maps(sparse), background="otsu")
+    assert np.all(bg == bg[0, 0]) and 0 < bg[0, 0] < 1
+    dense = np.clip(sparse + 0.6, 0, 1)
+    assert background_probability(normalized_maps(dense), background="otsu")[0, 0] > bg[0, 0]
+    # unaries: every pixel above the threshold goes to its class, the rest to the background
+    p = unary_probabilities(sparse, background="otsu", normalize=True)
+    labels = p.argmax(axis=0)
+    assert (labels[2:5, 2:5] == 1).all() and (labels[10:12, 10:14] == 2).all()
+    assert (labels[sparse.max(axis=0) == 0] == 0).all()
 
 
 def test_constant_background_normalisation_and_sharpness_by_hand():
@@ -331,7 +361,7 @@ def test_segment_takes_a_result_in_candidate_order(two_objects):
     assert CRFParams().as_dict() == {"bg_power": 1.0, "iterations": 10, "gaussian_sxy": 3.0,
                                      "gaussian_compat": 3.0, "bilateral_sxy": 80.0,
                                      "bilateral_srgb": 13.0, "bilateral_compat": 10.0,
-                                     "background": "constant", "bg_threshold": 0.2,
+                                     "background": "otsu", "bg_threshold": 0.2,
                                      "normalize": True, "sharpness": 10.0}
     gc = dcsm.segment(result, method="grabcut", iterations=2)
     assert gc.method == "grabcut" and gc.parameters["iterations"] == 2
@@ -342,6 +372,7 @@ BAD_CALLS = {
     "unknown parameter": (dict(method="crf", fg_quantile=0.9), "fg_quantile"),
     "zero power": (dict(bg_power=0), "bg_power"),
     "unknown background": (dict(background="mean"), "background rule"),
+    "otsu typo": (dict(background="Otsu"), "otsu"),
     "threshold 1": (dict(bg_threshold=1.0), "bg_threshold"),
     "zero sharpness": (dict(sharpness=0), "sharpness"),
     "normalize string": (dict(normalize="yes"), "normalize"),
