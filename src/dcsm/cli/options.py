@@ -182,9 +182,12 @@ def add_crf_options(p: argparse.ArgumentParser) -> None:
     d = CRFParams()
     g = p.add_argument_group("dense CRF", "unaries from the maps (each divided by its maximum "
                                           "unless --crf-no-normalize) against a background "
-                                          "score: a constant or (1 - max_c M_c)^power")
+                                          "score: Otsu's threshold of the maps, a constant or "
+                                          "(1 - max_c M_c)^power")
     g.add_argument("--crf-background", choices=list(BACKGROUNDS), default=d.background,
-                   help="background rule (default %(default)s)")
+                   help="background rule: otsu (one threshold per image, from its maps), "
+                        "constant (--crf-bg-threshold) or power (--crf-bg-power); default "
+                        "%(default)s")
     g.add_argument("--crf-bg-threshold", type=number(float, lambda v: 0 < v < 1,
                                                      "a number in (0, 1)"),
                    default=d.bg_threshold, metavar="T",

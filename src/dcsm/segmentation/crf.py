@@ -207,7 +207,8 @@ def background_probability(maps: np.ndarray, bg_power: float = 1.0,
                            background: str = "power",
                            bg_threshold: float = DEFAULT_BG_THRESHOLD) -> np.ndarray:
     """:math:`v_0` for stacked (K, H, W) maps in [0, 1] (already normalised if wanted):
-    :math:`(1 - \\max_c M_c)^\\beta` (``power``) or :math:`\\tau` everywhere (``constant``)."""
+    :math:`(1 - \\max_c M_c)^\\beta` (``power``), :math:`\\tau` everywhere (``constant``) or
+    Otsu's threshold of :math:`\\max_c M_c` everywhere (``otsu``)."""
     if background == "constant":
         return np.full(maps.shape[1:], bg_threshold, dtype=np.float32)
     if background == "otsu":
