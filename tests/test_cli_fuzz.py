@@ -63,6 +63,9 @@ ODD = {
 SEGMENT_ODD = {
     "--crf-iterations": ["-1", "0", "1", "1" * 12, "nan"],
     "--crf-bg-power": ["0", "-1", "nan", "1e308", "1e-308"],
+    "--crf-background": ["otsu", "constant", "power", "mean"],
+    "--crf-bg-threshold": ["0", "1", "0.999", "nan", "-0.2"],
+    "--crf-sharpness": ["0", "-1", "nan", "1e308", "1e-308", "1"],
     "--crf-gaussian-sxy": ["0", "1e308", "1e-300"],
     "--crf-bilateral-srgb": ["1e-300", "1e308", "-5"],
     "--crf-gaussian-compat": ["0", "1e308"],
