@@ -42,6 +42,7 @@ __all__ = [
     "PAPER_COLORMAP",
     "STYLES",
     "SUGGESTED_COLORMAPS",
+    "blank_figure",
     "check_colormap",
     "check_opacity",
     "check_style",
@@ -50,6 +51,7 @@ __all__ = [
     "figure_to_array",
     "figure_to_png",
     "html_gallery",
+    "image_aspect",
     "layers_figure",
     "map_picture",
     "maps_figure",
@@ -192,19 +194,25 @@ def _new_figure(rows: int, cols: int, aspect: float = 1.0,
     ``aspect`` is the panels' height over width (the image's), so rows hug the pictures.
     """
     size = (PANEL_INCHES * cols, (PANEL_INCHES * aspect + TITLE_INCHES) * rows)
-    if figure is None:
-        fig = Figure(figsize=size, layout="constrained")
-        FigureCanvasAgg(fig)
-    else:
-        fig = figure
-        fig.clear()
-        fig.set_size_inches(*size)
-        fig.set_layout_engine("constrained")
+    fig = blank_figure(size, figure)
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
 
-def _aspect(image: np.ndarray) -> float:
+def blank_figure(size: tuple[float, float], figure: Figure | None = None) -> Figure:
+    """An empty figure of ``size`` inches with the constrained layout: a new Agg-backed one, or
+    ``figure`` cleared and resized (as ``show()`` reuses pyplot's)."""
+    if figure is None:
+        fig = Figure(figsize=size, layout="constrained")
+        FigureCanvasAgg(fig)
+        return fig
+    figure.clear()
+    figure.set_size_inches(*size)
+    figure.set_layout_engine("constrained")
+    return figure
+
+
+def image_aspect(image: np.ndarray) -> float:
     """Height over width of an image, bounded to keep figures reasonable."""
     return float(min(max(image.shape[0] / max(image.shape[1], 1), 0.25), 4.0))
 
@@ -264,7 +272,7 @@ def maps_figure(
     alpha = check_opacity(alpha)
     picture = _as_image(image)
     names = list(maps)
-    fig, axes = _new_figure(1, 1 + len(names), _aspect(picture), figure)
+    fig, axes = _new_figure(1, 1 + len(names), image_aspect(picture), figure)
     _show_image(axes[0, 0], picture, "image")
     for col, name in enumerate(names, start=1):
         title = titles[name] if titles is not None and name in titles else name
@@ -321,7 +329,7 @@ def layers_figure(
         _show_image(axes[0, 0], picture, "image")
         return fig
     layers = _layer_names(layer_maps)
-    fig, axes = _new_figure(len(classes), 2 + len(layers), _aspect(picture), figure)
+    fig, axes = _new_figure(len(classes), 2 + len(layers), image_aspect(picture), figure)
     for row, name in enumerate(classes):
         _show_image(axes[row, 0], picture, name)
         for col, layer in enumerate(layers, start=1):

@@ -14,13 +14,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from dcsm.errors import DcsmError
 from dcsm.segmentation.palette import colorize_labels, label_overlay, voc_palette
-from dcsm.viz import DEFAULT_OPACITY, check_opacity, colorize, overlay, style_colormap
+from dcsm.viz import (
+    DEFAULT_OPACITY,
+    blank_figure,
+    check_opacity,
+    colorize,
+    image_aspect,
+    overlay,
+    style_colormap,
+)
 
 if TYPE_CHECKING:
     from dcsm.segmentation.common import Segmentation
@@ -41,20 +48,9 @@ def _legend_handles(seg: Segmentation) -> list[Patch]:
 def _new_figure(cols: int, aspect: float, legend_rows: int = 0,
                 figure: Figure | None = None) -> tuple[Figure, list[Axes]]:
     size = (PANEL_INCHES * cols, PANEL_INCHES * aspect + 0.45 + 0.25 * legend_rows)
-    if figure is None:
-        fig = Figure(figsize=size, layout="constrained")
-        FigureCanvasAgg(fig)
-    else:
-        fig = figure
-        fig.clear()
-        fig.set_size_inches(*size)
-        fig.set_layout_engine("constrained")
+    fig = blank_figure(size, figure)
     axes = fig.subplots(1, cols, squeeze=False)[0]
     return fig, list(axes)
-
-
-def _aspect(image: np.ndarray) -> float:
-    return float(min(max(image.shape[0] / max(image.shape[1], 1), 0.25), 4.0))
 
 
 def _panel(ax: Axes, picture: np.ndarray, title: str) -> None:
@@ -98,13 +94,13 @@ def segmentation_figure(image: np.ndarray | None, seg: Segmentation, title: str 
     heading = title or f"segmentation ({seg.method})"
     legend_rows = 1 + len(seg.candidates) // 4
     if image is None:
-        fig, axes = _new_figure(1, _aspect(seg.labels), legend_rows, figure)
+        fig, axes = _new_figure(1, image_aspect(seg.labels), legend_rows, figure)
         _panel(axes[0], colorize_labels(seg.labels), heading)
     else:
         img = np.asarray(image)
         if img.shape[:2] != seg.labels.shape:
             raise DcsmError("the segmentation does not fit the image")
-        fig, axes = _new_figure(2, _aspect(img), legend_rows, figure)
+        fig, axes = _new_figure(2, image_aspect(img), legend_rows, figure)
         _panel(axes[0], img, "image")
         _panel(axes[1], label_overlay(img, seg.labels), heading)
     fig.legend(handles=_legend_handles(seg), loc="outside lower center",
@@ -160,7 +156,7 @@ def figure_one(
     if img.shape[:2] != crf.labels.shape or img.shape[:2] != grabcut.labels.shape:
         raise DcsmError("the segmentations do not fit the image")
     k = len(names)
-    fig, axes = _new_figure(2 + 3 * k, _aspect(img), legend_rows=1 + k // 6)
+    fig, axes = _new_figure(2 + 3 * k, image_aspect(img), legend_rows=1 + k // 6)
     letters = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
     def label(text: str) -> str:
