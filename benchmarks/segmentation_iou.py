@@ -18,6 +18,7 @@ from importlib import resources
 import numpy as np
 
 import dcsm
+from dcsm.bench.masks import iou
 
 CLASSES = ["tabby", "espresso"]
 #: The CRF unaries dcsm used before the real-photo study: v_0 = 1 - max_c M_c, maps as they are.
@@ -29,9 +30,6 @@ def scores(masks: dict[str, np.ndarray]) -> tuple[float, float, float, float]:
     cat, cup = masks[CLASSES[0]], masks[CLASSES[1]]
     left = np.zeros(cat.shape, bool)
     left[:, : cat.shape[1] // 2] = True
-
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        return float((a & b).sum() / (a | b).sum())
 
     def share(a: np.ndarray, b: np.ndarray) -> float:
         return float((a & b).sum() / max(a.sum(), 1))

@@ -208,16 +208,21 @@ def _image_input(adapter, image: np.ndarray) -> torch.Tensor:
     return adapter.preprocess(image)
 
 
+def _assert_lite_fcn_matches(adapter, original, images) -> None:
+    """The adapter's score map, averaged, gives the plain classifier's logits."""
+    for image in images:
+        x = _image_input(adapter, image)
+        with torch.no_grad():
+            ref = original(x)
+            score = adapter.model(x)
+        assert score.shape[:2] == (1, 1000) and score.shape[2] > 1
+        _assert_logits_close(score.mean(dim=(2, 3)), ref)
+
+
 def test_efficientnet_lite0_fcn_matches_original(lite0):
     original = build_efficientnet_lite0()
     assert original is not lite0.model.net
-    for image in (data.chelsea(), data.coffee()[:224, :264]):
-        x = _image_input(lite0, image)
-        with torch.no_grad():
-            ref = original(x)
-            score = lite0.model(x)
-        assert score.shape[:2] == (1, 1000) and score.shape[2] > 1
-        _assert_logits_close(score.mean(dim=(2, 3)), ref)
+    _assert_lite_fcn_matches(lite0, original, (data.chelsea(), data.coffee()[:224, :264]))
     assert lite0.default_layers == [f"block{i}" for i in range(7, 16)]
     assert lite0.resolve_layers(["block7"])["block7"] is lite0.model.net._blocks[7]
 
@@ -225,13 +230,8 @@ def test_efficientnet_lite0_fcn_matches_original(lite0):
 def test_efficientnet_lite2_fcn_matches_original_and_knows_the_photo():
     lite2 = dcsm.load_model("efficientnet_lite2")
     original = build_efficientnet_lite("efficientnet_lite2")
-    for image in (data.chelsea()[:260, :260], data.coffee()[:260, :300]):
-        x = _image_input(lite2, image)
-        with torch.no_grad():
-            ref = original(x)
-            score = lite2.model(x)
-        assert score.shape[:2] == (1, 1000) and score.shape[2] > 1
-        _assert_logits_close(score.mean(dim=(2, 3)), ref)
+    _assert_lite_fcn_matches(lite2, original,
+                             (data.chelsea()[:260, :260], data.coffee()[:260, :300]))
     # the packaged ImageNet weights: skimage's coffee photo is an espresso, the cat a tabby
     top = {name: ref.argmax().item() for name, ref in (
         ("coffee", original(_image_input(lite2, data.coffee()))),

@@ -137,13 +137,12 @@ def run_masks(args: argparse.Namespace) -> int:
     """Run the real-photo benchmark; returns the exit status."""
     from dcsm.adapters import load_model
     from dcsm.bench.masks import DEFAULT_MASK_METHODS, markdown_table, masks_benchmark
-    from dcsm.bench.methods import get_methods, method_keys
+    from dcsm.bench.methods import get_methods
     from dcsm.datasets.realphotos import load_real_photos
     from dcsm.io import save_json, write_atomic
 
-    keys = args.methods or [k for k in DEFAULT_MASK_METHODS if k in method_keys()]
-    methods = get_methods(keys) if args.methods else [
-        m for m in get_methods(None) if m.key in keys]
+    methods = get_methods(args.methods) if args.methods else [
+        m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]
     crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
     photos = load_real_photos(args.source)
     if args.photos:
