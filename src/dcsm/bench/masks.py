@@ -185,8 +185,8 @@ def masks_benchmark(
             "pointing": float(np.mean([s["hit"] for s in scores])) if scores else float("nan"),
             "iou": summarize([s["iou"] for s in scores]),
         }
-        entry["seconds_per_photo"] = float(np.median(entry.pop("seconds"))) \
-            if entry.get("seconds") else float("nan")
+        seconds = entry.pop("seconds")
+        entry["seconds_per_photo"] = float(np.median(seconds)) if seconds else float("nan")
     return {
         "benchmark": "masks",
         "photos": [p.name for p in photos],
