@@ -46,7 +46,15 @@ from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.fusion import PaperFusion, ReleasedFusion
-from dcsm.gradients import BatchMode, ForwardPass, forward_pass, iter_class_gradients
+from dcsm.gradients import (
+    BatchMode,
+    ForwardPass,
+    HeadRestriction,
+    HeadRestrictionFailed,
+    forward_pass,
+    head_restriction,
+    iter_class_gradients,
+)
 from dcsm.images import (
     DEFAULT_MAX_SIDE,
     ImageLike,
@@ -414,9 +422,14 @@ class DistinctSaliency(_Explainer):
             **super().parameters(),
         }
 
-    def _forward(self, x: torch.Tensor, scale: float) -> ForwardPass:
+    #: At the scales after the one the candidates come from, compute only the classifier rows
+    #: of the classes in the slots (:class:`dcsm.gradients.HeadRestriction`).
+    _restrict_head = True
+
+    def _forward(self, x: torch.Tensor, scale: float,
+                 head: HeadRestriction | None = None) -> ForwardPass:
         return forward_pass(self.adapter, scaled_input(self.adapter, x, scale), self.layers,
-                            self.rule, autocast=self.autocast)
+                            self.rule, autocast=self.autocast, head=head)
 
     def _layer_maps(self, fp: ForwardPass, targets: torch.Tensor,
                     size: tuple[int, int]) -> list[torch.Tensor]:
@@ -490,9 +503,22 @@ class DistinctSaliency(_Explainer):
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
                             contrast=self.preset.contrast)
+        # Only the candidates' scale needs every class's score: the other scales' forwards
+        # compute the classifier rows of the slots' classes alone.
+        head = None
+        if self._restrict_head and not all_scales and len(order) > 1:
+            head = head_restriction(passes[ref], list(passes[ref].activations.values()),
+                                    targets)
         for s in order:
-            fp = passes.pop(s) if s in passes else self._forward(x, self.scales[s])
-            maps = self._layer_maps(fp, targets, size)
+            fp, slots = passes.pop(s) if s in passes else None, targets
+            if fp is None and head is not None:
+                try:
+                    fp, slots = self._forward(x, self.scales[s], head), head.targets
+                except HeadRestrictionFailed:
+                    head = None  # the model resists: every row from here on
+            if fp is None:
+                fp = self._forward(x, self.scales[s])
+            maps = self._layer_maps(fp, slots, size)
             del fp  # free this scale's graph before the next forward
             act = active[:, s if all_scales else 0].to(x.device)
             with torch.no_grad():

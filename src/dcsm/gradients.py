@@ -12,7 +12,9 @@ elsewhere (the paper's notation), back-propagated through the one forward graph:
 * the classifier: where the score map comes from a 1x1 convolution (fully convolutional heads:
   SqueezeNet, EfficientNet-Lite0, VGG-16's fc8), the backward starts below it, at its input,
   with the weight row of each class (:class:`ClassHead`): a third of each class's backward
-  FLOPs on the two small models;
+  FLOPs on the two small models; and in the forward of every scale after the first, that
+  convolution computes only the rows of the classes the slots need (:class:`HeadRestriction`):
+  a fifth of SqueezeNet's forward at 1000 classes;
 * the class slots: one backward per slot (``batch="loop"``), or one for all of them
   (``batch="vmap"``: ``torch.func.vmap`` over ``torch.autograd.grad``, which folds the slots into
   the batch of every backward operation, so each weight is read once), or the one of the two
@@ -210,11 +212,15 @@ def forward_pass(
     rule: BackpropRule,
     input_grad: bool = False,
     autocast: torch.dtype | None = None,
+    head: HeadRestriction | None = None,
 ) -> ForwardPass:
     """Run the fully convolutional model on ``x`` (N, 3, H, W), recording ``layers``.
 
     ``autocast`` runs the forward under :func:`torch.autocast` with that dtype (bfloat16 or
-    float16); the backward follows the recorded graph.
+    float16); the backward follows the recorded graph. ``head`` computes only those rows of the
+    classifier: the score map then has ``len(head.rows)`` channels, in the order of
+    ``head.rows``, and :class:`HeadRestrictionFailed` is raised where the model did not let
+    that happen cleanly (the caller runs the full forward instead).
     """
     modules = adapter.resolve_layers(layers) if layers else {}
     # Gradients are needed even if the caller is inside no_grad() or inference_mode().
@@ -227,11 +233,23 @@ def forward_pass(
         convs = (_MatmulLargeConvs() if MATMUL_LARGE_CONVS and autocast is None
                  and x.device.type == "cpu" and _has_large_weight(adapter.model)
                  else contextlib.nullcontext())
+        restrict = _RestrictHead(head) if head is not None else None
         with inference_state(adapter.model), rule.active(), capture_layers(modules) as acts, \
                 amp, convs:
-            score_map = adapter.model(x)
+            try:
+                with restrict if restrict is not None else contextlib.nullcontext():
+                    score_map = adapter.model(x)
+            except RuntimeError as exc:  # e.g. a per-class tensor after the classifier
+                if restrict is None:
+                    raise
+                raise HeadRestrictionFailed(str(exc)) from exc
+    if restrict is not None and (restrict.calls != 1 or not isinstance(score_map, torch.Tensor)
+                                 or score_map.ndim != 4
+                                 or score_map.shape[1] != len(restrict.head.rows)):
+        raise HeadRestrictionFailed(f"{restrict.calls} classifier-shaped convolutions ran")
+    channels = adapter.score_channels if head is None else len(head.rows)
     if not isinstance(score_map, torch.Tensor) or score_map.ndim not in (2, 4) or \
-            score_map.shape[1] != adapter.score_channels or score_map.shape[0] != x.shape[0]:
+            score_map.shape[1] != channels or score_map.shape[0] != x.shape[0]:
         got = tuple(score_map.shape) if isinstance(score_map, torch.Tensor) else \
             type(score_map).__name__
         raise DcsmError(f"model {adapter.name} returned {got}, expected "
@@ -355,6 +373,70 @@ def class_head(fp: ForwardPass, wrt: Sequence[torch.Tensor]) -> ClassHead | None
     if any(t is fp.score_map or any(t.grad_fn is a for a in above) for t in wrt):
         return None
     return ClassHead(node, h, weight[:, :, 0, 0], bool(tail))
+
+
+@dataclass
+class HeadRestriction:
+    """Which output channels of the classifier (:class:`ClassHead`) a forward computes.
+
+    The method needs every class's score only at the scale its candidates come from; at every
+    other scale only the score maps of the classes in the slots are back-propagated, and the
+    classifier's other rows (991 of SqueezeNet's 1000 for three classes) would be computed for
+    nothing. With a restriction the classifier's convolution runs with ``weight[rows]`` and
+    ``bias[rows]``: ``z_rows = W[rows] h + b[rows]``, the same numbers as rows of the full
+    ``z`` (up to the order of float additions), and the backward sees a ``len(rows)``-class
+    model, whose slots are ``targets``.
+    """
+
+    shape: tuple[int, ...]  # the classifier weight's (C, C_in, 1, 1)
+    rows: torch.Tensor  # (U,) the classes the slots of any image need, ascending
+    targets: torch.Tensor  # (N, K) each slot's class as a position in rows
+
+
+class HeadRestrictionFailed(DcsmError):
+    """The model did not run cleanly with a restricted classifier (see :func:`forward_pass`)."""
+
+
+def head_restriction(fp: ForwardPass, wrt: Sequence[torch.Tensor],
+                     targets: Targets) -> HeadRestriction | None:
+    """A :class:`HeadRestriction` to the classes of ``targets`` for the model that gave ``fp``,
+    or None where its score map does not come from one 1x1 convolution through operations
+    that keep the classes apart (checked on ``fp`` as :class:`ClassHead` does), or where the
+    slots need every class anyway."""
+    top = class_head(fp, wrt)
+    if top is None:
+        return None
+    t = target_matrix(targets, fp.score_map.shape[0])
+    rows, positions = torch.unique(t, sorted=True, return_inverse=True)
+    if t.shape[1] == 0 or len(rows) >= top.weight.shape[0]:
+        return None
+    if top.tail and top.seeds(fp, t, 0) is None:  # the operations after z mix the classes
+        return None
+    return HeadRestriction((*top.weight.shape, 1, 1), rows, positions.reshape(t.shape))
+
+
+class _RestrictHead(torch.overrides.TorchFunctionMode):
+    """Runs the one ``F.conv2d`` call with the classifier's weight shape on ``rows`` only."""
+
+    def __init__(self, head: HeadRestriction) -> None:
+        super().__init__()
+        self.head = head
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001,ANN204
+        kwargs = kwargs or {}
+        if func is torch.conv2d or func is torch.nn.functional.conv2d:
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            call = dict(zip(names, args, strict=False)) | kwargs
+            weight, bias = call.get("weight"), call.get("bias")
+            if isinstance(weight, torch.Tensor) and tuple(weight.shape) == self.head.shape:
+                self.calls += 1
+                rows = self.head.rows.to(weight.device)
+                call["weight"] = weight.index_select(0, rows)
+                if isinstance(bias, torch.Tensor):
+                    call["bias"] = bias.index_select(0, rows.to(bias.device))
+                return func(**call)
+        return func(*args, **kwargs)
 
 
 @dataclass
