@@ -3,14 +3,13 @@
 What is timed (all on the same image, model, layers, scales and candidate classes, and all
 giving the same maps; the per-layer max-abs / upsample / Eq. 2 / tanh / mean part is shared):
 
-* ``dcsm (default)``: the library, ``dcsm.DistinctSaliency(adapter).explain(image,
-  classes=...)`` with its default ``batch="loop"``: one forward per scale (parameters frozen,
-  graph starting at the lowest requested layer), then one backward per class through that
-  shared, truncated graph.
+* ``dcsm (default)``: the library at the paper's settings, ``dcsm.DistinctSaliency(adapter,
+  preset="paper").explain(image, classes=...)`` with its default ``batch="auto"`` (one backward
+  per class on this model): one forward per scale (parameters frozen, graph starting at the
+  lowest requested layer, the classifier restricted to the classes' rows after the first
+  scale), then one backward per class through that shared, truncated graph.
 * ``dcsm vmap``: the library with ``batch="vmap"``: the K class score maps back-propagated
-  together with ``torch.autograd.grad(..., is_grads_batched=True)``. PyTorch's batched backward
-  has no batching rule for ``convolution_backward`` (nor batch-norm backward, padding), so it
-  falls back to a per-class loop plus overhead: slightly slower than ``loop`` here.
+  together, ``torch.func.vmap`` over ``torch.autograd.grad``.
 * ``repeat input``: per scale the input repeated K times in the batch, one forward (frozen
   parameters, graph from the lowest layer, via the library's context managers), one backward
   with a one-hot seed per batch item.
@@ -82,10 +81,10 @@ class Case:
 
 
 # --------------------------------------------------------------------------- variants
-def library(case: Case, batch: str = "loop") -> np.ndarray:
+def library(case: Case, batch: str = "auto") -> np.ndarray:
     """The library's full method (candidate handling, fusion, everything)."""
-    result = dcsm.DistinctSaliency(case.adapter, batch=batch).explain(
-        case.image, classes=case.class_names)
+    result = dcsm.DistinctSaliency(case.adapter, preset="paper", layers=case.layers,
+                                   batch=batch).explain(case.image, classes=case.class_names)
     return np.stack([result.maps[c.name] for c in result.candidates])
 
 
