@@ -1,6 +1,6 @@
 """The GPU benchmark's code, run on the CPU with its tiny setting (no GPU needed; seconds).
 
-Run with ``PYTHONPATH=src python -m pytest -q benchmarks/test_gpu_benchmark.py``.
+Part of ``make test`` (``benchmarks`` is one of pytest's test paths).
 """
 
 from __future__ import annotations
