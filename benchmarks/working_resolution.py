@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 import dcsm
+from dcsm.presets import DEFAULT_PRESET
 
 PHONE_SIDE = 4032
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china.jpg", "flower.jpg")
@@ -55,8 +56,8 @@ def resized(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def classes_part(adapter: dcsm.ModelAdapter, sizes: list[int]) -> None:
-    print(f"\n## Top class of {PHONE_SIDE}-pixel photos by working size ({adapter.name}, paper "
-          "preset)\n")
+    print(f"\n## Top class of {PHONE_SIDE}-pixel photos by working size ({adapter.name}, "
+          f"{DEFAULT_PRESET} preset, the default)\n")
     header = "| photo | at 640 px | " + " | ".join(f"max_side {s}" for s in sizes) + " |"
     print(header)
     print("|" + "---|" * (2 + len(sizes)))
