@@ -105,6 +105,7 @@ from torch.overrides import TorchFunctionMode
 
 import dcsm
 from dcsm import gradients
+from dcsm._max_pool import FastMaxPool
 from dcsm.adapters.base import ModelAdapter
 from dcsm.contrast import subtract_others
 from dcsm.fusion import PaperFusion
@@ -293,25 +294,28 @@ def repeated_grad(case: Case, precision: str) -> np.ndarray:
     return _repeated(case, precision, use_backward=False)
 
 
-def dcsm_pytorch_convs(case: Case, precision: str) -> np.ndarray:
-    """Diagnostic: dcsm with every convolution as PyTorch computes it (no :class:`MatmulConv`)."""
-    gradients.MATMUL_LARGE_CONVS = False
+def dcsm_pytorch_kernels(case: Case, precision: str) -> np.ndarray:
+    """Diagnostic: dcsm with every convolution and pooling as PyTorch computes them (no
+    :class:`MatmulConv`, no channels-last max pooling)."""
+    gradients.MATMUL_LARGE_CONVS = gradients.FAST_MAX_POOL = False
     try:
         return dcsm_variant("auto")(case, precision)
     finally:
-        gradients.MATMUL_LARGE_CONVS = True
+        gradients.MATMUL_LARGE_CONVS = gradients.FAST_MAX_POOL = True
 
 
-def repeated_grad_matmul(case: Case, precision: str) -> np.ndarray:
-    """Diagnostic, not what a user writes: the strongest peer code with dcsm's CPU kernel for
+def repeated_grad_kernels(case: Case, precision: str) -> np.ndarray:
+    """Diagnostic, not what a user writes: the strongest peer code with dcsm's CPU kernels, for
     large convolutions (:class:`dcsm.gradients.MatmulConv`; it needs frozen parameters, which
-    ``torch.autograd.grad`` to the layers does not use anyway)."""
+    ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
+    (:mod:`dcsm._max_pool`)."""
     model = case.adapter.model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    pools = FastMaxPool() if case.adapter.device.type == "cpu" else nullcontext()
     try:
-        with gradients._MatmulLargeConvs():
+        with gradients._MatmulLargeConvs(), pools:
             return _repeated(case, precision, use_backward=False, freeze=True)
     finally:
         for p in model.parameters():
@@ -326,8 +330,8 @@ VARIANTS: dict[str, Callable[[Case, str], np.ndarray]] = {
     "peer: repeated per target": repeated_backward,
     "peer: repeated + autograd.grad": repeated_grad,
     # diagnostics, on request only
-    "dcsm (PyTorch's convolutions)": dcsm_pytorch_convs,
-    "peer: repeated + autograd.grad (matmul convs)": repeated_grad_matmul,
+    "dcsm (PyTorch's kernels)": dcsm_pytorch_kernels,
+    "peer: repeated + autograd.grad (dcsm's CPU kernels)": repeated_grad_kernels,
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:6]
 
@@ -482,8 +486,9 @@ def reference(case: Case) -> Reference:
         "peer: repeated per target": k * full,
         "peer: repeated + autograd.grad": k * fwd + k * trunc,
     }
-    costs["dcsm (PyTorch's convolutions)"] = costs["dcsm"]
-    costs["peer: repeated + autograd.grad (matmul convs)"] = costs["peer: repeated + autograd.grad"]
+    costs["dcsm (PyTorch's kernels)"] = costs["dcsm"]
+    costs["peer: repeated + autograd.grad (dcsm's CPU kernels)"] = \
+        costs["peer: repeated + autograd.grad"]
     eps = ROUNDING_LAMBDA * UNIT_ROUNDOFF * sum(math.sqrt(f) for f in fan_ins)
     inputs = [tuple(case.model_input(s).shape[-2:]) for s in case.scales]
     return Reference(costs, inputs, eps, agreement_bound(maps, case.alpha, eps), auto)

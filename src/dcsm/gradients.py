@@ -24,7 +24,8 @@ elsewhere (the paper's notation), back-propagated through the one forward graph:
   ``"loop"``, and is not offered;
 * on the CPU in float32, the convolutions with a large weight (VGG-16's fc6 and fc7) run as
   matrix products (:class:`MatmulConv`), which read the weight as it is stored instead of
-  re-laying it out at every call.
+  re-laying it out at every call; and on the CPU max pooling runs through PyTorch's much faster
+  channels-last kernel (:mod:`dcsm._max_pool`), the same numbers.
 
 ``benchmarks/throughput.py`` times them against peer-style code; ``benchmarks/bench_batched.py``
 against a naive per-class loop.
@@ -40,6 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dcsm._max_pool import FastMaxPool
 from dcsm.adapters.base import LayerRef, ModelAdapter
 from dcsm.errors import DcsmError
 from dcsm.rules import BackpropRule
@@ -95,6 +97,9 @@ class ForwardPass:
     score_map: torch.Tensor
     activations: dict[str, torch.Tensor]
 
+
+#: On the CPU, run max pooling through PyTorch's channels-last kernel (:mod:`dcsm._max_pool`).
+FAST_MAX_POOL = True
 
 #: On the CPU in float32, compute the convolutions with a large frozen weight (at least
 #: :data:`LARGE_WEIGHT` elements; stride 1, no dilation, no groups) as matrix products (see
@@ -233,9 +238,11 @@ def forward_pass(
         convs = (_MatmulLargeConvs() if MATMUL_LARGE_CONVS and autocast is None
                  and x.device.type == "cpu" and _has_large_weight(adapter.model)
                  else contextlib.nullcontext())
+        pools = (FastMaxPool() if FAST_MAX_POOL and x.device.type == "cpu"
+                 else contextlib.nullcontext())
         restrict = _RestrictHead(head) if head is not None else None
         with inference_state(adapter.model), rule.active(), capture_layers(modules) as acts, \
-                amp, convs:
+                amp, convs, pools:
             try:
                 with restrict if restrict is not None else contextlib.nullcontext():
                     score_map = adapter.model(x)
