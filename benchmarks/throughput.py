@@ -604,8 +604,9 @@ def check(r: dict, maps: np.ndarray, ref_maps: np.ndarray, bound: np.ndarray,
 
 
 # --------------------------------------------------------------------------- runner
-def runner_throughput(args: argparse.Namespace, images: int = 8) -> dict:
-    """``dcsm batch`` end to end (decode, maps, every output file) on ``images`` copies."""
+def runner_throughput(args: argparse.Namespace, images: int = 8, pictures: bool = True) -> dict:
+    """``dcsm batch`` end to end (decode, maps, every output file, or with ``pictures`` False
+    the data files only) on ``images`` copies."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "imgs"
         folder.mkdir()
@@ -615,7 +616,9 @@ def runner_throughput(args: argparse.Namespace, images: int = 8) -> dict:
                 (args.size, args.size)).save(folder / f"img{i:02d}.png")
         cmd = [sys.executable, "-m", "dcsm", "batch", str(folder), "--out",
                str(Path(tmp) / "out"), "--classes", ",".join(map(str, CLASSES)),
-               "--no-progress", "--device", args.device, "--workers", "1"]
+               "--no-progress", "--device", args.device, "--workers", "1", "--preset", "paper"]
+        if not pictures:
+            cmd.append("--no-pictures")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         env = dict(os.environ)
@@ -779,12 +782,14 @@ def main(argv: list[str] | None = None) -> None:
                 "costs": costs, "inputs": ref.inputs, "eps": ref.eps, "auto": ref.auto,
                 "bound": ref.bound.ravel().tolist(), "rows": rows, "batches": batch_rows}
     if not args.no_runner:
-        r = runner_throughput(args)
-        results["runner"] = r
-        print(f"`dcsm batch` end to end (efficientnet_lite0, paper preset, {r['images']} images "
-              f"{args.size}x{args.size}, decode + maps + every output file): "
-              f"{r['images_per_s']:.2f} img/s after the model is loaded, median "
-              f"{r['per_image_s']:.3f} s per image; {r['wall_s']:.1f} s wall with start-up")
+        for pictures in (True, False):
+            r = runner_throughput(args, pictures=pictures)
+            results["runner" if pictures else "runner_no_pictures"] = r
+            what = "every output file" if pictures else "--no-pictures: data files only"
+            print(f"`dcsm batch` end to end (efficientnet_lite0, paper preset, {r['images']} "
+                  f"images {args.size}x{args.size}, decode + maps + {what}): "
+                  f"{r['images_per_s']:.2f} img/s after the model is loaded, median "
+                  f"{r['per_image_s']:.3f} s per image; {r['wall_s']:.1f} s wall with start-up")
     rate_after = matmul_rate(args.device)
     results["matmul_gflops_after"] = rate_after
     print(f"float32 matmul again after the runs: {rate_after:.1f} GFLOP/s (the 'of mm' columns "

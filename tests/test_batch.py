@@ -389,6 +389,38 @@ def test_segment_outputs_equal_dcsm_segment(tmp_path, capsys):
     assert settings["segmentation"]["parameters"]["iterations"] == 3
 
 
+def test_no_pictures_writes_the_data_only(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.open(BUNDLED).convert("RGB").resize((96, 48)).save(folder / "pair.png")
+    seg = ["--segment", "--crf-iterations", "3"]
+    full, bare = tmp_path / "full", tmp_path / "bare"
+    assert cli.main(["batch", str(folder), "--out", str(full), *FAST, *seg]) == 0
+    assert cli.main(["batch", str(folder), "--out", str(bare), *FAST, *seg,
+                     "--no-pictures"]) == 0
+    code = cli.main(["segment", str(folder / "pair.png"), "--out", str(tmp_path / "seg"),
+                     "--scales", "1", "--classes", "tabby,espresso", "--crf-iterations", "3",
+                     "--no-pictures"])
+    assert code == 0
+    capsys.readouterr()
+    got, want = read_outputs(bare)["pair"], read_outputs(full)["pair"]
+    data = {"maps.npz", "summary.json", "labels.png", "masks.npz"}
+    assert set(got) == data and data < set(want) and "figure.png" in want
+    assert_same_outputs({"pair": {f: got[f] for f in data - {"summary.json"}}},
+                        {"pair": {f: want[f] for f in data - {"summary.json"}}})
+    summary, with_pictures = got["summary.json"], want["summary.json"]
+    assert "map_images" not in summary and "map_images" in with_pictures
+    assert summary["segmentation"]["files"] == {"labels": "labels.png", "masks": "masks.npz"}
+    assert summary["candidates"] == with_pictures["candidates"]
+    assert_same_outputs({"pair": got}, read_outputs(tmp_path / "seg"))  # = dcsm segment's
+    # the pictures are part of the outputs' settings: a rerun with them is refused unforced,
+    # while a default run keeps the fingerprint it had before the option existed
+    assert cli.main(["batch", str(folder), "--out", str(bare), *FAST, *seg]) == 2
+    assert "other settings (pictures (gone))" in capsys.readouterr().err
+    settings = json.loads((full / ".dcsm-batch" / "settings.json").read_text())["settings"]
+    assert "pictures" not in settings
+
+
 @pytest.mark.parametrize("args, message", [
     (["{tmp}/missing", "--out", "{tmp}/o"], "does not exist"),
     (["{tmp}/empty", "--out", "{tmp}/o"], "no images found"),

@@ -3,7 +3,9 @@
 ``DIR/<image>/`` holds ``maps.npz`` (one float32 map per class at the image's full size, keyed
 by the class's unique name), ``summary.json``, ``<class>.png`` (the map over the image),
 ``figure.png`` (the image and every map), with ``per_layer`` ``layers.png``, and with a
-segmentation ``labels.png``, ``masks.npz`` and ``segmentation.png``.
+segmentation ``labels.png``, ``masks.npz`` and ``segmentation.png``. Without pictures
+(``--no-pictures``) only the data: ``maps.npz``, ``summary.json``, ``labels.png`` and
+``masks.npz``.
 
 The pictures follow :class:`Display`: by default each map over the photo through viridis at
 opacity 0.5, figures with a colour bar; ``style="paper"`` draws grey maps alone (the
@@ -76,15 +78,17 @@ class Display:
 
 def write_explanation(result: SaliencyResult, directory: Path, image_path: str | None = None,
                       segmentation: Segmentation | None = None,
-                      display: Display | None = None) -> None:
+                      display: Display | None = None, pictures: bool = True) -> None:
     """Write an explanation's files (and its segmentation's, if given) into ``directory``.
 
     ``display`` chooses how the PNG files draw the maps (default :class:`Display`: over the
-    photo, viridis, opacity 0.5). Each file is written atomically; use
+    photo, viridis, opacity 0.5). ``pictures=False`` writes the data alone: ``maps.npz``,
+    ``summary.json`` (without ``map_images``) and a segmentation's ``labels.png`` and
+    ``masks.npz``, the arrays the same bytes as with pictures, and no previews or figures (at
+    data-set scale the figures cost more than the maps). Each file is written atomically; use
     :func:`dcsm.io.atomic_dir` for the directory.
     """
-    from dcsm.io import save_figure, save_json, save_npz, save_png
-    from dcsm.viz import layers_figure, map_picture, maps_figure
+    from dcsm.io import save_json, save_npz
 
     display = Display() if display is None else display
 
@@ -93,6 +97,25 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
     summary = result.summary()
     if image_path is not None:
         summary = {"image": image_path, **summary}
+    if pictures:
+        summary["map_images"] = _write_pictures(result, directory, display)
+    if segmentation is not None:
+        from dcsm.segmentation import write_segmentation
+
+        write_segmentation(segmentation, result.image, directory, figure=pictures)
+        files = {"labels": "labels.png", "masks": "masks.npz"}
+        if pictures:
+            files["figure"] = "segmentation.png"
+        summary["segmentation"] = {**segmentation.summary(), "files": files}
+    save_json(directory / "summary.json", summary)
+
+
+def _write_pictures(result: SaliencyResult, directory: Path, display: Display
+                    ) -> dict[str, str]:
+    """``<class>.png``, ``figure.png`` and (per-layer maps) ``layers.png``; the class files."""
+    from dcsm.io import save_figure, save_png
+    from dcsm.viz import layers_figure, map_picture, maps_figure
+
     stems = class_file_stems(list(result.maps))
     picture = shrink_image(result.image, PREVIEW_SIDE)
     files = {}
@@ -100,7 +123,6 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
         files[name] = f"{stems[name]}.png"
         save_png(directory / files[name],
                  map_picture(picture, shrink_map(m, PREVIEW_SIDE), **display.options()))
-    summary["map_images"] = files
     small = shrink_image(result.image, FIGURE_SIDE)
     titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
     fig = maps_figure(small, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
@@ -112,10 +134,4 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
         save_figure(directory / "layers.png", layers_figure(
             small, layer_maps, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
             **display.options()))
-    if segmentation is not None:
-        from dcsm.segmentation import write_segmentation
-
-        write_segmentation(segmentation, result.image, directory)
-        summary["segmentation"] = {**segmentation.summary(), "files": {
-            "labels": "labels.png", "masks": "masks.npz", "figure": "segmentation.png"}}
-    save_json(directory / "summary.json", summary)
+    return files

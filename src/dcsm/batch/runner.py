@@ -54,7 +54,8 @@ class BatchOptions:
     instead of stopping. ``progress``: the bar (None: on a terminal, rank 0 only).
     ``max_side``: the working resolution of the segmentation (the explainer has its own).
     ``batch_size``: images explained together, one tensor batch per working-resolution size
-    (:func:`batches`); the maps equal those of one image at a time.
+    (:func:`batches`); the maps equal those of one image at a time. ``pictures``: False writes
+    the data files only (:func:`dcsm.outputs.write_explanation`).
     """
 
     classes: str | Sequence[str | int] | None = None
@@ -68,6 +69,7 @@ class BatchOptions:
     progress: bool | None = None
     max_side: int | None = 512
     batch_size: int = 1
+    pictures: bool = True
 
 
 @dataclass
@@ -116,6 +118,8 @@ def run_settings(explainer: Explainer, options: BatchOptions) -> dict[str, Any]:
         "threshold": options.threshold,
         "per_layer": options.per_layer,
         "segmentation": seg,
+        # only when off, so that the manifests of earlier runs keep their fingerprint
+        **({} if options.pictures else {"pictures": False}),
     }
 
 
@@ -208,7 +212,7 @@ def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
         seg = segment(result, method=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
     with atomic_dir(out / item.name) as tmp:
-        write_explanation(result, tmp, str(item.path), seg)
+        write_explanation(result, tmp, str(item.path), seg, pictures=options.pictures)
     return [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
 
 

@@ -17,6 +17,7 @@ from dcsm.cli.options import (
     add_grabcut_options,
     add_method_options,
     add_model_options,
+    add_pictures_option,
     explainer_from_args,
     max_side,
     method_for,
@@ -44,6 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(method=None)  # dcsm; simonyan for --segmenter grabcut, as `dcsm segment`
     p.add_argument("--per-layer", action="store_true",
                    help="also write layers.png with the single-layer maps (paper Fig. 2)")
+    add_pictures_option(p)
     g = p.add_argument_group("segmentation (as `dcsm segment`)")
     g.add_argument("--segment", action="store_true",
                    help="also segment each image (dense CRF unless --segmenter says otherwise)")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes, top_k=args.top_k, threshold=args.threshold,
         per_layer=args.per_layer, segmenter=segmenter, segment_params=params,
         workers=args.workers, force=args.force, progress=args.progress,
-        max_side=max_side(args), batch_size=args.batch_size)
+        max_side=max_side(args), batch_size=args.batch_size, pictures=args.pictures)
     report = runner.run(explainer, items, args.out, options, rank)
     group = Group(rank, enable=not args.no_dist)
     try:

@@ -11,6 +11,9 @@ and ``segmentation.png``, and adds a ``segmentation`` entry to ``summary.json``;
 a dense CRF on the maps (``--segmenter crf``, maps ``--method dcsm`` by default) or Simonyan et
 al.'s GrabCut (``--segmenter grabcut``, maps ``--method simonyan`` by default).
 
+``--no-pictures`` leaves out every PNG preview and figure: ``maps.npz``, ``summary.json`` and
+the segmentation's ``labels.png`` and ``masks.npz`` only.
+
 ``dcsm figure IMAGE --out FILE`` draws the paper's Fig. 1 for the image.
 
 All three read and check every image before loading the model, explain each image the same way
@@ -31,6 +34,7 @@ from dcsm.cli.options import (
     add_grabcut_options,
     add_method_options,
     add_model_options,
+    add_pictures_option,
     crf_params_from_args,
     display_from_args,
     explainer_from_args,
@@ -88,6 +92,7 @@ def _images_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="also write layers.png with the single-layer maps (paper Fig. 2)")
     add_display_options(p)
+    add_pictures_option(p)
 
 
 # ----------------------------------------------------------------------------- the shared path
@@ -141,7 +146,7 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
             seg = segment(result, method=segmenter, max_side=max_side(args), **params)
         final = args.out / stem
         with atomic_dir(final) as tmp:
-            write_explanation(result, tmp, path, seg, display)
+            write_explanation(result, tmp, path, seg, display, pictures=args.pictures)
         print(f"{path}: {_listed(result, seg)} -> {final}")
     return 0
 

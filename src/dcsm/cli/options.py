@@ -10,7 +10,7 @@ Every command module of :mod:`dcsm.cli` builds its options from these, so ``expl
   :data:`positive_float`, :data:`nonnegative_float`, :data:`fraction`.
 * Option groups: :func:`add_model_options`, :func:`add_method_options` (with
   :func:`add_resolution_options`), :func:`add_crf_options`, :func:`add_grabcut_options`,
-  :func:`add_progress_options`, :func:`add_display_options`.
+  :func:`add_progress_options`, :func:`add_display_options`, :func:`add_pictures_option`.
 * Their use: :func:`explainer_from_args`, :func:`labels_from_args`, :func:`segmenter_params`,
   :func:`method_for`, :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`,
   :func:`display_from_args`.
@@ -247,6 +247,14 @@ def add_display_options(p: argparse.ArgumentParser) -> None:
                         "--style paper), e.g. inferno, magma, cividis, jet")
     g.add_argument("--opacity", type=opacity, default=0.5, metavar="A",
                    help="the maps' opacity over the photo, 0 to 1 (default %(default)s)")
+
+
+def add_pictures_option(p: argparse.ArgumentParser) -> None:
+    """``--no-pictures`` (``args.pictures``): the data files only."""
+    p.add_argument("--no-pictures", dest="pictures", action="store_false",
+                   help="write the data only: maps.npz and summary.json (with a segmentation "
+                        "also labels.png and masks.npz), no PNG previews or figures; the "
+                        "arrays are the same")
 
 
 def add_progress_options(p: argparse.ArgumentParser, default_help: str = "on a terminal"

@@ -160,8 +160,10 @@ def _enlarge(seg: Segmentation, size: tuple[int, int]) -> Segmentation:
                         regions, seg.probabilities)
 
 
-def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) -> None:
-    """Write ``labels.png``, ``masks.npz`` and ``segmentation.png`` into ``directory``.
+def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path,
+                       figure: bool = True) -> None:
+    """Write ``labels.png``, ``masks.npz`` and (``figure``) ``segmentation.png`` into
+    ``directory``.
 
     * ``labels.png``: "P" mode PNG the size of the image, VOC palette, pixel value = label.
     * ``masks.npz``: one (H, W) bool array per class name (``labels == v``).
@@ -175,6 +177,8 @@ def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path) ->
     directory = Path(directory)
     save_labels(directory / "labels.png", seg.labels)
     save_npz(directory / "masks.npz", seg.masks)
+    if not figure:
+        return
     small = shrink_image(image, FIGURE_SIDE)
     if small.shape != image.shape:
         seg = _enlarge(seg, (small.shape[0], small.shape[1]))
