@@ -604,9 +604,11 @@ def check(r: dict, maps: np.ndarray, ref_maps: np.ndarray, bound: np.ndarray,
 
 
 # --------------------------------------------------------------------------- runner
-def runner_throughput(args: argparse.Namespace, images: int = 8, pictures: bool = True) -> dict:
+def runner_throughput(args: argparse.Namespace, images: int = 16, pictures: bool = True,
+                      writers: int = 0) -> dict:
     """``dcsm batch`` end to end (decode, maps, every output file, or with ``pictures`` False
-    the data files only) on ``images`` copies."""
+    the data files only) on ``images`` copies, the files written in turn (``writers`` 0) or by
+    that many writer processes."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "imgs"
         folder.mkdir()
@@ -617,6 +619,7 @@ def runner_throughput(args: argparse.Namespace, images: int = 8, pictures: bool 
         cmd = [sys.executable, "-m", "dcsm", "batch", str(folder), "--out",
                str(Path(tmp) / "out"), "--classes", ",".join(map(str, CLASSES)),
                "--no-progress", "--device", args.device, "--workers", "1", "--preset", "paper"]
+        cmd += ["--writers", str(writers)]
         if not pictures:
             cmd.append("--no-pictures")
         if args.threads:
@@ -782,10 +785,12 @@ def main(argv: list[str] | None = None) -> None:
                 "costs": costs, "inputs": ref.inputs, "eps": ref.eps, "auto": ref.auto,
                 "bound": ref.bound.ravel().tolist(), "rows": rows, "batches": batch_rows}
     if not args.no_runner:
-        for pictures in (True, False):
-            r = runner_throughput(args, pictures=pictures)
-            results["runner" if pictures else "runner_no_pictures"] = r
-            what = "every output file" if pictures else "--no-pictures: data files only"
+        runs = {"runner": (True, 0, "every output file, written in turn"),
+                "runner_writer": (True, 1, "every output file, one writer process"),
+                "runner_no_pictures": (False, 0, "--no-pictures: data files only, in turn")}
+        for key, (pictures, writers, what) in runs.items():
+            r = runner_throughput(args, pictures=pictures, writers=writers)
+            results[key] = r
             print(f"`dcsm batch` end to end (efficientnet_lite0, paper preset, {r['images']} "
                   f"images {args.size}x{args.size}, decode + maps + {what}): "
                   f"{r['images_per_s']:.2f} img/s after the model is loaded, median "

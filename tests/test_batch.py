@@ -25,7 +25,8 @@ from dcsm.errors import DcsmError
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "dcsm" / "data" / "chelsea_coffee.png"
-FAST = ["--scales", "1", "--classes", "tabby,espresso", "--threads", "1", "--no-progress"]
+FAST = ["--scales", "1", "--classes", "tabby,espresso", "--threads", "1", "--no-progress",
+        "--writers", "0"]
 SIZES = [(96, 64), (64, 64), (80, 48), (72, 72), (64, 96), (100, 60), (56, 56)]
 
 

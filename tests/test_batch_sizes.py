@@ -14,7 +14,8 @@ from dcsm.batch.loader import Loaded
 from dcsm.batch.runner import batches
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "dcsm" / "data" / "chelsea_coffee.png"
-FAST = ["--scales", "1,1.2", "--threads", "1", "--no-progress", "--workers", "0"]
+FAST = ["--scales", "1,1.2", "--threads", "1", "--no-progress", "--workers", "0",
+        "--writers", "0"]
 
 
 def _loaded(index: int, h: int, w: int) -> Loaded:

@@ -6,6 +6,12 @@ compute the maps (and the segmentation), write ``DIR/<name>/`` exactly as ``dcsm
 ``done`` record. An image that cannot be read or explained gets a ``failed`` record with the
 reason and the run goes on.
 
+The segmentation and the writing (dense CRF or GrabCut, PNG previews, figures) need no model:
+with ``writers`` processes (:class:`BatchOptions`; one by default on a GPU, or on a CPU with a
+core left free) they run there while this process explains the next images, so the device does
+not wait for them. The records still
+follow the inputs' order.
+
 Example::
 
     import dcsm
@@ -18,9 +24,13 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +65,9 @@ class BatchOptions:
     ``max_side``: the working resolution of the segmentation (the explainer has its own).
     ``batch_size``: images explained together, one tensor batch per working-resolution size
     (:func:`batches`); the maps equal those of one image at a time. ``pictures``: False writes
-    the data files only (:func:`dcsm.outputs.write_explanation`).
+    the data files only (:func:`dcsm.outputs.write_explanation`). ``writers``: processes that
+    segment and write the outputs while the model explains the next images (0: in this
+    process, in turn); None: :func:`default_writers`.
     """
 
     classes: str | Sequence[str | int] | None = None
@@ -70,6 +82,7 @@ class BatchOptions:
     max_side: int | None = 512
     batch_size: int = 1
     pictures: bool = True
+    writers: int | None = None
 
 
 @dataclass
@@ -193,27 +206,115 @@ def batches(samples: Iterable[Loaded], size: int, max_side: int | None,
         yield group
 
 
-def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
-                  options: BatchOptions, result: SaliencyResult | None = None
-                  ) -> list[dict[str, Any]]:
-    """Explain (unless ``result`` is given) and segment one image and write ``out/<name>/``
-    atomically; the candidates."""
+def explain_one(explainer: Explainer, image: Any, options: BatchOptions) -> SaliencyResult:
+    """One image's explanation with the options' candidates."""
+    return explainer.explain(image, classes=options.classes, top_k=options.top_k,  # type: ignore[return-value]
+                             threshold=options.threshold, per_layer=options.per_layer)
+
+
+def write_result(result: SaliencyResult, path: str, name: str, out: Path,
+                 options: BatchOptions) -> tuple[list[dict[str, Any]], float]:
+    """Segment (if asked) and write ``out/<name>/`` atomically; the candidates and the seconds
+    it took. Needs no model, so it can run in a writer process."""
     from dcsm.outputs import write_explanation
 
-    if result is None:
-        result = explainer.explain(image, classes=options.classes, top_k=options.top_k,
-                                   threshold=options.threshold,
-                                   per_layer=options.per_layer)  # type: ignore[assignment]
-    assert result is not None
+    start = time.perf_counter()
     seg = None
     if options.segmenter is not None:
         from dcsm.segmentation import segment
 
         seg = segment(result, method=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
-    with atomic_dir(out / item.name) as tmp:
-        write_explanation(result, tmp, str(item.path), seg, pictures=options.pictures)
-    return [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
+    with atomic_dir(out / name) as tmp:
+        write_explanation(result, tmp, path, seg, pictures=options.pictures)
+    cands = [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
+    return cands, time.perf_counter() - start
+
+
+def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
+                  options: BatchOptions, result: SaliencyResult | None = None
+                  ) -> list[dict[str, Any]]:
+    """Explain (unless ``result`` is given) and segment one image and write ``out/<name>/``
+    atomically, in this process; the candidates."""
+    if result is None:
+        result = explain_one(explainer, image, options)
+    return write_result(result, str(item.path), item.name, out, options)[0]
+
+
+def default_writers(explainer: Explainer) -> int:
+    """``writers=None``: one writer process when the model runs on a GPU, or on the CPU when
+    its threads leave a core free (``--threads``); else none (it would slow the model down)."""
+    if explainer.adapter.device.type == "cuda":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return 1 if torch.get_num_threads() < cores else 0
+
+
+def _writer_start() -> None:
+    """A writer process computes on one thread: the model's process has the others."""
+    torch.set_num_threads(1)
+
+
+class Writers:
+    """Runs ``job`` (default :func:`write_result`, a module-level function) in ``processes``
+    worker processes (0: at once, here) and hands back the outcomes in the order the jobs came,
+    at most ``ahead`` of them in flight.
+
+    A worker that dies (killed, out of memory) breaks the pool: its jobs and every later one
+    run in this process instead, so no image is lost to it.
+    """
+
+    def __init__(self, processes: int, ahead: int | None = None,
+                 job: Callable[..., Any] = write_result) -> None:
+        import multiprocessing
+
+        # "spawn": the workers start clean, holding neither CUDA state nor this process's files
+        self.pool = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_writer_start) if processes > 0 else None
+        self.ahead = 2 * processes if ahead is None else ahead
+        self.job = job
+        self.jobs: deque[tuple[object, tuple, Future | None]] = deque()
+
+    def submit(self, tag: object, *args: Any) -> list[tuple[object, Any, BaseException | None]]:
+        """Queue ``job(*args)``; the outcomes ``(tag, value, error)`` complete by now."""
+        future = None
+        if self.pool is not None:
+            try:
+                future = self.pool.submit(self.job, *args)
+            except BrokenProcessPool:
+                self.pool = None
+        self.jobs.append((tag, args, future))
+        ready = []
+        while self.jobs and (len(self.jobs) > self.ahead or self.jobs[0][2] is None
+                             or self.jobs[0][2].done()):
+            ready.append(self._next())
+        return ready
+
+    def drain(self) -> list[tuple[object, Any, BaseException | None]]:
+        """Every outcome still to come, in order (waits for them)."""
+        return [self._next() for _ in range(len(self.jobs))]
+
+    def _next(self) -> tuple[object, Any, BaseException | None]:
+        tag, args, future = self.jobs.popleft()
+        if future is not None:
+            try:
+                return tag, future.result(), None
+            except BrokenProcessPool:
+                self.pool = None  # written here below, as every later job
+            except Exception as exc:  # noqa: BLE001 - the job's own error, recorded
+                return tag, None, exc
+        try:
+            return tag, self.job(*args), None
+        except Exception as exc:  # noqa: BLE001 - recorded
+            return tag, None, exc
+
+    def close(self) -> None:
+        """Stop the workers (jobs not started are dropped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -252,6 +353,8 @@ def run(
     # Start the decoding workers first: forked later, they would inherit the manifest's open
     # file and its lock, and hold it for a few seconds after this process is killed.
     samples = iterate(pending, options.workers)
+    writers = default_writers(explainer) if options.writers is None else options.writers
+    writer = Writers(writers if pending else 0)
     manifest.open()
     failed: list[tuple[str, str]] = []
     done = 0
@@ -259,12 +362,38 @@ def run(
         cleaned = remove_leftovers(out, {it.name for it in pending})
         manifest.start(fingerprint=fp, world_size=rank.world_size, inputs=len(items),
                        assigned=len(mine), skipped=skipped, pending=len(pending),
-                       leftovers_removed=cleaned, device=str(explainer.adapter.device))
+                       leftovers_removed=cleaned, device=str(explainer.adapter.device),
+                       writers=writers)
         desc = "dcsm batch" if rank.world_size == 1 else f"rank {rank.rank}/{rank.world_size}"
         show = options.progress
         if show is None and rank.rank != 0:
             show = False
         bar = Progress(len(pending), desc, show)
+
+        def record(item: InputItem, value: Any, error: BaseException | None,  # noqa: ANN401
+                   stage: str, explain_seconds: float = 0.0, reason: str | None = None
+                   ) -> None:
+            nonlocal done
+            common = {"key": item.key, "image": str(item.path), "output": item.name,
+                      "fingerprint": fp}
+            if error is None and reason is None:
+                cands, seconds = value
+                manifest.write("done", **common, candidates=cands,
+                               seconds=round(seconds + explain_seconds, 4))
+                done += 1
+                bar.step()
+                return
+            reason = reason if reason is not None else _reason(error)  # type: ignore[arg-type]
+            manifest.write("failed", **common, stage=stage, reason=reason)
+            failed.append((item.key, reason))
+            bar.message(f"dcsm batch: {item.path}: failed: {reason}")
+            bar.step(failed=True)
+
+        def settle(outcomes: list[tuple[object, Any, BaseException | None]]) -> None:
+            for tag, value, error in outcomes:
+                item, explain_seconds = tag  # type: ignore[misc]
+                record(item, value, error, "write", explain_seconds)
+
         try:
             for group in batches(samples, options.batch_size,
                                  getattr(explainer, "max_side", None)):
@@ -283,33 +412,29 @@ def run(
                 share = (time.perf_counter() - t0) / max(1, len(readable))
                 for sample, result in zip(group, results, strict=True):
                     item = pending[sample.index]
-                    t1 = time.perf_counter()
-                    common = {"key": item.key, "image": str(item.path), "output": item.name,
-                              "fingerprint": fp}
                     if sample.image is None:
-                        reason, stage = sample.error or "cannot read image", "read"
-                    else:
+                        record(item, None, None, "read",
+                               reason=sample.error or "cannot read image")
+                        continue
+                    t1 = time.perf_counter()
+                    if result is None:
                         try:
-                            cands = write_outputs(explainer, sample.image, item, out, options,
-                                                  result)
+                            result = explain_one(explainer, sample.image, options)
                         except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
-                            reason, stage = _reason(exc), "explain"
                             if torch.cuda.is_available():
                                 torch.cuda.empty_cache()
-                        else:
-                            seconds = time.perf_counter() - t1 + (share if result else 0.0)
-                            manifest.write("done", **common, candidates=cands,
-                                           seconds=round(seconds, 4))
-                            done += 1
-                            bar.step()
+                            record(item, None, exc, "explain")
                             continue
-                    manifest.write("failed", **common, stage=stage, reason=reason)
-                    failed.append((item.key, reason))
-                    bar.message(f"dcsm batch: {item.path}: failed: {reason}")
-                    bar.step(failed=True)
+                        seconds = time.perf_counter() - t1
+                    else:
+                        seconds = share
+                    settle(writer.submit((item, seconds), result, str(item.path), item.name,
+                                         out, options))
                 if group_error is not None and torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            settle(writer.drain())
         finally:
+            writer.close()
             bar.close()
         seconds = time.perf_counter() - start
         manifest.write("end", fingerprint=fp, done=done, failed=len(failed), skipped=skipped,

@@ -60,6 +60,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--workers", type=nonnegative_int, default=2,
                    help="processes decoding images ahead of the model (0: none), default "
                         "%(default)s")
+    r.add_argument("--writers", type=nonnegative_int, default=None, metavar="N",
+                   help="processes that segment and write the outputs while the model explains "
+                        "the next images (0: in turn, in this process; default 1 on a GPU or "
+                        "when --threads leaves a CPU core free, else 0)")
     r.add_argument("--force", action="store_true",
                    help="DIR holds outputs made with other settings: redo them with these")
     r.add_argument("--threads", type=nonnegative_int, default=0,
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes, top_k=args.top_k, threshold=args.threshold,
         per_layer=args.per_layer, segmenter=segmenter, segment_params=params,
         workers=args.workers, force=args.force, progress=args.progress,
-        max_side=max_side(args), batch_size=args.batch_size, pictures=args.pictures)
+        max_side=max_side(args), batch_size=args.batch_size, pictures=args.pictures,
+        writers=args.writers)
     report = runner.run(explainer, items, args.out, options, rank)
     group = Group(rank, enable=not args.no_dist)
     try:
