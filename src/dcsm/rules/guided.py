@@ -100,7 +100,7 @@ class _GuidedRectifier(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]  # noqa: ANN401,E501
         (mask,) = ctx.saved_tensors
-        return grad.clamp(min=0) * mask, None
+        return grad.clamp(min=0).mul_(mask), None  # in place: no float copy of the mask
 
 
 def guided_relu(x: torch.Tensor, upper: float | None = None) -> torch.Tensor:
