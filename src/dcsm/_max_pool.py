@@ -8,8 +8,8 @@ pooling layers of SqueezeNet and VGG-16. Its backward for a channels-last input 
 the ``(N, C, H, W)`` backward from saved indices is fast. :class:`FastMaxPool` takes the better of
 each: the forward on a channels-last copy, the output and the indices (positions within each
 plane, the same numbers in either layout) made contiguous again, and PyTorch's own backward from
-those indices. Values, indices and gradients are those of ``F.max_pool2d`` exactly (ties go to
-the first maximum in both kernels); ``tests/test_max_pool.py`` checks them.
+those indices. Values, indices and gradients are those of ``F.max_pool2d`` exactly, ties
+included: ``tests/test_max_pool.py`` checks them on inputs full of ties.
 """
 
 from __future__ import annotations
