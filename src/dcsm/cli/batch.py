@@ -18,6 +18,7 @@ from dcsm.cli.options import (
     add_method_options,
     add_model_options,
     add_pictures_option,
+    add_progress_options,
     explainer_from_args,
     max_side,
     method_for,
@@ -76,10 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-dist", action="store_true",
                    help="do not join torch.distributed for the final summary, even under "
                         "torchrun")
-    bar = r.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_const", const=True,
-                     default=None, help="show the progress bar (default: on a terminal, rank 0)")
-    bar.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    add_progress_options(r, "on a terminal, rank 0")
     p.set_defaults(handler=run)
 
 
