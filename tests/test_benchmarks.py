@@ -1,4 +1,4 @@
-"""The speed benchmarks still run and still compare like with like.
+"""The speed benchmarks still run and still compare like with like; the profile adds up.
 
 Each benchmark checks that every variant it times gives the library's maps and exits 1 when one
 does not; these tests run them on their smallest settings (one timed call, no timing asserted)
@@ -56,3 +56,17 @@ def test_throughput_variants_agree_and_costs_add_up(tmp_path):
     assert 0 < costs["classifier rows not computed"] < costs["forward"]
     assert all(row["agrees"] for row in model["rows"].values())
     assert model["batches"] and all(b["agrees"] for b in model["batches"].values())
+
+
+def test_profile_stages_cover_the_time(tmp_path):
+    out = tmp_path / "prof.json"
+    proc = _run("profile_explain.py", "--models", "squeezenet1_1", "--size", "96", "--calls",
+                "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [model] = json.loads(out.read_text())["models"]
+    shares = model["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    convs = (shares["convolutions and matrix products, forward"]
+             + shares["convolutions and matrix products, backward"])
+    assert 0.2 < convs < 1.0 and shares["max pooling"] > 0
+    assert shares["batch normalisation"] == 0  # SqueezeNet has none
