@@ -82,6 +82,12 @@ def test_default_writers(monkeypatch, squeeze):
     assert default_writers(ex) == 0  # every core to the model
     monkeypatch.setattr(torch, "get_num_threads", lambda: max(1, (cores or 1) - 1))
     assert default_writers(ex) == (1 if (cores or 1) > 1 else 0)
+    # torchrun with one process per core: no core is free for writers
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert default_writers(ex) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
+    assert default_writers(ex) == (1 if (cores or 1) > 1 else 0)
 
 
 def test_batch_with_a_writer_equals_writing_in_turn(tmp_path):

@@ -243,12 +243,18 @@ def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
 
 def default_writers(explainer: Explainer) -> int:
     """``writers=None``: one writer process when the model runs on a GPU, or on the CPU when
-    its threads leave a core free (``--threads``); else none (it would slow the model down)."""
+    its threads leave a core free (``--threads``; the cores are shared among the processes
+    torchrun starts on this machine, ``LOCAL_WORLD_SIZE``); else none (it would slow the model
+    down)."""
     if explainer.adapter.device.type == "cuda":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
-    return 1 if torch.get_num_threads() < cores else 0
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return 1 if torch.get_num_threads() < cores // local else 0
 
 
 def _writer_start() -> None:
