@@ -16,30 +16,42 @@ and the strongest peer-style code (the image repeated per class, ``torch.autogra
 layers; ``benchmarks/throughput.py``) with the same precision and memory format. Each row: a
 warm-up call, then timed calls for ``--seconds`` (at least ``--repeats``), synchronised.
 
+Then ``dcsm batch`` end to end on ``--batch-images`` (256) JPEG photos of PASCAL VOC's size
+(500 x 375, crops of the bundled image), the same model and settings, ``--batch-size 16
+--precision bfloat16 --no-pictures``: the maps alone, and with ``--segment`` (the dense CRF) in
+``--writers`` (8) writer processes; images per second from the manifest (first record to last
+``done``, after the model is loaded). ``--no-batch-run`` skips it.
+
 Agreement: every row's maps against the float32 row's (contiguous, ``loop``): float32 rows
 within the float32 rounding bound of ``benchmarks/throughput.py`` (computed from the reference's
 own layer maps), TF32 and bf16 rows within that script's (mean, max) tolerances. The target of
 issue 10 is at least 100 images per second in bf16 on one H100/H200-class GPU.
 
 ``--tiny`` runs the same code on the CPU in seconds (one thread, SqueezeNet 1.1, 64 pixels, two
-images, one timed call): ``benchmarks/test_gpu_benchmark.py`` checks it, so the script is known
-to work before a GPU is at hand. Exit status 1 when maps disagree.
+images, one timed call; the batch runs on 4 images of 64 x 48 with one writer):
+``benchmarks/test_gpu_benchmark.py`` checks it, so the script is known to work before a GPU is
+at hand. Exit status 1 when maps disagree.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from throughput import (
     CLASSES,
     DCSM_PRECISION,
+    IMAGE,
     PRECISION_TOLERANCE,
     ROUNDING_LAMBDA,
     UNIT_ROUNDOFF,
@@ -176,6 +188,46 @@ def plan(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def batch_run(args: argparse.Namespace, segment: bool) -> dict:
+    """``dcsm batch`` end to end on ``args.batch_images`` photos (see the module docstring)."""
+    side = (64, 48) if args.tiny else (500, 375)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "imgs"
+        folder.mkdir()
+        src = Image.open(IMAGE).convert("RGB")
+        for i in range(args.batch_images):
+            left = (i * 7) % max(1, src.width - src.height)
+            src.crop((left, 0, left + src.height, src.height)).resize(side).save(
+                folder / f"img{i:04d}.jpg", quality=90)
+        cmd = [sys.executable, "-m", "dcsm", "batch", str(folder), "--out",
+               str(Path(tmp) / "out"), "--model", args.model, "--preset", "paper",
+               "--classes", ",".join(map(str, CLASSES)), "--batch-size",
+               str(2 if args.tiny else 16), "--precision", "bfloat16", "--no-pictures",
+               "--device", args.device, "--no-progress", "--writers",
+               str(args.writers if segment else 0)]
+        if args.model.startswith("torchvision:"):
+            cmd += ["--weights", "random"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if segment:
+            cmd += ["--segment"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                             env.get("PYTHONPATH", "")])
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"dcsm batch failed: {proc.stderr.strip()[-2000:]}")
+        lines = (Path(tmp) / "out" / ".dcsm-batch" / "rank-0.jsonl").read_text().splitlines()
+        recs = [json.loads(line) for line in lines]
+        done = [r for r in recs if r["event"] == "done"]
+        first = next(r for r in recs if r["event"] == "start")["time"]
+        span = done[-1]["time"] - first
+    return {"segment": segment, "images": len(done), "images_per_s": len(done) / span,
+            "wall_s": wall, "writers": args.writers if segment else 0}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -192,11 +244,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true",
                         help="CPU (one thread), SqueezeNet 1.1, 64 pixels, 2 images, 1 timed "
                              "call")
+    parser.add_argument("--batch-images", type=int, default=256,
+                        help="photos for the `dcsm batch` runs")
+    parser.add_argument("--writers", type=int, default=8,
+                        help="writer processes of the `dcsm batch --segment` run")
+    parser.add_argument("--no-batch-run", dest="batch_run", action="store_false",
+                        help="skip the `dcsm batch` runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.tiny:
         args.device, args.model, args.size, args.batch = "cpu", "squeezenet1_1", 64, 2
         args.seconds, args.repeats, args.threads = 0.0, 1, args.threads or 1
+        args.batch_images, args.writers = 4, 1
     if args.threads:
         torch.set_num_threads(args.threads)  # one on a shared CPU: OpenMP threads spin
     args.precisions = [p for p in args.precisions.split(",") if p]
@@ -264,9 +323,19 @@ def main(argv: list[str] | None = None) -> dict:
     if "bf16" in best and args.device.startswith("cuda"):
         print(f"target {TARGET_BF16:g} images/s in bf16: "
               f"{'reached' if best['bf16'] >= TARGET_BF16 else 'NOT reached'}")
+    runs = []
+    if args.batch_run:
+        for segment in (False, True):
+            r = batch_run(args, segment)
+            runs.append(r)
+            what = (f"maps and the dense CRF ({r['writers']} writer processes)" if segment
+                    else "maps only")
+            print(f"`dcsm batch`, {r['images']} photos, bf16, --batch-size 16, --no-pictures, "
+                  f"{what}: {r['images_per_s']:.1f} img/s after the model is loaded "
+                  f"({r['wall_s']:.1f} s wall with start-up)", flush=True)
     print(f"all maps agree with float32: {'yes' if ok else 'NO'}")
     out = {"device": name, "model": args.model, "batch": args.batch, "size": args.size,
-           "rows": [vars(r) for r in rows], "best": best, "agree": ok}
+           "rows": [vars(r) for r in rows], "best": best, "agree": ok, "batch_runs": runs}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     if not ok and argv is None:

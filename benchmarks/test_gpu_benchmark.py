@@ -29,6 +29,10 @@ def test_tiny_run_agrees_and_reports_every_configuration(tmp_path):
     assert all(r["diff_over_bound"] is not None for r in rows if r["precision"] == "fp32")
     assert all(r["mean_diff"] > 0 for r in rows if r["precision"] == "bf16")
     assert json.loads((tmp_path / "gpu.json").read_text())["best"]["bf16"] > 0
+    runs = out["batch_runs"]
+    assert [r["segment"] for r in runs] == [False, True]
+    assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in runs)
+    assert runs[1]["writers"] == 1
 
 
 def test_wrong_maps_are_caught(monkeypatch):
