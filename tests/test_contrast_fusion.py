@@ -291,6 +291,11 @@ def test_subtract_strongest_against_pixel_loops(k):
                                      else maps[c, y, x])
     got = subtract_strongest(torch.from_numpy(maps)).numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
+    # leading dimensions are independent images
+    batch = torch.from_numpy(np.stack([maps, maps[::-1].copy(), 2 * maps]))
+    out = subtract_strongest(batch)
+    for i in range(3):
+        assert torch.equal(out[i], subtract_strongest(batch[i]))
 
 
 def test_paper_fusion_with_strongest_contrast():
