@@ -42,10 +42,14 @@ from dcsm.contrast import CONTRASTS, pairwise_saturated_contrast
 
 
 def tanh_normalize(maps: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``tanh(alpha * M / max M)`` per map over its last two dimensions; 0 where max <= 0."""
+    """``tanh(alpha * M / max M)`` per map over its last two dimensions; 0 where max <= 0.
+
+    One new map and two passes over it: the factor ``alpha / max M`` is formed per map first.
+    """
     peak = maps.amax(dim=(-2, -1), keepdim=True)
-    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
-    return torch.where(peak > 0, torch.tanh(alpha * maps / safe), torch.zeros_like(maps))
+    positive = peak > 0
+    scale = alpha / torch.where(positive, peak, torch.ones_like(peak))
+    return torch.tanh_(maps * scale).masked_fill_(~positive, 0.0)
 
 
 class PaperFusion:
