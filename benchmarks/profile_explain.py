@@ -56,7 +56,8 @@ STAGES: dict[str, tuple[str, ...]] = {
         "aten::relu_", "aten::threshold_backward"),
     "the maps (Eq. 1 to 3)": (
         "aten::abs", "aten::amax", "aten::upsample_bilinear2d", "aten::_upsample_bilinear2d_aa",
-        "aten::tanh", "aten::sub", "aten::where", "aten::div", "aten::maximum"),
+        "aten::tanh", "aten::tanh_", "aten::masked_fill_", "aten::sub", "aten::where", "aten::div",
+        "aten::maximum", "aten::stack"),
     "copies, fills and allocation": (
         "aten::copy_", "aten::fill_", "aten::empty", "aten::empty_strided", "aten::_to_copy",
         "aten::zero_", "aten::zeros_like", "aten::clone", "aten::contiguous", "aten::cat",
