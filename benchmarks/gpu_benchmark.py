@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +63,7 @@ from throughput import (
     make_case,
     raw_layer_maps,
     set_tf32,
+    timed_batch,
 )
 
 import dcsm
@@ -199,8 +198,7 @@ def batch_run(args: argparse.Namespace, segment: bool) -> dict:
             left = (i * 7) % max(1, src.width - src.height)
             src.crop((left, 0, left + src.height, src.height)).resize(side).save(
                 folder / f"img{i:04d}.jpg", quality=90)
-        cmd = [sys.executable, "-m", "dcsm", "batch", str(folder), "--out",
-               str(Path(tmp) / "out"), "--model", args.model, "--preset", "paper",
+        cmd = [str(folder), "--model", args.model, "--preset", "paper",
                "--classes", ",".join(map(str, CLASSES)), "--batch-size",
                str(2 if args.tiny else 16), "--precision", "bfloat16", "--no-pictures",
                "--device", args.device, "--no-progress", "--writers",
@@ -211,21 +209,9 @@ def batch_run(args: argparse.Namespace, segment: bool) -> dict:
             cmd += ["--threads", str(args.threads)]
         if segment:
             cmd += ["--segment"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                             env.get("PYTHONPATH", "")])
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"dcsm batch failed: {proc.stderr.strip()[-2000:]}")
-        lines = (Path(tmp) / "out" / ".dcsm-batch" / "rank-0.jsonl").read_text().splitlines()
-        recs = [json.loads(line) for line in lines]
-        done = [r for r in recs if r["event"] == "done"]
-        first = next(r for r in recs if r["event"] == "start")["time"]
-        span = done[-1]["time"] - first
-    return {"segment": segment, "images": len(done), "images_per_s": len(done) / span,
-            "wall_s": wall, "writers": args.writers if segment else 0}
+        run = timed_batch(cmd, Path(tmp) / "out")
+    return {"segment": segment, "images": run["images"], "images_per_s": run["images_per_s"],
+            "wall_s": run["wall_s"], "writers": args.writers if segment else 0}
 
 
 def main(argv: list[str] | None = None) -> dict:

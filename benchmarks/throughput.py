@@ -616,28 +616,35 @@ def runner_throughput(args: argparse.Namespace, images: int = 16, pictures: bool
         for i in range(images):
             src.crop((i * 20, 0, i * 20 + 224, 224)).resize(
                 (args.size, args.size)).save(folder / f"img{i:02d}.png")
-        cmd = [sys.executable, "-m", "dcsm", "batch", str(folder), "--out",
-               str(Path(tmp) / "out"), "--classes", ",".join(map(str, CLASSES)),
-               "--no-progress", "--device", args.device, "--workers", "1", "--preset", "paper"]
-        cmd += ["--writers", str(writers)]
+        cmd = [str(folder), "--classes", ",".join(map(str, CLASSES)), "--no-progress",
+               "--device", args.device, "--workers", "1", "--preset", "paper",
+               "--writers", str(writers)]
         if not pictures:
             cmd.append("--no-pictures")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                             env.get("PYTHONPATH", "")])
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-2000:])
-        recs = [json.loads(line) for line in
-                (Path(tmp) / "out" / ".dcsm-batch" / "rank-0.jsonl").read_text().splitlines()]
-        done = [r for r in recs if r["event"] == "done"]
-        start = next(r for r in recs if r["event"] == "start")["time"]
-        span = done[-1]["time"] - start
-    return {"images": images, "wall_s": wall, "images_per_s": len(done) / span,
+        return timed_batch(cmd, Path(tmp) / "out")
+
+
+def timed_batch(arguments: list[str], out: Path) -> dict:
+    """``python -m dcsm batch ARGUMENTS --out OUT`` with this checkout's ``src`` first on the
+    path: the images done, their rate from the manifest (first record to last ``done``, after
+    the model is loaded), the median seconds per image and the wall time with start-up."""
+    cmd = [sys.executable, "-m", "dcsm", "batch", *arguments, "--out", str(out)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                         env.get("PYTHONPATH", "")])
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"dcsm batch failed: {proc.stderr.strip()[-2000:]}")
+    recs = [json.loads(line) for line in
+            (out / ".dcsm-batch" / "rank-0.jsonl").read_text().splitlines()]
+    done = [r for r in recs if r["event"] == "done"]
+    start = next(r for r in recs if r["event"] == "start")["time"]
+    span = done[-1]["time"] - start
+    return {"images": len(done), "wall_s": wall, "images_per_s": len(done) / span,
             "per_image_s": statistics.median(r["seconds"] for r in done)}
 
 
