@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -88,6 +89,15 @@ def test_default_writers(monkeypatch, squeeze):
     assert default_writers(ex) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
     assert default_writers(ex) == (1 if (cores or 1) > 1 else 0)
+    # the model on a GPU: the spare cores write, from 1 to 8
+    gpu = SimpleNamespace(adapter=SimpleNamespace(device=torch.device("cuda")))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_writers(gpu, decoders=2) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_writers(gpu, decoders=2) == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # one process per GPU, 8 GPUs, 8 cores
+    assert default_writers(gpu, decoders=2) == 1
 
 
 def test_batch_with_a_writer_equals_writing_in_turn(tmp_path):

@@ -63,8 +63,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "%(default)s")
     r.add_argument("--writers", type=nonnegative_int, default=None, metavar="N",
                    help="processes that segment and write the outputs while the model explains "
-                        "the next images (0: in turn, in this process; default 1 on a GPU or "
-                        "when --threads leaves a CPU core free, else 0)")
+                        "the next images (0: in turn, in this process; default: with the "
+                        "model on a GPU one per spare core, 1 to 8; on the CPU 1 when "
+                        "--threads leaves a core free, else 0)")
     r.add_argument("--force", action="store_true",
                    help="DIR holds outputs made with other settings: redo them with these")
     r.add_argument("--threads", type=nonnegative_int, default=0,
