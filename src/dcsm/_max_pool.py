@@ -20,18 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from dcsm._torch_calls import MAX_POOL2D_ARGS, call_arguments, pair
+
 Pair = list[int]
-
-
-def _pair(v: object) -> Pair | None:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return [v, v]
-    if isinstance(v, tuple | list) and len(v) == 2 and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in v):
-        return [int(v[0]), int(v[1])]
-    if isinstance(v, tuple | list) and len(v) == 1 and isinstance(v[0], int):
-        return [int(v[0]), int(v[0])]
-    return None
 
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
@@ -74,27 +65,24 @@ def max_pool2d(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair, dilat
     return out
 
 
-_NAMES = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-
-
 def _call(args: tuple, kwargs: dict) -> tuple | None:
     """``(x, kernel, stride, padding, dilation, ceil_mode)`` of a pooling call to reroute."""
-    call = dict(zip(_NAMES, args, strict=False)) | kwargs
+    call = call_arguments(MAX_POOL2D_ARGS, args, kwargs)
     x = call.get("input")
     if call.get("return_indices", False) or not isinstance(x, torch.Tensor) or x.ndim != 4 \
             or x.device.type != "cpu" or not x.is_floating_point() or x.shape[1] < 2 \
             or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return None
-    kernel = _pair(call.get("kernel_size"))
+    kernel = pair(call.get("kernel_size"))
     stride = call.get("stride")
-    stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
-    padding = _pair(call.get("padding", 0))
-    dilation = _pair(call.get("dilation", 1))
+    stride = kernel if stride is None or stride == [] or stride == () else pair(stride)
+    padding = pair(call.get("padding", 0))
+    dilation = pair(call.get("dilation", 1))
     ceil_mode = call.get("ceil_mode", False)
     if kernel is None or stride is None or padding is None or dilation is None \
             or not isinstance(ceil_mode, bool):
         return None
-    return x, kernel, stride, padding, dilation, ceil_mode
+    return x, [*kernel], [*stride], [*padding], [*dilation], ceil_mode
 
 
 class FastMaxPool(TorchFunctionMode):

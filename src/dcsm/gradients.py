@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from dcsm._max_pool import FastMaxPool
+from dcsm._torch_calls import CONV2D_ARGS, call_arguments, pair
 from dcsm.adapters.base import LayerRef, ModelAdapter
 from dcsm.errors import DcsmError
 from dcsm.rules import BackpropRule
@@ -157,25 +158,16 @@ class MatmulConv(torch.autograd.Function):
                 None, None, None)
 
 
-def _pair(v: object) -> tuple[int, int] | None:
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, tuple | list) and len(v) == 2 and all(isinstance(i, int) for i in v):
-        return (int(v[0]), int(v[1]))
-    return None
-
-
 def _matmul_conv_call(args: tuple, kwargs: dict) -> tuple | None:
     """``(x, weight, bias, padding)`` of an ``F.conv2d`` call :class:`MatmulConv` should
     compute, or None."""
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    call = dict(zip(names, args, strict=False)) | kwargs
+    call = call_arguments(CONV2D_ARGS, args, kwargs)
     x, weight, bias = call.get("input"), call.get("weight"), call.get("bias")
     padding = call.get("padding", 0)
-    padding = (0, 0) if padding == "valid" else _pair(padding)
+    padding = (0, 0) if padding == "valid" else pair(padding)
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) \
-            or padding is None or _pair(call.get("stride", 1)) != (1, 1) \
-            or _pair(call.get("dilation", 1)) != (1, 1) or call.get("groups", 1) != 1:
+            or padding is None or pair(call.get("stride", 1)) != (1, 1) \
+            or pair(call.get("dilation", 1)) != (1, 1) or call.get("groups", 1) != 1:
         return None
     if x.ndim != 4 or weight.ndim != 4 or x.device.type != "cpu" \
             or x.dtype != torch.float32 or weight.dtype != torch.float32 \
@@ -433,8 +425,7 @@ class _RestrictHead(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001,ANN204
         kwargs = kwargs or {}
         if func is torch.conv2d or func is torch.nn.functional.conv2d:
-            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-            call = dict(zip(names, args, strict=False)) | kwargs
+            call = call_arguments(CONV2D_ARGS, args, kwargs)
             weight, bias = call.get("weight"), call.get("bias")
             if isinstance(weight, torch.Tensor) and tuple(weight.shape) == self.head.shape:
                 self.calls += 1
