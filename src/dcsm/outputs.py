@@ -124,14 +124,13 @@ def _write_pictures(result: SaliencyResult, directory: Path, display: Display
         save_png(directory / files[name],
                  map_picture(picture, shrink_map(m, PREVIEW_SIDE), **display.options()))
     small = shrink_image(result.image, FIGURE_SIDE)
+    small_maps = {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()}
     titles = {c.name: f"{c.name} ({c.score:.2f})" for c in result.candidates}
-    fig = maps_figure(small, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
-                      titles, **display.options())
-    save_figure(directory / "figure.png", fig)
+    save_figure(directory / "figure.png",
+                maps_figure(small, small_maps, titles, **display.options()))
     if result.layer_maps:
         layer_maps = {c: {name: shrink_map(m, FIGURE_SIDE) for name, m in layers.items()}
                       for c, layers in result.layer_maps.items()}
-        save_figure(directory / "layers.png", layers_figure(
-            small, layer_maps, {n: shrink_map(m, FIGURE_SIDE) for n, m in result.maps.items()},
-            **display.options()))
+        save_figure(directory / "layers.png",
+                    layers_figure(small, layer_maps, small_maps, **display.options()))
     return files
