@@ -162,18 +162,16 @@ def explain_group(explainer: Explainer, images: list[Any], options: BatchOptions
                   ) -> list[SaliencyResult]:
     """The explanations of images that share one working-resolution size, as one tensor batch
     (one by one where automatic candidates differ in number between them)."""
-    kwargs = {"classes": options.classes, "top_k": options.top_k,
-              "threshold": options.threshold, "per_layer": options.per_layer}
     if len(images) == 1:
-        return [explainer.explain(images[0], **kwargs)]  # type: ignore[list-item]
+        return [explain_one(explainer, images[0], options)]
     adapter = explainer.adapter
     max_side = getattr(explainer, "max_side", None)
     size = working_size(images[0].shape[0], images[0].shape[1], max_side)
     x = torch.cat([image_input(adapter, im, size) for im in images])
     try:
-        batch = explainer.explain(x, **kwargs)
+        batch = explainer.explain(x, **_explain_options(options))
     except UnevenCandidates:
-        return [explainer.explain(im, **kwargs) for im in images]  # type: ignore[misc]
+        return [explain_one(explainer, im, options) for im in images]
     return batch.results(images)  # type: ignore[union-attr]
 
 
@@ -206,10 +204,15 @@ def batches(samples: Iterable[Loaded], size: int, max_side: int | None,
         yield group
 
 
+def _explain_options(options: BatchOptions) -> dict[str, Any]:
+    """The keyword arguments of ``explain`` the options give."""
+    return {"classes": options.classes, "top_k": options.top_k,
+            "threshold": options.threshold, "per_layer": options.per_layer}
+
+
 def explain_one(explainer: Explainer, image: Any, options: BatchOptions) -> SaliencyResult:
     """One image's explanation with the options' candidates."""
-    return explainer.explain(image, classes=options.classes, top_k=options.top_k,  # type: ignore[return-value]
-                             threshold=options.threshold, per_layer=options.per_layer)
+    return explainer.explain(image, **_explain_options(options))  # type: ignore[return-value]
 
 
 def write_result(result: SaliencyResult, path: str, name: str, out: Path,
@@ -229,16 +232,6 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
         write_explanation(result, tmp, path, seg, pictures=options.pictures)
     cands = [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
     return cands, time.perf_counter() - start
-
-
-def write_outputs(explainer: Explainer, image: Any, item: InputItem, out: Path,
-                  options: BatchOptions, result: SaliencyResult | None = None
-                  ) -> list[dict[str, Any]]:
-    """Explain (unless ``result`` is given) and segment one image and write ``out/<name>/``
-    atomically, in this process; the candidates."""
-    if result is None:
-        result = explain_one(explainer, image, options)
-    return write_result(result, str(item.path), item.name, out, options)[0]
 
 
 def default_writers(explainer: Explainer, decoders: int = 2) -> int:
@@ -384,29 +377,30 @@ def run(
             show = False
         bar = Progress(len(pending), desc, show)
 
-        def record(item: InputItem, value: Any, error: BaseException | None,  # noqa: ANN401
-                   stage: str, explain_seconds: float = 0.0, reason: str | None = None
-                   ) -> None:
-            nonlocal done
-            common = {"key": item.key, "image": str(item.path), "output": item.name,
-                      "fingerprint": fp}
-            if error is None and reason is None:
-                cands, seconds = value
-                manifest.write("done", **common, candidates=cands,
-                               seconds=round(seconds + explain_seconds, 4))
-                done += 1
-                bar.step()
-                return
-            reason = reason if reason is not None else _reason(error)  # type: ignore[arg-type]
-            manifest.write("failed", **common, stage=stage, reason=reason)
+        def common(item: InputItem) -> dict[str, Any]:
+            return {"key": item.key, "image": str(item.path), "output": item.name,
+                    "fingerprint": fp}
+
+        def failure(item: InputItem, stage: str, reason: str) -> None:
+            manifest.write("failed", **common(item), stage=stage, reason=reason)
             failed.append((item.key, reason))
             bar.message(f"dcsm batch: {item.path}: failed: {reason}")
             bar.step(failed=True)
 
         def settle(outcomes: list[tuple[object, Any, BaseException | None]]) -> None:
+            """Record the writers' outcomes: tag (item, seconds explaining it), value
+            (candidates, seconds writing) or error."""
+            nonlocal done
             for tag, value, error in outcomes:
                 item, explain_seconds = tag  # type: ignore[misc]
-                record(item, value, error, "write", explain_seconds)
+                if error is not None:
+                    failure(item, "write", _reason(error))
+                    continue
+                cands, write_seconds = value
+                manifest.write("done", **common(item), candidates=cands,
+                               seconds=round(explain_seconds + write_seconds, 4))
+                done += 1
+                bar.step()
 
         try:
             for group in batches(samples, options.batch_size,
@@ -427,8 +421,7 @@ def run(
                 for sample, result in zip(group, results, strict=True):
                     item = pending[sample.index]
                     if sample.image is None:
-                        record(item, None, None, "read",
-                               reason=sample.error or "cannot read image")
+                        failure(item, "read", sample.error or "cannot read image")
                         continue
                     t1 = time.perf_counter()
                     if result is None:
@@ -437,7 +430,7 @@ def run(
                         except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
                             if torch.cuda.is_available():
                                 torch.cuda.empty_cache()
-                            record(item, None, exc, "explain")
+                            failure(item, "explain", _reason(exc))
                             continue
                         seconds = time.perf_counter() - t1
                     else:
