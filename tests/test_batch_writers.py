@@ -38,7 +38,10 @@ def test_outcomes_come_in_order_with_errors_and_run_in_another_process():
     outcomes = []
     try:
         for v in range(7):
-            outcomes += writers.submit(f"item {v}", v, parent)
+            if v == 5:  # known to have failed: comes back in its turn, behind the jobs
+                outcomes += writers.fail(f"item {v}", RuntimeError("unreadable"))
+            else:
+                outcomes += writers.submit(f"item {v}", v, parent)
             assert len(writers.jobs) <= 2
         outcomes += writers.drain()
     finally:
@@ -47,6 +50,8 @@ def test_outcomes_come_in_order_with_errors_and_run_in_another_process():
     for v, (_, value, error) in enumerate(outcomes):
         if v == 3:
             assert value is None and isinstance(error, ValueError)
+        elif v == 5:
+            assert value is None and str(error) == "unreadable"
         else:
             assert error is None and value[0] == v * v and value[1] != parent
 
@@ -106,7 +111,7 @@ def test_batch_with_a_writer_equals_writing_in_turn(tmp_path):
     src = Image.open(BUNDLED).convert("RGB")
     for i in range(5):
         src.crop((i * 40, 0, i * 40 + 224, 224)).resize((72, 64)).save(folder / f"im{i}.png")
-    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "im2x.png").write_bytes(b"not a png")  # between the others
     extra = ["--segment", "--crf-iterations", "3"]
     outs = {}
     for writers in ("0", "1"):
@@ -120,6 +125,7 @@ def test_batch_with_a_writer_equals_writing_in_turn(tmp_path):
         recs = records(out)
         assert recs[0]["writers"] == int(writers)
         done = [r["output"] for r in recs if r["event"] in ("done", "failed")]
-        assert done == ["broken", "im0", "im1", "im2", "im3", "im4"]  # the inputs' order
+        assert done == ["im0", "im1", "im2", "im2x", "im3", "im4"]  # the inputs' order
+        assert [r["stage"] for r in recs if r["event"] == "failed"] == ["read"]
     assert_same_outputs(read_outputs(outs["1"]), read_outputs(outs["0"]))
     assert not any(Path(outs["1"]).glob(".*partial*"))

@@ -267,8 +267,9 @@ class Writers:
     worker processes (0: at once, here) and hands back the outcomes in the order the jobs came,
     at most ``ahead`` of them in flight.
 
-    A worker that dies (killed, out of memory) breaks the pool: its jobs and every later one
-    run in this process instead, so no image is lost to it.
+    Outcomes known without a job (:meth:`fail`) take their turn in the same queue. A worker
+    that dies (killed, out of memory) breaks the pool: its jobs and every later one run in this
+    process instead, so no image is lost to it.
     """
 
     def __init__(self, processes: int, ahead: int | None = None,
@@ -292,6 +293,18 @@ class Writers:
             except BrokenProcessPool:
                 self.pool = None
         self.jobs.append((tag, args, future))
+        return self._ready()
+
+    def fail(self, tag: object, error: BaseException
+             ) -> list[tuple[object, Any, BaseException | None]]:
+        """Queue an outcome known already (an image that could not be read or explained), so
+        that it comes back in its turn; the outcomes complete by now."""
+        known: Future = Future()
+        known.set_exception(error)
+        self.jobs.append((tag, (), known))
+        return self._ready()
+
+    def _ready(self) -> list[tuple[object, Any, BaseException | None]]:
         ready = []
         while self.jobs and (len(self.jobs) > self.ahead or self.jobs[0][2] is None
                              or self.jobs[0][2].done()):
@@ -388,13 +401,13 @@ def run(
             bar.step(failed=True)
 
         def settle(outcomes: list[tuple[object, Any, BaseException | None]]) -> None:
-            """Record the writers' outcomes: tag (item, seconds explaining it), value
-            (candidates, seconds writing) or error."""
+            """Record the outcomes in the inputs' order: tag (item, the stage that failed if
+            it fails, seconds explaining it), value (candidates, seconds writing) or error."""
             nonlocal done
             for tag, value, error in outcomes:
-                item, explain_seconds = tag  # type: ignore[misc]
+                item, stage, explain_seconds = tag  # type: ignore[misc]
                 if error is not None:
-                    failure(item, "write", _reason(error))
+                    failure(item, stage, _reason(error))
                     continue
                 cands, write_seconds = value
                 manifest.write("done", **common(item), candidates=cands,
@@ -421,7 +434,8 @@ def run(
                 for sample, result in zip(group, results, strict=True):
                     item = pending[sample.index]
                     if sample.image is None:
-                        failure(item, "read", sample.error or "cannot read image")
+                        settle(writer.fail((item, "read", 0.0),
+                                           DcsmError(sample.error or "cannot read image")))
                         continue
                     t1 = time.perf_counter()
                     if result is None:
@@ -430,13 +444,13 @@ def run(
                         except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
                             if torch.cuda.is_available():
                                 torch.cuda.empty_cache()
-                            failure(item, "explain", _reason(exc))
+                            settle(writer.fail((item, "explain", 0.0), exc))
                             continue
                         seconds = time.perf_counter() - t1
                     else:
                         seconds = share
-                    settle(writer.submit((item, seconds), result, str(item.path), item.name,
-                                         out, options))
+                    settle(writer.submit((item, "write", seconds), result, str(item.path),
+                                         item.name, out, options))
                 if group_error is not None and torch.cuda.is_available():
                     torch.cuda.empty_cache()
             settle(writer.drain())
