@@ -68,6 +68,7 @@ __all__ = [
     "figure_one",
     "label_overlay",
     "labels_image",
+    "resize_labels",
     "save_labels",
     "segment",
     "segment_crf",
@@ -143,18 +144,21 @@ def _working_side(height: int, width: int, max_side: int | None) -> int | None:
     return None if side >= long else side
 
 
-def _nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label image (or a boolean mask) as uint8, resized to ``size`` (nearest neighbour)."""
     from PIL import Image
 
-    pil = Image.fromarray(mask.astype(np.uint8))
+    pil = Image.fromarray(labels.astype(np.uint8))
+    if (pil.height, pil.width) == tuple(size):
+        return np.asarray(pil)
     return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 def _enlarge(seg: Segmentation, size: tuple[int, int]) -> Segmentation:
     """``seg`` with its labels, masks and regions resized to ``size`` (nearest neighbour)."""
-    labels = _nearest(seg.labels, size)
+    labels = resize_labels(seg.labels, size)
     masks = {n: labels == v for v, n in enumerate(seg.candidates, 1)}
-    regions = {n: _nearest(r, size).astype(bool) for n, r in seg.regions.items()}
+    regions = {n: resize_labels(r, size).astype(bool) for n, r in seg.regions.items()}
     return Segmentation(labels, masks, seg.candidates, seg.method,
                         {**seg.parameters, "working_size": list(seg.labels.shape)},
                         regions, seg.probabilities)

@@ -282,14 +282,14 @@ def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
 def segmentation_html(analysis: Analysis) -> str:
     """The labels over the photo (VOC colours, background darkened) with a legend of colours
     and pixel counts, in a ``div`` with id ``segmentation``."""
-    from dcsm.segmentation import label_overlay, voc_palette
+    from dcsm.segmentation import label_overlay, resize_labels, voc_palette
     from dcsm.viz import html_gallery
 
     seg = analysis.segmentation
     if seg is None:
         return '<p id="segmentation">No segmentation asked for.</p>'
     small = _small(analysis)
-    labels = _shrink_labels(seg.labels, (small.shape[0], small.shape[1]))
+    labels = resize_labels(seg.labels, (small.shape[0], small.shape[1]))
     counts = seg.summary()["pixels"]
     palette = voc_palette(len(seg.candidates) + 1)
     legend = "".join(
@@ -301,16 +301,6 @@ def segmentation_html(analysis: Analysis) -> str:
     gallery = html_gallery([("segmentation", f"{seg.method} labels",
                              label_overlay(small, labels))], title="Segmentation", width=480)
     return f'<div id="segmentation">{gallery}<p>{legend}</p></div>'
-
-
-def _shrink_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Labels resized to ``size`` (nearest neighbour)."""
-    if labels.shape == size:
-        return labels
-    from PIL import Image
-
-    pil = Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return np.asarray(pil)
 
 
 def scores_markdown(analysis: Analysis) -> str:
