@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -98,13 +98,19 @@ class SaliencyResult:
         default) with a colour bar; ``"paper"`` draws grey maps side by side. ``figure``: draw
         into this figure instead of a new Agg-backed one.
         """
-        from dcsm.images import FIGURE_SIDE, shrink_image, shrink_map
+        from dcsm.images import FIGURE_SIDE
+
+        return self._figure(FIGURE_SIDE, style=style, cmap=cmap, alpha=alpha, figure=figure)
+
+    def _figure(self, side: int, **options: Any) -> Figure:  # noqa: ANN401
+        """:func:`dcsm.viz.maps_figure` of the image and maps shrunk to ``side`` pixels."""
+        from dcsm.images import shrink_image, shrink_map
         from dcsm.viz import maps_figure
 
-        small = shrink_image(self.image, FIGURE_SIDE)
-        maps = {n: shrink_map(m, FIGURE_SIDE) for n, m in self.maps.items()}
+        small = shrink_image(self.image, side)
+        maps = {n: shrink_map(m, side) for n, m in self.maps.items()}
         return maps_figure(small, maps, self._titles(), f"{self.method} ({self.model})",
-                           style=style, cmap=cmap, alpha=alpha, figure=figure)
+                           **options)
 
     def show(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5) -> None:
         """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it (in a notebook, inline;
@@ -118,13 +124,9 @@ class SaliencyResult:
     def _repr_png_(self) -> bytes:
         """The notebook's PNG of the result: :meth:`figure` (the image, each class's map over
         it with its score, a colour bar) at most :data:`DISPLAY_SIDE` pixels a panel."""
-        from dcsm.images import shrink_image, shrink_map
-        from dcsm.viz import figure_to_png, maps_figure
+        from dcsm.viz import figure_to_png
 
-        small = shrink_image(self.image, DISPLAY_SIDE)
-        maps = {n: shrink_map(m, DISPLAY_SIDE) for n, m in self.maps.items()}
-        fig = maps_figure(small, maps, self._titles(), f"{self.method} ({self.model})")
-        return figure_to_png(fig)
+        return figure_to_png(self._figure(DISPLAY_SIDE))
 
     def _repr_html_(self) -> str:
         """The notebook's HTML of the result: a line naming the model and method, then the
