@@ -195,7 +195,8 @@ def test_explain_matches_float64_reference(tiny, preset, rule, subtract, order, 
             assert np.abs(got - layer_maps[i][k]).max() < tol
     assert result.parameters == {
         "preset": preset, "scales": list(p.scales), "layers": LAYERS, "backprop": rule,
-        "alpha": 3.0, "subtract": subtract, "upsample": order, "fusion": p.fusion,
+        "alpha": 3.0, "subtract": subtract, "upsample": order, "reduce": "max_abs",
+        "propagate": None, "fusion": p.fusion,
         "contrast": p.contrast, "candidate_rule": p.candidate_rule, "min_contrast": p.min_contrast,
         "max_side": 512, "precision": "float32",
     }
@@ -371,6 +372,9 @@ def test_image_kinds_give_the_same_maps(tiny, tmp_path):
     ({"preset": "nope"}, "unknown preset"),
     ({"backprop": "nope"}, "unknown back-propagation rule"),
     ({"upsample": "nearest"}, "unknown upsampling order"),
+    ({"reduce": "median"}, "unknown channel reduction 'median'"),
+    ({"propagate": 3}, "propagate must be a dcsm.affinity.Propagation"),
+    ({"propagate": dcsm.affinity.Propagation(layer="nowhere")}, "propagation layer 'nowhere'"),
     ({"batch": "parallel"}, "unknown batch mode"),
 ])
 def test_bad_settings_raise(tiny, kwargs, match):

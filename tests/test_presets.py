@@ -25,6 +25,7 @@ BASE = dict(name="custom", scales=(1.0,), fusion="paper", candidate_rule="refere
     ({"contrast": "difference"}, "unknown contrast 'difference'"),
     ({"candidate_rule": "best"}, "unknown candidate rule 'best'"),
     ({"upsample": "nearest"}, "unknown upsampling order 'nearest'"),
+    ({"reduce": "median"}, "unknown channel reduction 'median'"),
     ({"alpha": 0.0}, "alpha must be a positive number"),
     ({"alpha": -1.0}, "alpha must be a positive number"),
     ({"alpha": float("nan")}, "alpha must be a positive number"),

@@ -43,6 +43,7 @@ from torch import nn
 
 from dcsm.adapters import as_adapter
 from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
+from dcsm.affinity import Propagation, random_walk
 from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.fusion import PaperFusion, ReleasedFusion
@@ -67,10 +68,12 @@ from dcsm.images import (
     working_size,
 )
 from dcsm.layer_maps import (
+    CHANNEL_REDUCTIONS,
     UPSAMPLE_ORDERS,
+    ChannelReduction,
     UpsampleOrder,
     layer_saliency,
-    max_abs_over_channels,
+    reduce_channels,
     upsample,
 )
 from dcsm.layouts import LayoutSpec, resolve_layout, to_grid
@@ -318,6 +321,9 @@ class DistinctSaliency(_Explainer):
         alpha: the saturation of ``tanh(alpha * M / max M)`` (3).
         subtract: apply the class contrast (Eq. 2); False gives the "raw" maps of Fig. 3.
         upsample: ``"max_first"`` (the text, default) or ``"upsample_first"`` (the formula).
+        reduce: the channel reduction of each layer's derivatives: ``"max_abs"`` (the paper's
+            maximum of absolute values) or ``"grad_act"`` (positive derivative times positive
+            activation, summed; :mod:`dcsm.layer_maps`); default: the preset's.
         batch: how the class slots are back-propagated through each scale's single forward
             graph: ``"loop"`` (one backward per slot, serving every image of a batch),
             ``"vmap"`` (one backward for all slots, ``torch.func.vmap`` over
@@ -352,6 +358,8 @@ class DistinctSaliency(_Explainer):
         alpha: float | None = None,
         subtract: bool = True,
         upsample: UpsampleOrder | None = None,
+        reduce: ChannelReduction | None = None,
+        propagate: Propagation | None = None,
         batch: BatchMode = "auto",
         min_contrast: int | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
@@ -391,6 +399,20 @@ class DistinctSaliency(_Explainer):
         self.upsample: UpsampleOrder = upsample or self.preset.upsample
         if self.upsample not in UPSAMPLE_ORDERS:
             raise DcsmError(f"unknown upsampling order '{self.upsample}'")
+        self.reduce: ChannelReduction = reduce or self.preset.reduce
+        if self.reduce not in CHANNEL_REDUCTIONS:
+            raise DcsmError(f"unknown channel reduction '{self.reduce}'; known: "
+                            f"{', '.join(CHANNEL_REDUCTIONS)}")
+        self.propagate = self.preset.propagate if propagate is None else propagate
+        if self.propagate is not None and not isinstance(self.propagate, Propagation):
+            raise DcsmError("propagate must be a dcsm.affinity.Propagation or None, got "
+                            f"{type(self.propagate).__name__}")
+        self._affinity_layer = ""
+        if self.propagate is not None and self.propagate.steps > 0:
+            self._affinity_layer = self.propagate.layer or self.layers[-1]
+            if self._affinity_layer not in self.layers:
+                raise DcsmError(f"the propagation layer '{self._affinity_layer}' is not one of "
+                                f"the explainer's layers: {', '.join(self.layers)}")
         if batch not in ("auto", "loop", "vmap"):
             raise DcsmError(f"unknown batch mode '{batch}'; known: auto, loop, vmap")
         self.batch: BatchMode = batch
@@ -415,6 +437,8 @@ class DistinctSaliency(_Explainer):
             "alpha": self.alpha,
             "subtract": self.subtract,
             "upsample": self.upsample,
+            "reduce": self.reduce,
+            "propagate": None if self.propagate is None else self.propagate.as_dict(),
             "fusion": self.preset.fusion,
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
@@ -439,12 +463,19 @@ class DistinctSaliency(_Explainer):
         layouts = [resolve_layout(tuple(a.shape), in_hw, self.adapter.layer_layout(name), name)
                    for name, a in fp.activations.items()]
         slots: list[list[torch.Tensor]] = [[] for _ in acts]
+        grid_acts: list[torch.Tensor | None] = [None] * len(acts)
+        if self.reduce == "grad_act":
+            with torch.no_grad():
+                grid_acts = [to_grid(a.detach().float(), layouts[i], in_hw, name)
+                             for i, (a, name) in enumerate(zip(acts, fp.activations,
+                                                               strict=True))]
         for grads in iter_class_gradients(fp, targets, acts, self.batch):
             with torch.no_grad():
                 for i, (g, name) in enumerate(zip(grads, fp.activations, strict=True)):
                     g = to_grid(g.float(), layouts[i], in_hw, name)
-                    if self.upsample == "max_first":  # upsampled below, all slots at once
-                        slots[i].append(max_abs_over_channels(g))
+                    if self.upsample == "max_first" or self.reduce != "max_abs":
+                        # upsampled below, all slots at once
+                        slots[i].append(reduce_channels(g, grid_acts[i], self.reduce))
                     else:
                         slots[i].append(layer_saliency(g, size, self.upsample))
         with torch.no_grad():
@@ -519,6 +550,8 @@ class DistinctSaliency(_Explainer):
             if fp is None:
                 fp = self._forward(x, self.scales[s])
             maps = self._layer_maps(fp, slots, size)
+            if s == ref and self._affinity_layer:
+                features = self._grid_features(fp, self._affinity_layer)
             del fp  # free this scale's graph before the next forward
             act = active[:, s if all_scales else 0].to(x.device)
             with torch.no_grad():
@@ -528,7 +561,19 @@ class DistinctSaliency(_Explainer):
         layer_results = fusion.layer_results()
         layers = None if layer_results is None else dict(zip(self.layers, layer_results,
                                                              strict=True))
-        return fusion.result(), selections, layers
+        fused = fusion.result()
+        if self._affinity_layer:
+            assert self.propagate is not None
+            with torch.no_grad():
+                fused = random_walk(fused, features, self.propagate)
+        return fused, selections, layers
+
+    def _grid_features(self, fp: ForwardPass, name: str) -> torch.Tensor:
+        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached."""
+        in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
+        act = fp.activations[name].detach().float()
+        layout = resolve_layout(tuple(act.shape), in_hw, self.adapter.layer_layout(name), name)
+        return to_grid(act, layout, in_hw, name)
 
     def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
         if not self.subtract:

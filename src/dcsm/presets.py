@@ -77,10 +77,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from dcsm.affinity import Propagation
 from dcsm.candidates import CANDIDATE_RULES, CandidateRule
 from dcsm.contrast import CONTRASTS
 from dcsm.errors import DcsmError
-from dcsm.layer_maps import UPSAMPLE_ORDERS, UpsampleOrder
+from dcsm.layer_maps import CHANNEL_REDUCTIONS, UPSAMPLE_ORDERS, ChannelReduction, UpsampleOrder
 
 FUSIONS: dict[str, tuple[str, ...]] = {
     "paper": tuple(CONTRASTS),  # Eq. 3 after Eq. 2 ("sum") or the strongest other class
@@ -101,6 +102,8 @@ class Preset:
     contrast: Literal["sum", "strongest", "pairwise"] = "sum"
     alpha: float = 3.0
     upsample: UpsampleOrder = "max_first"
+    reduce: ChannelReduction = "max_abs"
+    propagate: Propagation | None = None
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -124,6 +127,9 @@ class Preset:
         if self.upsample not in UPSAMPLE_ORDERS:
             raise DcsmError(f"{what}: unknown upsampling order '{self.upsample}'; known: "
                             f"{', '.join(UPSAMPLE_ORDERS)}")
+        if self.reduce not in CHANNEL_REDUCTIONS:
+            raise DcsmError(f"{what}: unknown channel reduction '{self.reduce}'; known: "
+                            f"{', '.join(CHANNEL_REDUCTIONS)}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or \
                 not math.isfinite(self.alpha) or self.alpha <= 0:
             raise DcsmError(f"{what}: alpha must be a positive number, got {self.alpha!r}")

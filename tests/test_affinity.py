@@ -1,0 +1,103 @@
+"""The feature-affinity random walk and the gradient-times-activation channel reduction,
+against float64 loops written from their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcsm.affinity import Propagation, random_walk, transition_matrix
+from dcsm.errors import DcsmError
+from dcsm.layer_maps import grad_times_activation, reduce_channels
+
+
+def _transition_loop(f: np.ndarray, beta: float, radius: int) -> np.ndarray:
+    """(C, h, w) features -> (hw, hw) column-stochastic transitions, one entry at a time."""
+    c, h, w = f.shape
+    vec = f.reshape(c, -1).T
+    vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    a = np.zeros((h * w, h * w))
+    for i in range(h * w):
+        for j in range(h * w):
+            yi, xi, yj, xj = i // w, i % w, j // w, j % w
+            if max(abs(yi - yj), abs(xi - xj)) <= radius:
+                a[i, j] = max(float(vec[i] @ vec[j]), 0.0) ** beta
+    return a / a.sum(axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("beta,radius", [(1.0, 1), (8.0, 2), (3.0, 10)])
+def test_transition_matrix_matches_loop(beta, radius):
+    f = np.random.default_rng(0).normal(size=(2, 5, 3, 4))
+    got = transition_matrix(torch.from_numpy(f), beta, radius).double().numpy()
+    for n in range(2):
+        want = _transition_loop(f[n], beta, radius)
+        np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got[n].sum(axis=0), 1.0, rtol=1e-6)
+
+
+def test_random_walk_matches_float64_reference():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(1, 6, 4, 5))
+    maps = rng.uniform(size=(1, 2, 8, 10))
+    s = Propagation(steps=3, beta=2.0, radius=2)
+    got = random_walk(torch.from_numpy(maps).float(), torch.from_numpy(f).float(), s).numpy()
+    # the reference: area average to 4x5 (2x2 blocks), three steps, bilinear back, rescaled
+    small = maps.reshape(1, 2, 4, 2, 5, 2).mean(axis=(3, 5)).reshape(2, -1)
+    p = _transition_loop(f[0], 2.0, 2)
+    for _ in range(3):
+        small = small @ p
+    up = F.interpolate(torch.from_numpy(small.reshape(1, 2, 4, 5)), size=(8, 10),
+                       mode="bilinear", align_corners=False).numpy().clip(0)
+    up = up * maps.max(axis=(2, 3), keepdims=True) / up.max(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(got, up, rtol=1e-4, atol=1e-6)
+
+
+def test_random_walk_spreads_within_a_region_and_not_across():
+    """Two halves with orthogonal features: mass put on one cell of the left half spreads over
+    the left half and never reaches the right one."""
+    f = torch.zeros(1, 2, 4, 8)
+    f[0, 0, :, :4] = 1.0
+    f[0, 1, :, 4:] = 1.0
+    maps = torch.zeros(1, 1, 4, 8)
+    maps[0, 0, 1, 1] = 1.0
+    out = random_walk(maps, f, Propagation(steps=30, beta=4.0, radius=8))[0, 0]
+    assert out[:, 4:].abs().max() == 0
+    left = out[:, :4]
+    assert float(left.min()) > 0.5 * float(left.max())  # nearly uniform over its region
+    assert float(out.max()) == pytest.approx(1.0)
+
+
+def test_zero_steps_and_zero_maps():
+    f = torch.randn(1, 3, 4, 4)
+    maps = torch.rand(1, 2, 8, 8)
+    assert random_walk(maps, f, Propagation(steps=0)) is maps
+    zero = torch.zeros(1, 1, 8, 8)
+    assert random_walk(zero, f, Propagation(steps=4)).abs().max() == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": -1}, {"steps": 1.5}, {"beta": 0},
+                                    {"beta": float("nan")}, {"radius": 0}, {"radius": True}])
+def test_bad_settings_raise(kwargs):
+    with pytest.raises(DcsmError):
+        Propagation(**kwargs)
+
+
+def test_grad_times_activation_matches_loop():
+    rng = np.random.default_rng(2)
+    g, a = rng.normal(size=(2, 5, 3, 4)), rng.normal(size=(2, 5, 3, 4))
+    want = np.zeros((2, 3, 4))
+    for n in range(2):
+        for y in range(3):
+            for x in range(4):
+                want[n, y, x] = sum(max(g[n, k, y, x], 0) * max(a[n, k, y, x], 0)
+                                    for k in range(5))
+    got = grad_times_activation(torch.from_numpy(g), torch.from_numpy(a)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(reduce_channels(torch.from_numpy(g), torch.from_numpy(a),
+                                               "grad_act").numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(reduce_channels(torch.from_numpy(g), None, "max_abs").numpy(),
+                               np.abs(g).max(axis=1), rtol=1e-12)
+    with pytest.raises(DcsmError):
+        reduce_channels(torch.from_numpy(g), None, "median")  # type: ignore[arg-type]
