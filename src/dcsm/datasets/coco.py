@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,8 +188,10 @@ def _polygons(polygons: list[Any], height: int, width: int) -> np.ndarray:
         kept.append(xy.tolist())
     if not kept:
         return np.zeros((height, width), dtype=bool)
-    rles = coco_mask.frPyObjects(kept, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    with warnings.catch_warnings():  # pycocotools 2.0's note on numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rles = coco_mask.frPyObjects(kept, height, width)
+        return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:  # noqa: ANN401 - JSON
