@@ -365,6 +365,13 @@ def test_benchmark_resumes_to_the_uninterrupted_report(tmp_path):
     calls.clear()
     assert _run(broken, out, calls, keys=("red",), force=True)["counts"]["photos"] == 5
     assert len(calls) == 5
+    # a folder whose settings were written but whose run recorded no photo is not protected
+    from dcsm.bench.masks import SETTINGS_FILE
+    from dcsm.records import check_settings
+
+    fresh = tmp_path / "c"
+    check_settings(fresh / SETTINGS_FILE, {"other": 1}, False, fresh)
+    assert _run(broken, fresh, calls, limit=1)["counts"]["photos"] == 1
 
 
 def test_small_objects_are_reported_apart(tmp_path):
@@ -415,6 +422,13 @@ def test_bench_masks_data_set_errors(tmp_path, capsys):
                      "--split", "val", "--methods", "gradcam"], capsys)
     assert code == 2 and "does not parse as JSON" in io.err
     assert len(io.err.strip().splitlines()) == 1
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": CATEGORIES}))
+    code, io = _cli(["bench", "masks", "--out", str(out), "--coco", str(tmp_path / "d"),
+                     "--split", "val", "--methods", "gradcam"], capsys)
+    assert code == 2 and "the coco split 'val' lists no photos" in io.err
+    code, io = _cli(["bench", "masks", "--out", str(out), "--coco", str(tmp_path / "d"),
+                     "--split", "val", "--methods", "gradcam", "--model", "nope"], capsys)
+    assert code == 2 and len(io.err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -334,10 +334,12 @@ class _Records:
         from dcsm.records import Journal, check_settings, read_records
 
         self.path = Path(folder) / RECORDS_FILE
-        self.fingerprint = check_settings(Path(folder) / SETTINGS_FILE, settings, force,
-                                          Path(folder))
+        records = [r for r in read_records(self.path) if r.get("event") in ("photo", "failed")]
+        # a folder whose run stopped before its first photo holds nothing to protect
+        self.fingerprint = check_settings(Path(folder) / SETTINGS_FILE, settings,
+                                          force or not records, Path(folder))
         self.done: dict[str, dict[str, Any]] = {}
-        for rec in read_records(self.path):
+        for rec in records:
             if rec.get("fingerprint") == self.fingerprint and rec.get("event") == "photo":
                 self.done[str(rec.get("photo"))] = rec
         self.journal = Journal(self.path, busy=f"another dcsm bench masks run is writing "

@@ -220,13 +220,23 @@ def run_masks(args: argparse.Namespace) -> int:
         m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]
     crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
     photos, data = _mask_photos(args)
+    if not photos:
+        raise DcsmError(f"the {data['kind']} split '{data.get('split')}' lists no photos")
     if args.limit is not None:
         photos = photos[:args.limit]
     device = pick_device(args.device, Rank())
     bundled = data["kind"] == "bundled"
+    # the models are loaded before anything is written: a bad --model or --weights leaves no
+    # records behind
+    models = {label_set: load_model(args.model, weights=args.weights, device=device,
+                                    labels=label_set)
+              for label_set in (("voc", "coco") if bundled else (data["kind"],))}
 
     def adapter(label_set: str):  # noqa: ANN202 - a ModelAdapter
-        return load_model(args.model, weights=args.weights, device=device, labels=label_set)
+        if label_set not in models:
+            models[label_set] = load_model(args.model, weights=args.weights, device=device,
+                                           labels=label_set)
+        return models[label_set]
 
     settings = {"data": data, "model": args.model, "weights": args.weights}
     bar = Progress(len(photos), "bench masks", enabled=False if args.no_progress else None)
