@@ -15,6 +15,7 @@ from dcsm.metrics import (
     relevance_rank_accuracy,
     roc_auc,
     ssim,
+    ssim_matrix,
 )
 
 
@@ -106,6 +107,14 @@ def test_ssim_matches_scikit_image():
         assert ssim(a, b, data_range=scale) == pytest.approx(want, abs=1e-10)
     with pytest.raises(ValueError, match="at least 11"):
         ssim(np.zeros((10, 20)), np.zeros((10, 20)))
+    images = [rng.random((16, 18)) for _ in range(3)]
+    matrix = ssim_matrix(images)
+    for i in range(3):
+        for j in range(3):
+            want = 1.0 if i == j else skm.structural_similarity(
+                images[i], images[j], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                use_sample_covariance=False)
+            assert matrix[i, j] == pytest.approx(want, abs=1e-10)
 
 
 def test_map_similarity_scales_and_clips():

@@ -146,15 +146,23 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     with :math:`r_i` the average rank (1-based) of score :math:`i` among all. None when either
     class is empty.
     """
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+    scores = np.asarray(scores).ravel()
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     positive = np.asarray(positive, dtype=bool).ravel()
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = rankdata(scores, method="average")
+    order = np.argsort(scores)  # ties are shared out below, whatever their order here
+    ordered = scores[order]
+    first = np.ones(ordered.size, dtype=bool)          # the first of each run of equal values
+    first[1:] = ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, ordered.size))
+    mean_rank = starts + (sizes + 1) / 2.0              # 1-based average rank of each run
+    ranks = np.empty(ordered.size)
+    ranks[order] = mean_rank[np.cumsum(first) - 1]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -164,7 +172,7 @@ def mask_auc(saliency: np.ndarray, mask: np.ndarray,
     void pixels left out: 1 when every mask pixel outranks every other pixel, 0.5 for a
     constant map. None when the mask covers none or all of the pixels outside ``void``."""
     _same_shape(saliency, mask, void)
-    return roc_auc(_kept(np.asarray(saliency, dtype=np.float64), void),
+    return roc_auc(_kept(np.asarray(saliency), void),
                    _kept(np.asarray(mask, dtype=bool), void))
 
 
@@ -195,9 +203,32 @@ def mass_on_others(saliency: np.ndarray, own: np.ndarray, others: np.ndarray,
 SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_TRUNCATE = 0.01, 0.03, 1.5, 3.5
 
 
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    r"""Mean structural similarity of two images (Wang, Bovik, Sheikh and Simoncelli, IEEE TIP
-    2004), Gaussian-weighted (sigma 1.5, truncated at 3.5 sigma: an 11 x 11 window):
+def _ssim_window() -> int:
+    """Half the side of SSIM's Gaussian window (5: an 11 x 11 window)."""
+    return int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+
+
+def _blur(v: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(v, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+
+def _ssim_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    arrays = [np.asarray(v, dtype=np.float64) for v in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1 or any(a.ndim != 2 for a in arrays):
+        raise ValueError(f"ssim needs 2-D arrays of one shape, got {sorted(shapes)}")
+    half = _ssim_window()
+    if arrays and min(arrays[0].shape) < 2 * half + 1:
+        raise ValueError(f"ssim needs images of at least {2 * half + 1} pixels a side, "
+                         f"got {arrays[0].shape}")
+    return arrays
+
+
+def ssim_matrix(images: Sequence[np.ndarray], data_range: float = 1.0) -> np.ndarray:
+    r"""Mean structural similarity of every pair of images (Wang, Bovik, Sheikh and Simoncelli,
+    IEEE TIP 2004), Gaussian-weighted (sigma 1.5, truncated at 3.5 sigma: an 11 x 11 window):
 
     .. math:: \mathrm{SSIM}(x, y) = \frac{(2\mu_x\mu_y + C_1)(2\sigma_{xy} + C_2)}
               {(\mu_x^2 + \mu_y^2 + C_1)(\sigma_x^2 + \sigma_y^2 + C_2)},
@@ -206,39 +237,49 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     variances and covariance are Gaussian-weighted (population, not sample, statistics; edges
     mirrored), and the mean is taken over the pixels at least the window's half-width from the
     border. The same numbers as scikit-image's ``structural_similarity(a, b, data_range=L,
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``. Each image's local means
+    and variances are computed once, so n images cost n(n - 1)/2 + 2n filterings, not 5 per
+    pair.
+
+    Returns:
+        (n, n) float64, symmetric, 1 on the diagonal.
     """
-    from scipy.ndimage import gaussian_filter
-
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"ssim needs two 2-D arrays of one shape, got {x.shape} and {y.shape}")
-    half = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    if min(x.shape) < 2 * half + 1:
-        raise ValueError(f"ssim needs images of at least {2 * half + 1} pixels a side, "
-                         f"got {x.shape}")
-
-    def blur(v: np.ndarray) -> np.ndarray:
-        return gaussian_filter(v, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
-
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
+    arrays = _ssim_images(images)
+    half = _ssim_window()
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(s[half:-half, half:-half].mean())
+    means = [_blur(a) for a in arrays]
+    variances = [_blur(a * a) - m * m for a, m in zip(arrays, means, strict=True)]
+    n = len(arrays)
+    out = np.eye(n)
+    inner = (slice(half, -half), slice(half, -half))
+    for i in range(n):
+        for j in range(i + 1, n):
+            mx, my = means[i], means[j]
+            cxy = _blur(arrays[i] * arrays[j]) - mx * my
+            s = ((2 * mx * my + c1) * (2 * cxy + c2)) / (
+                (mx * mx + my * my + c1) * (variances[i] + variances[j] + c2))
+            out[i, j] = out[j, i] = float(s[inner].mean())
+    return out
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean structural similarity of two images (:func:`ssim_matrix`)."""
+    return float(ssim_matrix([a, b], data_range)[0, 1])
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    v = np.clip(np.asarray(m, dtype=np.float64), 0.0, None)
+    top = v.max() if v.size else 0.0
+    return v / top if top > 0 else v
 
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (:func:`ssim`) of two saliency maps, each first scaled to [0, 1]: negatives set to
     0, divided by its maximum (an empty map stays 0). Two classes' maps of one photo that are
     alike score near 1; distinct maps score low."""
+    return ssim(_unit(a), _unit(b), data_range=1.0)
 
-    def unit(m: np.ndarray) -> np.ndarray:
-        v = np.clip(np.asarray(m, dtype=np.float64), 0.0, None)
-        top = v.max() if v.size else 0.0
-        return v / top if top > 0 else v
 
-    return ssim(unit(a), unit(b), data_range=1.0)
+def map_similarities(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`map_similarity` of every pair of ``maps``, as an (n, n) matrix."""
+    return ssim_matrix([_unit(m) for m in maps], data_range=1.0)

@@ -63,7 +63,7 @@ from dcsm.errors import DcsmError, first_line
 from dcsm.io import safe_filename, write_atomic
 from dcsm.metrics import (
     energy_pointing_game,
-    map_similarity,
+    map_similarities,
     mask_auc,
     mass_on_others,
     pointing_game_hit,
@@ -127,9 +127,9 @@ def score_pair(saliency: np.ndarray, truth: np.ndarray, void: np.ndarray,
     }
 
 
-def _similarity(a: np.ndarray, b: np.ndarray) -> float | None:
+def _similarities(maps: Sequence[np.ndarray]) -> np.ndarray | None:
     try:
-        return map_similarity(a, b)
+        return map_similarities(maps)
     except ValueError:  # a photo too small for SSIM's window
         return None
 
@@ -164,10 +164,9 @@ def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
         if np.shape(m) != shape:
             raise ValueError(f"the map of {name!r} is {np.shape(m)}, the photo {shape}")
     explained = [c for c in classes if c in maps]
-    similarity: dict[tuple[str, str], float | None] = {}
-    for i, a in enumerate(explained):
-        for b in explained[i + 1:]:
-            similarity[a, b] = similarity[b, a] = _similarity(maps[a], maps[b])
+    matrix = _similarities([maps[c] for c in explained]) if len(explained) > 1 else None
+    similarity = {(a, b): float(matrix[i, j]) for i, a in enumerate(explained)
+                  for j, b in enumerate(explained) if i != j} if matrix is not None else {}
     rows = []
     for c in classes:
         saliency = np.asarray(maps[c], dtype=np.float64) if c in maps else np.zeros(shape)
@@ -176,8 +175,7 @@ def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
         for o in present:
             if o != c:
                 others |= truth[o]
-        sims = [similarity[c, o] for o in explained if o != c and c in maps]
-        sims = [v for v in sims if v is not None]
+        sims = [similarity[c, o] for o in explained if (c, o) in similarity]
         pixels = int(truth[c].sum())
         share = pixels / truth[c].size
         rows.append({
