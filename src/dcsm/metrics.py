@@ -13,6 +13,10 @@ r"""Localisation metrics for class saliency maps.
   the first maximal pixel in row-major order; a map with no positive value is a miss.
 * **Energy pointing game** (Wang et al., *Score-CAM*, CVPR Workshops 2020): the share of the map's
   positive mass inside the class's mask (or box).
+* **Relevance rank accuracy** (Arras, Osman and Samek, 2022), the **ROC AUC** of the map against
+  the mask, the **mass on the other classes' masks** and the **SSIM** between two classes' maps
+  (Wang et al. 2004): :func:`relevance_rank_accuracy`, :func:`mask_auc`, :func:`mass_on_others`,
+  :func:`map_similarity` (used by ``dcsm bench masks``, :mod:`dcsm.bench.masks`).
 """
 
 from __future__ import annotations

