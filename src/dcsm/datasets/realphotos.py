@@ -17,6 +17,10 @@ Each becomes a :class:`MaskedPhoto`: the RGB pixels, an (H, W) label array (0 ba
 class ``class_names[v - 1]``, :data:`VOID` (255) for pixels no metric counts), and the label set
 its names come from (``voc``: :data:`dcsm.datasets.voc.VOC_CLASSES`; ``coco``).
 Nothing is downloaded when every file is already in the cache.
+
+Data sets on disk stream as :class:`PhotoEntry` items, each photo read only when asked for
+(:meth:`PhotoEntry.load`): :func:`voc_entries` and :func:`load_voc` here for a PASCAL VOC 2012
+folder, :mod:`dcsm.datasets.coco` for COCO.
 """
 
 from __future__ import annotations
@@ -28,16 +32,28 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dcsm.datasets.voc import VOC_CLASSES, VOID
+from dcsm.datasets.voc import VOC_CLASSES, VOID, VOCDataset
 from dcsm.errors import DcsmError, first_line
 
-__all__ = ["SOURCES", "MaskedPhoto", "cache_dir", "load_real_photos"]
+__all__ = ["SOURCES", "MaskedPhoto", "PhotoEntry", "PhotoObject", "cache_dir", "load_real_photos",
+           "load_voc", "voc_entries"]
+
+
+@dataclass(frozen=True)
+class PhotoObject:
+    """One annotated object (instance) of a photo: its class, its size in pixels and whether it
+    is a crowd region (COCO's ``iscrowd``: several objects in one outline, void for scoring)."""
+
+    class_name: str
+    pixels: int
+    crowd: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,11 @@ class MaskedPhoto:
         labels: (H, W) uint8: 0 background, v the class ``class_names[v - 1]``, 255 void.
         class_names: the names of the label values 1, 2, ...
         label_set: the set the names belong to (``voc`` or ``coco``), as ``--labels`` takes it.
+        class_masks: where objects of different classes overlap (COCO's instances do), each
+            class's exact (H, W) bool mask, by name; ``labels`` then holds one class per pixel
+            (the smaller object in front) and ``mask`` and ``classes`` read these. None: the
+            masks are ``labels == v``.
+        objects: the annotated objects, where the data set has instances (COCO); else empty.
     """
 
     name: str
@@ -57,21 +78,41 @@ class MaskedPhoto:
     labels: np.ndarray
     class_names: tuple[str, ...] = VOC_CLASSES
     label_set: str = "voc"
+    class_masks: Mapping[str, np.ndarray] | None = None
+    objects: tuple[PhotoObject, ...] = ()
 
     @property
     def classes(self) -> list[str]:
         """The classes present, in label order."""
+        if self.class_masks is not None:
+            return [n for n in self.class_names
+                    if n in self.class_masks and bool(self.class_masks[n].any())]
         values = np.unique(self.labels)
         return [self.class_names[v - 1] for v in values if 0 < v <= len(self.class_names)]
 
     def mask(self, name: str) -> np.ndarray:
         """(H, W) bool: the pixels of class ``name``."""
+        if self.class_masks is not None:
+            if name in self.class_masks:
+                return np.asarray(self.class_masks[name], dtype=bool)
+            if name not in self.class_names:
+                raise ValueError(f"{name!r} is not a class of photo {self.name}")
+            return np.zeros(self.labels.shape, dtype=bool)
         return self.labels == self.class_names.index(name) + 1
 
     @property
     def void(self) -> np.ndarray:
         """(H, W) bool: the pixels no metric counts."""
         return self.labels == VOID
+
+
+@dataclass(frozen=True)
+class PhotoEntry:
+    """A photo of a data set on disk, not read yet: ``load()`` reads it (a DcsmError says why it
+    cannot: a missing or broken image, a mask that does not fit it)."""
+
+    name: str
+    load: Callable[[], MaskedPhoto]
 
 
 @dataclass(frozen=True)
@@ -249,3 +290,42 @@ def load_real_photos(source: str | Path | None = None, download: bool = True
         files = _read_members(_archive(src, folder, download), src.members)
         photos += _READERS[src.key](files)
     return photos
+
+
+# ----------------------------------------------------------------------------- VOC 2012 folders
+def _voc_photo(dataset: VOCDataset, image_id: str) -> MaskedPhoto:
+    path = dataset.image_path(image_id)
+    if not path.is_file():
+        raise DcsmError(f"image '{path}' does not exist")
+    image = dataset.load_image(image_id)
+    labels = dataset.load_mask(image_id)
+    if labels.shape != image.shape[:2]:
+        raise DcsmError(f"mask '{dataset.mask_path(image_id)}' is {labels.shape[1]}x"
+                        f"{labels.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+    return MaskedPhoto(f"voc:{image_id}", image, labels, tuple(dataset.class_names), "voc")
+
+
+def voc_entries(root: str | Path, split: str = "val") -> list[PhotoEntry]:
+    """The photos of a PASCAL VOC 2012 segmentation split, in the split file's order, each read
+    when loaded (``voc:<id>``: ``JPEGImages/<id>.jpg`` with ``SegmentationClass/<id>.png``).
+
+    Raises:
+        DcsmError: no VOC folder at ``root``, no ``SegmentationClass`` folder (no masks), or no
+            readable split file; a missing image or mask is the photo's own error, at load.
+    """
+    dataset = VOCDataset(root)
+    if not (dataset.root / "SegmentationClass").is_dir():
+        raise DcsmError(f"VOC folder '{dataset.root}' has no masks: SegmentationClass/ is "
+                        "missing")
+    ids = dataset.ids(split)
+    return [PhotoEntry(f"voc:{i}", lambda i=i: _voc_photo(dataset, i))
+            for i in dict.fromkeys(ids)]
+
+
+def load_voc(root: str | Path, split: str = "val", limit: int | None = None
+             ) -> Iterator[MaskedPhoto]:
+    """The photos of a VOC 2012 segmentation split, one at a time (:func:`voc_entries`); the
+    first ``limit`` only if given. A photo that cannot be read raises its DcsmError."""
+    entries = voc_entries(root, split)
+    for entry in entries[:limit] if limit is not None else entries:
+        yield entry.load()
