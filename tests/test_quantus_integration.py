@@ -359,6 +359,16 @@ def test_evaluate_photos_limits_and_bad_input(quantus):
                                 settings=SETTINGS)
     assert [(i["photo"], i["class"]) for i in report["items"]] == [
         ("tiny:0", "left"), ("tiny:0", "top"), ("tiny:0", "left")]
+    # photos of two sizes, interleaved: batched by size, reported in the input's order
+    small = MaskedPhoto("small", photos[0].image[::2, ::2], photos[0].labels[::2, ::2],
+                        ("left", "top"), "tiny")
+    lines = []
+    mixed = dq.evaluate_photos(adapter, [photos[0], small, photos[1]], batch_size=2,
+                               metrics=["PointingGame"], settings=SETTINGS, progress=lines.append)
+    assert [(i["photo"], i["class"]) for i in mixed["items"]] == [
+        ("tiny:0", "left"), ("tiny:0", "top"), ("small", "left"), ("small", "top"),
+        ("tiny:0", "left"), ("tiny:0", "top")]
+    assert len(lines) == 3 and lines[-1].endswith("6 pairs in all")
     with pytest.raises(DcsmError, match="unknown metric 'Faithfulness'"):
         dq.evaluate_photos(adapter, photos, metrics=["Faithfulness"])
     with pytest.raises(DcsmError, match="class 'flat' is not in photo tiny:0"):

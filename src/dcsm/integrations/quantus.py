@@ -79,6 +79,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -572,42 +573,32 @@ def evaluate_photos(
     if unknown:
         raise DcsmError(f"metric_kwargs for metric(s) not run: {', '.join(unknown)}")
 
-    pairs, models = _collect_pairs(model, photos, max_pairs)
-    if not pairs:
-        raise DcsmError("no (photo, class) pair to evaluate")
-    items: list[dict[str, Any]] = []
+    models = _Models(model)
     seconds: dict[str, float] = {"explain": 0.0, **{name: 0.0 for name in metrics}}
-    groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
-    for i, (photo, _, _, _) in enumerate(pairs):
-        groups.setdefault((photo.label_set, photo.image.shape), []).append(i)
-    order = [i for rows in groups.values() for i in rows]
-    scored: dict[int, dict[str, Any]] = {}
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for b, rows in enumerate(batches):
-        label_set = pairs[rows[0]][0].label_set
-        wrapped, adapter = models[label_set]
-        inputs = {}
-        for i in rows:
-            photo = pairs[i][0]
-            if photo.name not in inputs:
-                inputs[photo.name] = adapter.preprocess(photo.image)[0].numpy()
-        x = np.stack([inputs[pairs[i][0].name] for i in rows])
-        y = np.asarray([pairs[i][2] for i in rows], dtype=np.int64)
-        s = np.stack([pairs[i][0].mask(pairs[i][1])[None] for i in rows]).astype(np.uint8)
+    scored: list[dict[str, Any]] = []
+    done = [0, 0]  # batches, pairs
+
+    def run(pairs: list[_Pair]) -> None:
+        wrapped, adapter = models.get(pairs[0].photo.label_set)
+        inputs: dict[int, np.ndarray] = {}
+        for pair in pairs:  # one preprocessing per photo
+            if id(pair.photo) not in inputs:
+                inputs[id(pair.photo)] = adapter.preprocess(pair.photo.image)[0].numpy()
+        x = np.stack([inputs[id(p.photo)] for p in pairs])
+        y = np.asarray([p.index for p in pairs], dtype=np.int64)
+        s = np.stack([p.photo.mask(p.name)[None] for p in pairs]).astype(np.uint8)
         kw: dict[str, Any] = {"method": method, **settings}
         if candidates == "present":
-            kw["candidates"] = candidate_table(x, [pairs[i][3] for i in rows])
+            kw["candidates"] = candidate_table(x, [p.present for p in pairs])
         start = time.perf_counter()
         a = explain_func(wrapped, x, y, **kw)
         seconds["explain"] += time.perf_counter() - start
         a_loc = a.copy()
         if ignore_void:
-            for j, i in enumerate(rows):
-                a_loc[j, 0][pairs[i][0].void] = 0.0
-        for j, i in enumerate(rows):
-            photo, name, index, _ = pairs[i]
-            scored[i] = {"photo": photo.name, "class": name, "index": index,
-                         "pixels": int(s[j].sum()), "errors": {}}
+            for j, pair in enumerate(pairs):
+                a_loc[j, 0][pair.photo.void] = 0.0
+        items = [{"order": p.order, "photo": p.photo.name, "class": p.name, "index": p.index,
+                  "pixels": int(s[j].sum()), "errors": {}} for j, p in enumerate(pairs)]
         for name, cls in classes_of.items():
             start = time.perf_counter()
             extra = _metric_settings(name, adapter.num_classes, seed,
@@ -615,77 +606,114 @@ def evaluate_photos(
             given = a_loc if name in LOCALISATION_METRICS else a
             values, errors = _run_metric(cls, extra, wrapped, x, y, given, s, kw, name)
             seconds[name] += time.perf_counter() - start
-            for j, i in enumerate(rows):
-                scored[i][name] = values[j]
-                if errors[j]:
-                    scored[i]["errors"][name] = errors[j]
+            for item, value, error in zip(items, values, errors, strict=True):
+                item[name] = value
+                if error:
+                    item["errors"][name] = error
+        scored.extend(items)
+        done[0] += 1
+        done[1] += len(pairs)
         if progress is not None:
-            progress(f"batch {b + 1}/{len(batches)}: {len(rows)} pairs of "
-                     f"{len({pairs[i][0].name for i in rows})} photo(s)")
-    items = [scored[i] for i in range(len(pairs))]
-    for item in items:
+            progress(f"batch {done[0]}: {len(pairs)} pair(s) of {len(inputs)} photo(s), "
+                     f"{done[1]} pairs in all")
+
+    # Pairs of photos of one size wait in a bucket until it holds a batch; a bucket goes out
+    # smaller when four batches' worth of pairs wait in all, so memory stays bounded.
+    buckets: OrderedDict[tuple[str, tuple[int, ...]], list[_Pair]] = OrderedDict()
+    for pair in _pairs(models, photos, max_pairs):
+        key = (pair.photo.label_set, pair.photo.image.shape)
+        buckets.setdefault(key, []).append(pair)
+        if len(buckets[key]) >= batch_size:
+            run(buckets.pop(key))
+        elif sum(len(b) for b in buckets.values()) >= 4 * batch_size:
+            run(buckets.popitem(last=False)[1])
+    for waiting in buckets.values():
+        run(waiting)
+    if not scored:
+        raise DcsmError("no (photo, class) pair to evaluate")
+    scored.sort(key=lambda item: item.pop("order"))
+    for item in scored:
         if not item["errors"]:
             del item["errors"]
     summary = {}
     for name in metrics:
-        values = [item[name] for item in items]
+        values = [item[name] for item in scored]
         finite = [v for v in values if math.isfinite(v)]
         summary[name] = {"mean": float(np.mean(finite)) if finite else float("nan"),
                          "count": len(finite), "undefined": len(values) - len(finite)}
-    return {"method": method, "settings": {k: repr(v) if not isinstance(
-                v, str | int | float | bool | None) else v for k, v in settings.items()},
-            "candidates": candidates, "metrics": summary, "items": items,
-            "seconds": seconds}
+    plain = (str, int, float, bool, type(None))
+    return {"method": method,
+            "settings": {k: v if isinstance(v, plain) else repr(v) for k, v in settings.items()},
+            "candidates": candidates, "metrics": summary, "items": scored, "seconds": seconds}
 
 
-def _collect_pairs(model: ModelAdapter | str | Callable[[str], ModelAdapter],
-                   photos: Iterable[Any], max_pairs: int | None
-                   ) -> tuple[list[tuple[Any, str, int, list[int]]],
-                              dict[str, tuple[ClassScores, ModelAdapter]]]:
-    """(photo, class name, model index, the photo's nameable classes) per pair, and the wrapped
-    model of each label set."""
-    from dcsm.bench.masks import name_classes
+@dataclass
+class _Pair:
+    """One item: a photo, the class explained (its name and model index), the photo's classes
+    the model can name, and the pair's place in the input."""
 
-    models: dict[str, tuple[ClassScores, ModelAdapter]] = {}
-    base: ModelAdapter | None = None
+    photo: Any
+    name: str
+    index: int
+    present: list[int]
+    order: int
 
-    def adapter_for(label_set: str) -> ModelAdapter:
-        nonlocal base
+
+class _Models:
+    """The adapter and wrapped model of each label set, built when first needed."""
+
+    def __init__(self, model: ModelAdapter | str | Callable[[str], ModelAdapter]) -> None:
+        self.model = model
+        self.base: ModelAdapter | None = None
+        self.by_set: dict[str, tuple[ClassScores, ModelAdapter]] = {}
+
+    def _adapter(self, label_set: str) -> ModelAdapter:
+        model = self.model
         if callable(model) and not isinstance(model, ModelAdapter | str | nn.Module):
             return model(label_set)
-        if base is None:
+        if self.base is None:
             from dcsm.adapters import as_adapter
 
-            base = as_adapter(model)  # type: ignore[arg-type]
+            self.base = as_adapter(model)  # type: ignore[arg-type]
         from dcsm.adapters.groups import IMAGENET_CLASSES, grouped_adapter
 
-        if base.num_classes == IMAGENET_CLASSES or label_set == "imagenet":
-            return grouped_adapter(base, label_set)
-        return base
+        if self.base.num_classes == IMAGENET_CLASSES or label_set == "imagenet":
+            return grouped_adapter(self.base, label_set)
+        return self.base  # a model whose classes are the photos' own
 
-    pairs: list[tuple[Any, str, int, list[int]]] = []
+    def get(self, label_set: str) -> tuple[ClassScores, ModelAdapter]:
+        """(the module Quantus calls, its adapter) for photos of ``label_set``."""
+        if label_set not in self.by_set:
+            adapter = self._adapter(label_set)
+            self.by_set[label_set] = (quantus_model(adapter), adapter)
+        return self.by_set[label_set]
+
+
+def _pairs(models: _Models, photos: Iterable[Any], max_pairs: int | None
+           ) -> Iterable[_Pair]:
+    """The (photo, class) pairs to evaluate, in the photos' order, at most ``max_pairs``."""
+    from dcsm.bench.masks import name_classes
+
+    count = 0
     for photo, wanted in _photo_items(photos):
-        if max_pairs is not None and len(pairs) >= max_pairs:
-            break
-        if photo.label_set not in models:
-            adapter = adapter_for(photo.label_set)
-            models[photo.label_set] = (quantus_model(adapter), adapter)
-        adapter = models[photo.label_set][1]
+        if max_pairs is not None and count >= max_pairs:
+            return
+        adapter = models.get(photo.label_set)[1]
         named = name_classes(adapter, photo)
         present = set(photo.classes)
         chosen: list[tuple[str, int]] = []
         for c in (named.named if wanted is None else wanted):
             index = adapter.class_index(c)
-            cname = adapter.class_names[index]
-            if cname not in present:
-                raise DcsmError(f"class '{cname}' is not in photo {photo.name} (its classes: "
+            name = adapter.class_names[index]
+            if name not in present:
+                raise DcsmError(f"class '{name}' is not in photo {photo.name} (its classes: "
                                 f"{', '.join(photo.classes)})")
-            chosen.append((cname, index))
-        for cname, index in chosen:
-            if max_pairs is not None and len(pairs) >= max_pairs:
-                break
-            pairs.append((photo, cname, index, list(named.indices)))
-    return pairs, models
+            chosen.append((name, index))
+        for name, index in chosen:
+            if max_pairs is not None and count >= max_pairs:
+                return
+            yield _Pair(photo, name, index, list(named.indices), count)
+            count += 1
 
 
 def _run_metric(cls: type, settings: Mapping[str, Any], model: nn.Module, x: np.ndarray,
