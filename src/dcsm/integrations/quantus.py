@@ -75,6 +75,7 @@ import copy
 import hashlib
 import importlib
 import math
+import operator
 import time
 import warnings
 from collections import OrderedDict
@@ -328,9 +329,19 @@ def _candidate_lists(adapter: ModelAdapter, spec: object, inputs: np.ndarray, x:
         assert classes is not None
         if isinstance(classes, str) or not isinstance(classes, Sequence):
             raise DcsmError(f"a candidate list must be a list of classes, got {classes!r}")
-        indices = [adapter.class_index(c) for c in classes]
+        indices = [adapter.class_index(_class_key(c)) for c in classes]
         out.append([target, *dict.fromkeys(i for i in indices if i != target)])
     return out
+
+
+def _class_key(c: object) -> int | str:
+    """A class as a name or an index (numpy's integers taken as ints)."""
+    if isinstance(c, str):
+        return c
+    try:
+        return operator.index(c)  # type: ignore[arg-type]
+    except TypeError:
+        raise DcsmError(f"a class is a name or an integer index, got {c!r}") from None
 
 
 # --------------------------------------------------------------------------- explain_func
