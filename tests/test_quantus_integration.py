@@ -136,6 +136,10 @@ def test_explain_func_gives_the_known_map():
     assert a.shape == (2, 1, SIZE, SIZE) and a.dtype == np.float32
     np.testing.assert_allclose(a[0, 0], expected_map(0, 1), atol=1e-6)
     np.testing.assert_allclose(a[1, 0], expected_map(1, 0), atol=1e-6)
+    # an (N, K) array of indices, numpy's integers
+    same = dq.explain_func(model, x, torch.tensor([0, 1]), candidates=np.array([[1], [0]]),
+                           **SETTINGS)
+    np.testing.assert_array_equal(same, a)
     # a third candidate: the sum over the others (Eq. 2)
     a3 = dq.explain_func(model, x[:1], [0], candidates=[[1, 2]], **SETTINGS)
     m = weight_maps().double().numpy()

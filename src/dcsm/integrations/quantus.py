@@ -307,6 +307,8 @@ def _candidate_lists(adapter: ModelAdapter, spec: object, inputs: np.ndarray, x:
     """Per image, its target first, then its other candidates (indices, each once)."""
     n = len(targets)
     given: list[Sequence[int | str] | None]
+    if isinstance(spec, np.ndarray | torch.Tensor):  # an (N, K) array of indices
+        spec = spec.tolist()
     if spec is None or (isinstance(spec, str) and spec == "auto"):
         given = [None] * n
     elif isinstance(spec, Mapping):
@@ -327,6 +329,8 @@ def _candidate_lists(adapter: ModelAdapter, spec: object, inputs: np.ndarray, x:
     out = []
     for target, classes in zip(targets, given, strict=True):
         assert classes is not None
+        if isinstance(classes, np.ndarray | torch.Tensor):
+            classes = classes.tolist()
         if isinstance(classes, str) or not isinstance(classes, Sequence):
             raise DcsmError(f"a candidate list must be a list of classes, got {classes!r}")
         indices = [adapter.class_index(_class_key(c)) for c in classes]
