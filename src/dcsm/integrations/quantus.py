@@ -731,6 +731,12 @@ def _pairs(models: _Models, photos: Iterable[Any], max_pairs: int | None
             count += 1
 
 
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def _run_metric(cls: type, settings: Mapping[str, Any], model: nn.Module, x: np.ndarray,
                 y: np.ndarray, a: np.ndarray, s: np.ndarray, kw: Mapping[str, Any],
                 name: str) -> tuple[list[float], list[str]]:
@@ -743,7 +749,8 @@ def _run_metric(cls: type, settings: Mapping[str, Any], model: nn.Module, x: np.
             warnings.simplefilter("ignore")
             value = metric(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=s,
                            channel_first=True, explain_func=explain_func,
-                           explain_func_kwargs=dict(kw), softmax=False, batch_size=len(x))
+                           explain_func_kwargs=dict(kw), softmax=False, batch_size=len(x),
+                           device=str(_device(model)))
     except AssertionError as exc:
         reason = first_line(exc) or "refused by Quantus"
         return [float("nan")] * len(x), [reason] * len(x)
