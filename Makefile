@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
 	$(BIN)/pip install --quiet -e '.[test,viewer]' $(TORCH_PINS)
+	# Quantus without its opencv-python, which would overwrite opencv-python-headless's cv2
+	$(BIN)/pip install --quiet --no-deps quantus==0.6.0 cachetools
 	touch $@
 
 demo: $(BIN)/.installed

@@ -69,13 +69,23 @@ def _check_segmentation(out: str, ns: dict, tmp: Path) -> None:
     assert set(ns["baseline"].regions) == {"tabby", "espresso"}
 
 
+def _check_quantus(out: str, ns: dict, tmp: Path) -> None:
+    # each class's map lies mostly on its own half of the photo, as Quantus measures it
+    scores = [float(v) for v in out.strip().strip("[]").split(",")]
+    assert len(scores) == 2 and all(0.9 < v <= 1.0 for v in scores)
+    assert ns["scores"][0] == pytest.approx(scores[0], abs=0.005)
+
+
 CHECKS = {  # a line of the block -> what its run must show
     "for c in result.candidates:": _check_api,
     "vit = torchvision.models.VisionTransformer": _check_own_model,
     "batch = torch.cat(": _check_tensor_batch,
     "report = run(explainer, items,": _check_batch_run,
     "seg = dcsm.segment(result)": _check_segmentation,
+    "metric = quantus.RelevanceMassAccuracy(": _check_quantus,
 }
+#: Blocks that need an optional package (an extra): skipped where it is not installed.
+NEEDS = {"import quantus": "quantus"}
 
 
 def test_every_python_block_is_checked():
@@ -91,6 +101,9 @@ def test_readme_python_example_runs(index, monkeypatch, capsys, tmp_path):
     (tmp_path / "src").symlink_to(ROOT / "src", target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     block = python_blocks()[index]
+    for line, package in NEEDS.items():
+        if line in block:
+            pytest.importorskip(package)
     ns: dict = {}
     exec(compile(block, f"README.md[python {index}]", "exec"), ns)
     out = capsys.readouterr().out
