@@ -1,10 +1,12 @@
 """A seeded fuzz run over ``dcsm explain`` and ``dcsm segment``: whatever the input, no traceback.
 
-Random bytes named .jpg/.png, truncated files, every Pillow image mode, extreme sizes and odd
-option values (negative, nan, inf, huge, empty lists) go through the command line with a tiny
-checkpoint model at ``--scales 1 --max-side 64``. Every run must end with exit status 0, or 2
-and exactly one stderr line ``dcsm: error: ...`` (or argparse's ``dcsm CMD: error: ...``); the
-only other stderr lines allowed are ``dcsm: warning: ...``. Nothing half-written may be left in
+Random bytes named .jpg/.png, truncated files, headers claiming more pixels than dcsm's limit
+(or than Pillow's), a JPEG whose data is far too short for the size it claims, every Pillow
+image mode, extreme sizes and odd option values (negative, nan, inf, huge, empty lists) go
+through the command line with a tiny checkpoint model at ``--scales 1 --max-side 64``. Every
+run must end with exit status 0, or 2 and exactly one stderr line ``dcsm: error: ...`` (or
+argparse's ``dcsm CMD: error: ...``); the only other stderr lines allowed are
+``dcsm: warning: ...``. Nothing half-written may be left in
 ``--out``: no temporary names, and every image folder complete.
 
 The cases come from a fixed seed, so a failure names a case that reproduces; set
@@ -17,7 +19,10 @@ import io
 import os
 import random
 import re
+import struct
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +46,7 @@ MODES = {"1": "PNG", "L": "PNG", "P": "PNG", "P+transparency": "PNG", "RGB": "JP
 SUFFIX = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif"}
 SIZES = [(1, 1), (8, 8), (1, 5000), (5000, 8), (8, 5000), (7, 9), (9, 7), (300, 33)]
 BROKEN = ["random.jpg", "random.png", "empty.png", "truncated.png", "truncated.jpg", "missing",
-          "directory", "text.png"]
+          "directory", "text.png", "bomb.png", "hugebomb.png", "claim.jpg", "claimprog.jpg"]
 
 ODD = {
     "--scales": ["-1", "nan", "inf", "1e308", "0", "", ",", "1,,1.2", "0.001", "9", "1,1"],
@@ -59,6 +64,7 @@ ODD = {
     "--backprop": ["plain"],
     "--device": ["meta", "nope", "cuda:99"],
     "--weights": ["random"],
+    "--max-pixels": ["0", "-1", "1", "64", "4000", "1e3", "nan", "100000000"],
 }
 SEGMENT_ODD = {
     "--crf-iterations": ["-1", "0", "1", "1" * 12, "nan"],
@@ -135,13 +141,27 @@ def broken_input(rng: random.Random, kind: str, folder: Path, name: str) -> Path
         path.mkdir()
         return path
     stem, suffix = kind.split(".")
-    path = folder / f"{name}.{suffix}"
+    refused = stem in ("bomb", "hugebomb", "claim", "claimprog")  # named so: always exit 2
+    path = folder / (f"{name}-{stem}.{suffix}" if refused else f"{name}.{suffix}")
     if stem == "random":
         path.write_bytes(rng.randbytes(rng.randint(1, 3000)))
     elif stem == "empty":
         path.write_bytes(b"")
     elif stem == "text":
         path.write_text("not an image\n")
+    elif stem in ("bomb", "hugebomb"):  # a valid header (over dcsm's or Pillow's limit)
+        side = rng.choice([7100, 9000, 12000]) if stem == "bomb" else 20000
+        ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                         + png_chunk(b"IDAT", zlib.compress(b"\0" * 99)) + png_chunk(b"IEND", b""))
+    elif stem.startswith("claim"):  # a real JPEG's header rewritten to claim a large size
+        buffer = io.BytesIO()
+        Image.fromarray(pixels(rng, 48, 48)).save(buffer, format="JPEG",
+                                                  progressive=stem == "claimprog")
+        data = bytearray(buffer.getvalue())
+        frame = data.index(b"\xff\xc2" if stem == "claimprog" else b"\xff\xc0")
+        struct.pack_into(">HH", data, frame + 5, rng.randint(3000, 7000), rng.randint(2000, 7000))
+        path.write_bytes(bytes(data))
     else:  # truncated
         buffer = io.BytesIO()
         Image.fromarray(pixels(rng, 40, 50)).save(buffer, format="PNG" if suffix == "png"
@@ -149,6 +169,11 @@ def broken_input(rng: random.Random, kind: str, folder: Path, name: str) -> Path
         data = buffer.getvalue()
         path.write_bytes(data[:rng.randint(1, len(data) - 1)])
     return path
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def sized_image(rng: random.Random, size: tuple[int, int], folder: Path, name: str) -> Path:
@@ -217,7 +242,9 @@ def half_written(out: Path, command: str) -> list[str]:
 
 def check(args: list[str], capsys) -> tuple[int, list[str]]:
     """Run one case; the exit status and the stderr lines, every rule asserted."""
-    code = cli.main(args)  # an exception escaping main fails the test with its traceback
+    with warnings.catch_warnings():  # Pillow's decompression-bomb warning must not leak
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        code = cli.main(args)  # an exception escaping main fails the test with its traceback
     _, err = capsys.readouterr()
     lines = err.splitlines()
     errors = [line for line in lines if ERROR.match(line)]
@@ -238,6 +265,8 @@ def test_fuzz_explain_and_segment(tiny_model, tmp_path, capsys):
     for args in cases(tiny_model, tmp_path):
         code, _ = check(args, capsys)
         outcomes[code] += 1
+        if any(re.search(r"-(bomb|hugebomb|claim|claimprog)\.", a) for a in args):
+            assert code == 2, f"a bomb or a JPEG too short for its size was read: {args}"
     # the seed reaches both outcomes often: the fuzz is not all rejections
     assert outcomes[0] >= 10 and outcomes[2] >= 10, outcomes
     assert time.perf_counter() - started < 120  # about 15 s; a hang would show here

@@ -19,6 +19,7 @@ from dcsm.candidates import ClassSpec
 from dcsm.errors import DcsmError
 from dcsm.explainer import DistinctSaliency
 from dcsm.images import DEFAULT_MAX_SIDE, ImageLike
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.presets import DEFAULT_PRESET
 from dcsm.result import BatchResult, SaliencyResult
 
@@ -57,9 +58,13 @@ def make_explainer(
     min_contrast: int | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
     precision: str = "float32",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     **model_options: object,
 ) -> Explainer:
     """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``).
+
+    ``max_pixels``: the most pixels an image may have (default 50 million; None: no limit),
+    checked from a file's header before decoding (:func:`dcsm.io.load_image`).
 
     ``model`` is an adapter, a registry name or any classifier module; ``model_options``
     (``class_names``, ``preprocess``, ``multilabel``, ``input_size``, ``layouts``) describe a
@@ -73,20 +78,20 @@ def make_explainer(
                                 backprop=backprop, alpha=alpha, subtract=subtract,
                                 upsample=upsample, min_contrast=min_contrast,  # type: ignore[arg-type]
                                 max_side=max_side, precision=precision,
-                                **model_options)  # type: ignore[arg-type]
+                                max_pixels=max_pixels, **model_options)  # type: ignore[arg-type]
     if min_contrast is not None:
         raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
     if method == "simonyan":
         return InputGradient(model, "plain", max_side=max_side, precision=precision,
-                             **model_options)
+                             max_pixels=max_pixels, **model_options)
     if method == "guided":
         return InputGradient(model, "guided", max_side=max_side, precision=precision,
-                             **model_options)
+                             max_pixels=max_pixels, **model_options)
     if method == "gradcam":
         if layers is not None and len(layers) != 1:
             raise DcsmError("Grad-CAM reads exactly one layer")
         return GradCAM(model, layers[0] if layers else None, max_side=max_side,
-                       precision=precision, **model_options)
+                       precision=precision, max_pixels=max_pixels, **model_options)
     raise DcsmError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
 
 

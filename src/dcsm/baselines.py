@@ -21,7 +21,7 @@ from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uni
 from dcsm.errors import DcsmError
 from dcsm.explainer import Prepared, _Explainer
 from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
-from dcsm.images import DEFAULT_MAX_SIDE, scaled_input
+from dcsm.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, scaled_input
 from dcsm.layer_maps import upsample
 from dcsm.layouts import resolve_layout, to_grid
 from dcsm.rules import BackpropRule, get_rule
@@ -39,8 +39,8 @@ class _SingleScale(_Explainer):
 
     def __init__(self, model: ModelAdapter | nn.Module | str, batch: BatchMode = "loop",
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
-                 **model_options: object) -> None:
-        super().__init__(model, max_side, precision, model_options)
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **model_options: object) -> None:
+        super().__init__(model, max_side, precision, model_options, max_pixels)
         self.batch: BatchMode = batch
 
     def _forward(self, x: torch.Tensor) -> ForwardPass:
@@ -76,8 +76,8 @@ class InputGradient(_SingleScale):
     def __init__(self, model: ModelAdapter | nn.Module | str,
                  backprop: str | BackpropRule = "plain", batch: BatchMode = "loop",
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
-                 **model_options: object) -> None:
-        super().__init__(model, batch, max_side, precision, **model_options)
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **model_options: object) -> None:
+        super().__init__(model, batch, max_side, precision, max_pixels, **model_options)
         self.rule = get_rule(backprop)
         self.method = "simonyan" if self.rule.name == "plain" else "guided"
 
@@ -104,8 +104,9 @@ class GradCAM(_SingleScale):
 
     def __init__(self, model: ModelAdapter | nn.Module | str, layer: LayerRef | None = None,
                  batch: BatchMode = "loop", max_side: int | None = DEFAULT_MAX_SIDE,
-                 precision: str = "float32", **model_options: object) -> None:
-        super().__init__(model, batch, max_side, precision, **model_options)
+                 precision: str = "float32", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 **model_options: object) -> None:
+        super().__init__(model, batch, max_side, precision, max_pixels, **model_options)
         adapter = self.adapter
         chosen = layer or adapter.gradcam_layer or (adapter.default_layers or [None])[-1]
         if chosen is None:

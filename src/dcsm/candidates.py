@@ -30,13 +30,13 @@ chosen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 
-from dcsm.adapters.base import ModelAdapter
+from dcsm.adapters.base import ModelAdapter, check_class_key
 from dcsm.errors import DcsmError
 
 CandidateRule = Literal["reference_scale", "any_scale", "score_map"]
@@ -69,7 +69,8 @@ class Selection:
 
 
 def parse_classes(classes: str | Sequence[str | int] | None) -> list[str | int] | None:
-    """``"auto"``/None -> None; ``"tabby,espresso"`` or a list -> list of names/indices."""
+    """``"auto"``/None -> None; ``"tabby,espresso"`` or a list -> list of names/indices (a bool,
+    a float or another type in the list is a :class:`DcsmError`)."""
     if classes is None:
         return None
     if isinstance(classes, str):
@@ -77,7 +78,11 @@ def parse_classes(classes: str | Sequence[str | int] | None) -> list[str | int] 
             return None
         items: list[str | int] = [c.strip() for c in classes.split(",") if c.strip()]
     else:
-        items = list(classes)
+        try:
+            items = [check_class_key(c) for c in classes]
+        except TypeError:
+            raise DcsmError(f"classes are 'auto', a name, or a list of names (str) or indices "
+                            f"(int), got {classes!r}") from None
     if not items:
         raise DcsmError("empty class list")
     return items
@@ -204,6 +209,8 @@ ClassSpec = str | Sequence[str | int] | Sequence[Sequence[str | int]] | torch.Te
 def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | int] | None]:
     """``classes`` for a batch of ``n`` images as one entry per image."""
     if isinstance(classes, torch.Tensor):
+        if classes.dtype == torch.bool or classes.is_floating_point() or classes.is_complex():
+            raise DcsmError(f"a class tensor holds indices (an integer dtype), got {classes.dtype}")
         if classes.ndim == 1:
             classes = classes.unsqueeze(0).expand(n, -1)
         if classes.ndim != 2 or classes.shape[0] != n:
@@ -212,8 +219,10 @@ def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | i
         return [[int(i) for i in row] for row in classes.tolist()]
     if classes is None or isinstance(classes, str):
         return [classes] * n
+    if not isinstance(classes, Iterable):  # one index; a float or a bool is an error
+        return [[check_class_key(classes)]] * n
     items = list(classes)
-    if items and all(isinstance(c, Sequence) and not isinstance(c, str) for c in items):
+    if items and all(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
         if len(items) != n:
             raise DcsmError(f"{len(items)} class lists given for {n} images")
         lengths = {len(c) for c in items}  # type: ignore[arg-type]
@@ -221,7 +230,7 @@ def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | i
             raise DcsmError("every image of a batch needs the same number of classes, got "
                             + ", ".join(str(len(c)) for c in items))  # type: ignore[arg-type]
         return [list(c) for c in items]  # type: ignore[arg-type]
-    if any(isinstance(c, Sequence) and not isinstance(c, str) for c in items):
+    if any(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
         raise DcsmError("classes mix names with lists: give one list for every image or a "
                         "list per image")
     return [items] * n  # type: ignore[list-item]

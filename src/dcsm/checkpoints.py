@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dcsm.adapters.weights import torch_load, torch_load_reason
 from dcsm.errors import DcsmError, first_line
 from dcsm.io import write_atomic
 
@@ -122,9 +123,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = resolve(path)
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = torch_load(path)
     except Exception as exc:  # noqa: BLE001 - torch.load fails on junk in many ways
-        raise DcsmError(f"cannot read checkpoint '{path}': {first_line(exc)}") from exc
+        raise DcsmError(f"cannot read checkpoint '{path}': {torch_load_reason(exc)}") from exc
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise DcsmError(f"'{path}' is not a dcsm checkpoint (written by dcsm train)")
     if record.get("version") != CHECKPOINT_VERSION:

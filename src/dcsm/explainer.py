@@ -57,6 +57,7 @@ from dcsm.gradients import (
     iter_class_gradients,
 )
 from dcsm.images import (
+    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
     as_rgb_array,
@@ -67,6 +68,7 @@ from dcsm.images import (
     scaled_input,
     working_size,
 )
+from dcsm.io import check_max_pixels
 from dcsm.layer_maps import (
     CHANNEL_REDUCTIONS,
     UPSAMPLE_ORDERS,
@@ -117,11 +119,12 @@ class Prepared:
 
 
 def prepare(adapter: ModelAdapter, image: ImageLike | torch.Tensor,
-            max_side: int | None) -> Prepared:
+            max_side: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Prepared:
     """Turn an image (path, array, PIL) or a preprocessed tensor (N, 3, H, W) into model input.
 
-    Images are resized to the working resolution (:mod:`dcsm.images`) before preprocessing;
-    tensors are taken as preprocessed and resized the same way.
+    Images are read by :func:`dcsm.images.as_rgb_array` (at most ``max_pixels`` pixels) and
+    resized to the working resolution (:mod:`dcsm.images`) before preprocessing; tensors are
+    taken as preprocessed and resized the same way.
     """
     if isinstance(image, torch.Tensor):
         x = image.unsqueeze(0) if image.ndim == 3 else image
@@ -138,7 +141,7 @@ def prepare(adapter: ModelAdapter, image: ImageLike | torch.Tensor,
         work = working_size(*size, max_side)
         moved = x.detach().to(adapter.device, torch.float32)
         return Prepared(resize_tensor(moved, work), size, None, x.device)
-    img = as_rgb_array(image)
+    img = as_rgb_array(image, max_pixels)
     size = (img.shape[0], img.shape[1])
     x = image_input(adapter, img, working_size(*size, max_side))
     return Prepared(x, size, img, torch.device("cpu"))
@@ -176,9 +179,11 @@ class _Explainer:
     method = "baseline"
 
     def __init__(self, model: ModelAdapter | nn.Module | str, max_side: int | None,
-                 precision: str, model_options: Mapping[str, object]) -> None:
+                 precision: str, model_options: Mapping[str, object],
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.adapter = as_adapter(model, **model_options)  # type: ignore[arg-type]
         self.max_side = check_max_side(max_side)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.precision = precision
         self.autocast = check_precision(precision)
 
@@ -257,7 +262,7 @@ class _Explainer:
         ``classes``: None or ``"auto"`` (chosen from the model's scores, :mod:`dcsm.candidates`),
         class names or indices for every image, one list per image, or an ``(N, K)`` tensor.
         """
-        prepared = prepare(self.adapter, image, self.max_side)
+        prepared = prepare(self.adapter, image, self.max_side, self.max_pixels)
         self._check_memory(prepared, 4)
         maps, selections, layers = self._run(prepared, classes, top_k, threshold, per_layer)
         rule = getattr(self, "rule", None)
@@ -339,6 +344,9 @@ class DistinctSaliency(_Explainer):
             candidate rule's ranking (see :mod:`dcsm.candidates`).
         max_side: the working resolution's long side (default 512, :mod:`dcsm.images`); None
             for the full resolution (memory checked first, :meth:`estimate_memory`).
+        max_pixels: the most pixels (width x height) an image (path, PIL image or array) may
+            have, checked from a file's header before decoding (default 50 million,
+            :data:`dcsm.io.DEFAULT_MAX_PIXELS`; None: no limit).
         precision: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (autocast forward;
             the maps are reduced in float32).
         class_names, preprocess, multilabel, input_size, layouts: describe a plain module
@@ -364,6 +372,7 @@ class DistinctSaliency(_Explainer):
         min_contrast: int | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
         precision: str = "float32",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         class_names: Sequence[str] | None = None,
         preprocess: Preprocessing | None = None,
         multilabel: bool | None = None,
@@ -372,7 +381,7 @@ class DistinctSaliency(_Explainer):
     ) -> None:
         super().__init__(model, max_side, precision, {
             "layers": layers, "class_names": class_names, "preprocess": preprocess,
-            "multilabel": multilabel, "input_size": input_size, "layouts": layouts})
+            "multilabel": multilabel, "input_size": input_size, "layouts": layouts}, max_pixels)
         adapter = self.adapter
         self.preset = get_preset(preset)
         self.scales = check_scales(self.preset.scales if scales is None else scales)

@@ -14,6 +14,11 @@ Images go through Pillow's antialiased resize as uint8 before the normalisation,
 is never held as a full-size float tensor. Tensors (already preprocessed) are resized with
 antialiased bilinear interpolation.
 
+**Pixel limit.** Paths, PIL images and arrays are read by one set of rules
+(:func:`as_rgb_array`), with at most ``max_pixels`` pixels (default
+:data:`dcsm.io.DEFAULT_MAX_PIXELS`, 50 million), checked from a file's header before anything
+is decoded; the explainers take ``max_pixels`` too.
+
 **Display sizes.** :func:`shrink_image` and :func:`shrink_map` bring photos and maps down to the
 sizes previews (:data:`PREVIEW_SIDE`) and figures (:data:`FIGURE_SIDE`) are drawn at.
 """
@@ -28,34 +33,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dcsm.adapters.base import ModelAdapter
-from dcsm.errors import DcsmError, first_line
-from dcsm.io import load_image
+from dcsm.errors import DcsmError
+from dcsm.io import DEFAULT_MAX_PIXELS, array_to_rgb, load_image, pil_to_rgb
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
 DEFAULT_MAX_SIDE = 512
 
 
-def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an array (uint8 grey or RGB/RGBA), a PIL image or a path."""
+def as_rgb_array(image: ImageLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a path, a PIL image or a uint8 array (grey, RGB or RGBA), by
+    the same rules whichever it is (:func:`dcsm.io.load_image`): at most ``max_pixels`` pixels
+    (checked before decoding) and at least 8 a side, EXIF orientation applied, 16-bit and
+    float images rescaled from their own range, transparency composited over white."""
     if isinstance(image, str | os.PathLike):
-        return load_image(image)
+        return load_image(image, max_pixels)
     if isinstance(image, Image.Image):
-        try:
-            arr = np.asarray(image.convert("RGB"))
-        except (ValueError, OSError) as exc:
-            raise DcsmError(f"cannot convert a PIL image of mode {image.mode} to RGB: "
-                            f"{first_line(exc)}") from exc
-    else:
-        arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise DcsmError(f"image arrays must be uint8, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise DcsmError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4); got {arr.shape}")
-    if min(arr.shape[:2]) < 8:
-        raise DcsmError(f"image is {arr.shape[1]}x{arr.shape[0]} pixels; at least 8x8 is needed")
-    return np.ascontiguousarray(arr[:, :, :3])
+        return pil_to_rgb(image, max_pixels)
+    return array_to_rgb(image, max_pixels)
 
 
 def scaled_size(height: int, width: int, scale: float, min_side: int) -> tuple[int, int]:

@@ -84,6 +84,18 @@ IMAGENET_TORCHVISION = Preprocessing(
 )
 
 
+def check_class_key(key: object) -> str | int:
+    """A class as named by a user: a name (str) or an index (int, numpy integer); a bool, a
+    float (``1.7``), None or anything else is a one-line :class:`DcsmError`, never taken as
+    an index."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int | np.integer) and not isinstance(key, bool | np.bool_):
+        return int(key)
+    raise DcsmError(f"classes are names (str) or indices (int), got {key!r} of type "
+                    f"{type(key).__name__}")
+
+
 @dataclass
 class ModelAdapter:
     """A classifier made ready for class saliency.
@@ -223,8 +235,10 @@ class ModelAdapter:
         return torch.sigmoid(scores) if self.multilabel else torch.softmax(scores, dim=-1)
 
     def class_index(self, key: str | int) -> int:
-        """Index of a class given by index, exact name, or case-insensitive name."""
-        if isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
+        """Index of a class given by index (an int or numpy integer, not a bool), exact name, or
+        case-insensitive name; any other type is a :class:`DcsmError`."""
+        key = check_class_key(key)
+        if isinstance(key, int) or key.strip().lstrip("-").isdigit():
             idx = int(key)
             if not 0 <= idx < self.num_classes:
                 raise DcsmError(

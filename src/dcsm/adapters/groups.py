@@ -490,7 +490,7 @@ class GroupedAdapter(ModelAdapter):
         try:
             return super().class_index(key)
         except DcsmError:
-            if isinstance(key, int) or key.strip().lstrip("-").isdigit():
+            if not isinstance(key, str) or key.strip().lstrip("-").isdigit():
                 raise
             wanted = key.strip().lower()
             for cls, why in self.labels.unnameable.items():

@@ -1,8 +1,12 @@
 """SqueezeNet 1.1 (ImageNet) from the Keras-layout weights inside the ``ndf`` package.
 
 The weights (a pickle of ``{layer: [kernel HWIO, bias]}``) are the Caffe SqueezeNet 1.1 release
-converted to Keras. They are loaded into torchvision's ``squeezenet1_1`` architecture (kernels
-transposed to OIHW; the expand 1x1 / 3x3 concatenation order is the same). Preprocessing is
+converted to Keras. They are read by :func:`dcsm.adapters.weights.load_array_pickle`, which
+rebuilds numpy arrays and plain containers only, so a file given with ``weights=`` /
+``--weights`` (any name; ``.pt``/``.pth`` and torch's zip format are ``torch.save`` state dicts,
+read with ``weights_only=True``) cannot run code. They are loaded into torchvision's
+``squeezenet1_1`` architecture (kernels transposed to OIHW; the expand 1x1 / 3x3 concatenation
+order is the same). Preprocessing is
 Caffe's: BGR, 0..255, minus the mean (104.006, 116.669, 122.679).
 
 SqueezeNet's head is already fully convolutional: ``conv10`` (1x1, 1000 classes) and a ReLU give
@@ -15,7 +19,6 @@ The default set, the analogue of VGG-16's conv3_1..conv5_3 (the last three resol
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -23,7 +26,13 @@ from torch import nn
 
 from dcsm.adapters.base import ModelAdapter, Preprocessing
 from dcsm.adapters.imagenet import imagenet_class_names
-from dcsm.adapters.weights import load_into
+from dcsm.adapters.weights import (
+    is_float_array,
+    is_torch_file,
+    load_array_pickle,
+    load_into,
+    load_state_dict,
+)
 from dcsm.errors import DcsmError
 
 CAFFE_MEAN_BGR = (104.006, 116.669, 122.679)
@@ -55,16 +64,25 @@ def _default_weights() -> Path:
 
 
 def keras_to_state_dict(weights: dict[str, list]) -> dict[str, torch.Tensor]:
-    """Map the Keras-layout SqueezeNet 1.1 weights to torchvision ``squeezenet1_1`` keys."""
+    """Map the Keras-layout SqueezeNet 1.1 weights to torchvision ``squeezenet1_1`` keys.
+
+    ``weights[layer]`` is ``[kernel, bias]``: float arrays of shapes ``(kh, kw, in, out)``
+    (HWIO) and ``(out,)``; anything else is a one-line :class:`DcsmError` naming the layer.
+    """
     import numpy as np
 
     def conv(prefix: str, layer: str) -> dict[str, torch.Tensor]:
-        try:
-            kernel, bias = weights[layer]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise DcsmError(f"SqueezeNet weights lack layer '{layer}'") from exc
+        entry = weights.get(layer)
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise DcsmError(f"SqueezeNet weights lack layer '{layer}' (a [kernel, bias] pair)")
+        kernel, bias = entry
+        if not (is_float_array(kernel) and is_float_array(bias) and kernel.ndim == 4
+                and bias.ndim == 1 and kernel.shape[3] == bias.shape[0]):
+            raise DcsmError(f"SqueezeNet weights of layer '{layer}' are not a float kernel "
+                            f"(kh, kw, in, out) and bias (out,)")
         k = torch.from_numpy(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1))))
-        return {f"{prefix}.weight": k.float(), f"{prefix}.bias": torch.from_numpy(bias).float()}
+        b = torch.from_numpy(np.ascontiguousarray(bias))
+        return {f"{prefix}.weight": k.float(), f"{prefix}.bias": b.float()}
 
     state = conv("features.0", "conv1")
     for fire, idx in FIRE_INDEX.items():
@@ -76,24 +94,21 @@ def keras_to_state_dict(weights: dict[str, list]) -> dict[str, torch.Tensor]:
 
 
 def build_squeezenet1_1(weights: str | Path | None = None) -> nn.Module:
-    """torchvision's SqueezeNet 1.1 with the ImageNet weights from ``ndf`` (or a pickle given)."""
+    """torchvision's SqueezeNet 1.1 with the ImageNet weights from ``ndf``, or from ``weights``:
+    a ``torch.save`` state dict (``.pt``/``.pth`` or torch's zip format, read with
+    ``weights_only=True``) or a Keras-layout pickle of numpy arrays (any other name, read by
+    :func:`~dcsm.adapters.weights.load_array_pickle`: nothing in it can run code)."""
     from torchvision.models import squeezenet1_1
 
     path = Path(weights) if weights is not None else _default_weights()
     if not path.is_file():
         raise DcsmError(f"weights file '{path}' does not exist")
     net = squeezenet1_1(weights=None)
-    if path.suffix in (".pt", ".pth"):
-        from dcsm.adapters.weights import load_state_dict
-
+    if is_torch_file(path):
         state = load_state_dict(path)
     else:
-        try:
-            with path.open("rb") as f:
-                raw = pickle.load(f)  # noqa: S301 - a local file the user named
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DcsmError(f"cannot read SqueezeNet weights '{path}': {exc}") from exc
-        if not isinstance(raw, dict):
+        raw = load_array_pickle(path)
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
             raise DcsmError(f"SqueezeNet weights '{path}' are not a dict of layers")
         state = keras_to_state_dict(raw)
     load_into(net, state, str(path))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dcsm.batch.inputs import InputItem
 from dcsm.errors import DcsmError
-from dcsm.io import load_image
+from dcsm.io import DEFAULT_MAX_PIXELS, load_image
 
 
 @dataclass
@@ -28,10 +28,13 @@ class Loaded:
 
 
 class ImageDataset(Dataset):
-    """Decodes ``items[i]`` with :func:`dcsm.io.load_image`; errors become :class:`Loaded`."""
+    """Decodes ``items[i]`` with :func:`dcsm.io.load_image` (at most ``max_pixels`` pixels);
+    errors become :class:`Loaded`."""
 
-    def __init__(self, items: Sequence[InputItem]) -> None:
+    def __init__(self, items: Sequence[InputItem],
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.items = list(items)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -39,7 +42,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Loaded:
         item = self.items[index]
         try:
-            return Loaded(index, load_image(item.path), None)
+            return Loaded(index, load_image(item.path, self.max_pixels), None)
         except DcsmError as exc:
             return Loaded(index, None, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop the run
@@ -52,13 +55,14 @@ def _keep(sample: Loaded) -> Loaded:
 
 
 def iterate(items: Sequence[InputItem], workers: int = 2, prefetch: int = 4,
-            ) -> Iterator[Loaded]:
-    """The decoded images in order; ``workers`` processes decode ahead (0: in this process)."""
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Loaded]:
+    """The decoded images in order; ``workers`` processes decode ahead (0: in this process);
+    an image of more than ``max_pixels`` pixels is refused from its header."""
     if not items:
         return iter(())
     workers = max(0, min(workers, len(items)))
     loader = DataLoader(
-        ImageDataset(items),
+        ImageDataset(items, max_pixels),
         batch_size=None,
         shuffle=False,
         num_workers=workers,

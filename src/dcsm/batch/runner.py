@@ -47,7 +47,7 @@ from dcsm.batch.shard import Group, Rank, shard
 from dcsm.candidates import UnevenCandidates, parse_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.images import image_input, working_size
-from dcsm.io import atomic_dir, remove_path
+from dcsm.io import DEFAULT_MAX_PIXELS, atomic_dir, remove_path
 from dcsm.result import SaliencyResult
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
@@ -371,7 +371,8 @@ def run(
     skipped = len(mine) - len(pending)
     # Start the decoding workers first: forked later, they would inherit the manifest's open
     # file and its lock, and hold it for a few seconds after this process is killed.
-    samples = iterate(pending, options.workers)
+    samples = iterate(pending, options.workers,
+                      max_pixels=getattr(explainer, "max_pixels", DEFAULT_MAX_PIXELS))
     writers = (default_writers(explainer, options.workers) if options.writers is None
                else options.writers)
     writer = Writers(writers if pending else 0)

@@ -39,6 +39,7 @@ from dcsm.cli.options import (
     display_from_args,
     explainer_from_args,
     grabcut_params_from_args,
+    max_pixels,
     max_side,
     method_for,
     positive_int,
@@ -114,7 +115,7 @@ def load_inputs(args: argparse.Namespace, paths: Sequence[str]
     the model and the explainer the options describe."""
     from dcsm.io import load_image
 
-    images = [load_image(p) for p in paths]
+    images = [load_image(p, max_pixels(args)) for p in paths]
     return images, explainer_from_args(args)
 
 
@@ -196,7 +197,7 @@ def run_figure(args: argparse.Namespace) -> int:
     [image], explainer = load_inputs(args, [args.image])
     distinct = explain_one(explainer, image, args)
     simonyan = make_explainer(explainer.adapter, "simonyan", max_side=max_side(args),
-                              precision=args.precision).explain(
+                              precision=args.precision, max_pixels=max_pixels(args)).explain(
         image, classes=[c.index for c in distinct.candidates])
     crf = segment(distinct, method="crf", max_side=max_side(args), **crf_params)
     grabcut = segment(simonyan, method="grabcut", max_side=max_side(args), **grabcut_params)

