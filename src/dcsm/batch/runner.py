@@ -273,7 +273,8 @@ class Writers:
 
     Outcomes known without a job (:meth:`fail`) take their turn in the same queue. A worker
     that dies (killed, out of memory) breaks the pool: its jobs and every later one run in this
-    process instead, so no image is lost to it.
+    process instead, so no image is lost to it. The workers end with this process, however it
+    ends (:func:`dcsm.processes.follow_parent`).
     """
 
     def __init__(self, processes: int, ahead: int | None = None,
