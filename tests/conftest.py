@@ -16,6 +16,8 @@ file computes its expected values with the same independent float64 machinery:
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -237,6 +239,31 @@ HELPERS = Helpers(
 def tiny() -> Helpers:
     """Tiny-model helpers (see the module docstring)."""
     return HELPERS
+
+
+# ----------------------------------------------------------------------------- temp folder
+@pytest.fixture(scope="session", autouse=True)
+def temp_folder_left_clean(tmp_path_factory):
+    """The suite leaves nothing of dcsm's (``dcsm-*``) in the temporary folder.
+
+    The folder is one of this session's own (``tempfile.tempdir`` and ``TMPDIR``, so the
+    ``dcsm`` processes the tests start use it too): what other programs on the machine put in
+    the system's temporary folder meanwhile cannot be mistaken for a leftover of the tests.
+    """
+    folder = tmp_path_factory.mktemp("system-temp")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+    left = sorted(p.name for p in folder.glob("dcsm-*"))
+    assert not left, f"the tests left {left} in the temporary folder"
 
 
 # ----------------------------------------------------------------------------- real models

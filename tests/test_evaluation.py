@@ -323,3 +323,35 @@ def test_an_evaluation_folder_of_an_earlier_dcsm_needs_force(tiny_run, tmp_path,
     code, _, err = evaluate_cli(root, run, tmp_path / "other", capsys, "--force")
     assert code == 2 and "is not an earlier evaluation" in err, err  # --force never deletes
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_rerun_completes(tiny_run, uninterrupted, tmp_path,
+                                                            capsys, monkeypatch):
+    import os
+    import signal
+
+    from dcsm.evaluation import compare
+
+    write = compare._write_predictions
+    calls = []
+
+    def write_then_sigterm(*args, **kwargs):  # SIGTERM arrives while the 2nd image is written
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "_write_predictions", write_then_sigterm)
+    root, run = tiny_run
+    out = tmp_path / "eval"
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = evaluate_cli(root, run, out, capsys)
+    assert code == 143 and err.strip().splitlines()[-1] == "dcsm: terminated", err
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert no_partials(out) == [] and not (out / "metrics.json").exists()
+    monkeypatch.setattr(compare, "_write_predictions", write)
+    code, _, err = evaluate_cli(root, run, out, capsys)
+    assert code == 0 and scores(out) == scores(uninterrupted), err
+    journal = [json.loads(line) for line in
+               (out / ".dcsm-evaluate" / "records.jsonl").read_text().splitlines()]
+    assert [r["done"] for r in journal if r["event"] == "start"] == [0, 1]

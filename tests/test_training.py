@@ -182,3 +182,59 @@ def test_vgg16_backbone_names_and_learning_rates():
     assert backbone.layer_aliases["fc8"] == "head.6" and backbone.min_input == 224
     assert backbone.model.head[6].out_channels == 20 and not backbone.pretrained
     assert np.prod(backbone.model.head[0].weight.shape[1:]) == 512 * 7 * 7
+
+
+def test_a_killed_runs_temporary_files_are_removed_unless_a_run_holds_the_folder(data_root,
+                                                                                   tmp_path):
+    fcntl = pytest.importorskip("fcntl", reason="the run lock is POSIX's")
+    from dcsm.training.trainer import RUN_LOCK
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".last.partial-0123456789ab.pt", ".model.partial-a1b2c3d4e5f6.pt",
+             ".history.partial-00000000ffff.json", ".labels.partial-abcdefabcdef.json"]
+    # not what write_atomic leaves for a run's own files: a user's, or another pattern
+    foreign = [".notes.partial-0123456789ab.txt", "last.partial-0123456789ab.pt",
+               ".last.partial-0123.pt", "keep.pt"]
+    for name in stale + foreign:
+        (out / name).write_bytes(b"x")
+    # Another live run holds the folder: refused, nothing removed.
+    with (out / RUN_LOCK).open("ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DcsmError, match="another dcsm train run is using"):
+            train(data_root, out, TINY, RunOptions(max_iterations=1, **QUIET))
+        assert all((out / name).exists() for name in stale)
+    logged = []
+    result = train(data_root, out, TINY, RunOptions(max_iterations=1, progress=False,
+                                                     log=logged.append))
+    assert result.iteration == 1
+    assert not any((out / name).exists() for name in stale)
+    assert all((out / name).exists() for name in foreign)
+    assert f"removed 4 temporary file(s) an interrupted run left in {out}" in logged
+
+
+def test_sigterm_saves_and_stops_like_ctrl_c(data_root, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from dcsm.processes import Terminated
+    from dcsm.training import trainer
+
+    step = trainer._train_step
+
+    def step_then_sigterm(run, x, y):  # SIGTERM arrives during the first batch
+        if run.iteration == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(run, x, y)
+
+    monkeypatch.setattr(trainer, "_train_step", step_then_sigterm)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        train(data_root, out, TINY, RunOptions(**QUIET))
+    assert signal.getsignal(signal.SIGTERM) is before
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["iteration"]) == (0, 1, 1)  # the batch saved
+    monkeypatch.setattr(trainer, "_train_step", step)
+    resumed = train(data_root, out, None, RunOptions(**QUIET), resume=True)
+    assert resumed.finished and resumed.iteration == 2

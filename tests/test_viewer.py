@@ -17,7 +17,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,7 +30,14 @@ import dcsm
 from dcsm import cli, viz
 from dcsm.errors import DcsmError
 from dcsm.images import shrink_image, shrink_map
-from dcsm.viewer.app import INSTALL_HINT, redraw, run_explain, show_photo
+from dcsm.viewer.app import (
+    INSTALL_HINT,
+    MAX_UPLOAD_MB,
+    decoded_upload,
+    redraw,
+    run_explain,
+    show_photo,
+)
 from dcsm.viewer.logic import (
     BUNDLED_IMAGE,
     VIEW_SIDE,
@@ -198,7 +207,8 @@ def test_handlers(viewer):
     state, status, files = run_explain(viewer, str(BUNDLED_IMAGE), list(PAIR), 2, "simonyan",
                                        "paper", None, "none")
     assert status.startswith("Explained with simonyan") and "tabby" in status
-    assert [f.name for f in files] == ["maps.npz", "summary.json"]
+    assert [name for name, _ in files] == ["maps.npz", "summary.json"]
+    assert json.loads(files[1][1])["method"] == "simonyan"
     shown = redraw(state, 0.5, "viridis")
     assert list(_embedded(shown["maps"])) == list(PAIR)
     assert "reads no set of layers" in shown["layers"]
@@ -209,6 +219,86 @@ def test_handlers(viewer):
                                             "scores": ""}
     refused = run_explain(viewer, str(BUNDLED_IMAGE), ["nope"], 2, "dcsm", "paper", None, "crf")
     assert refused == (None, "**Error:** unknown class 'nope' for model efficientnet_lite0", [])
+
+
+def test_an_upload_is_decoded_once_and_leaves_no_file(monkeypatch, tmp_path):
+    from dcsm.viewer import app
+
+    decoded, contents = [], []
+
+    def counting(path):
+        decoded.append(Path(path))
+        contents.append(Path(path).read_bytes())  # the upload's bytes, in a private folder
+        return show_photo(path)
+
+    monkeypatch.setattr(app, "show_photo", counting)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the temporary folders go
+    data = BUNDLED_IMAGE.read_bytes()
+    state: dict = {}
+    first = decoded_upload(state, "cat.png", data)
+    for _ in range(3):  # the page's reruns: a slider moved, a class picked
+        again = decoded_upload(state, "cat.png", data)
+        assert again[0] is first[0]
+    assert len(decoded) == 1 and first[0].shape == (224, 448, 3) and contents == [data]
+    broken = decoded_upload(state, "../../broken.png", b"this is text, not a picture")
+    assert broken[0] is None and len(decoded) == 2
+    assert decoded[1].name == "broken.png" and decoded[1].parent.parent == tmp_path
+    assert broken[1].startswith("**Error:**") and "'broken.png'" in broken[1]  # no folder
+    assert decoded_upload(state, "..", data)[0].shape == (224, 448, 3)  # a name that is no file
+    assert decoded[2].name == "upload" and len(decoded) == 3
+    assert list(tmp_path.iterdir()) == []  # each folder removed once the picture was read
+
+
+def test_host_names_and_the_hosts_a_server_accepts():
+    from dcsm.viewer.guard import allowed_hosts, host_name
+
+    for header, name in [("127.0.0.1:8501", "127.0.0.1"), ("LocalHost:8501", "localhost"),
+                         ("[::1]:9000", "::1"), ("[::1]", "::1"), ("example.org.", "example.org"),
+                         ("evil.example", "evil.example"), ("", None), (None, None),
+                         ("a:b", None), ("[::1", None), ("x/y:80", None), ("u@h:1", None),
+                         ("h:70000", None)]:
+        assert host_name(header) == name, header
+    local = allowed_hosts("127.0.0.1")
+    for ok in ("127.0.0.1:8501", "localhost:8501", "[::1]:8501", "localhost:9000"):
+        assert local.accepts(ok), ok  # the port is not compared: any SSH tunnel works
+    for bad in ("evil.example:8501", "evil.example", "192.168.1.20:8501", "", None,
+                "127.0.0.1.evil.example:8501", "localhost.:x"):
+        assert not local.accepts(bad), bad
+    assert allowed_hosts("localhost", ["viewer.lab.example"]).accepts("viewer.lab.example")
+    wide = allowed_hosts("0.0.0.0")
+    assert wide.accepts("192.168.1.20:8501") and wide.accepts("[fe80::1]:8501")
+    assert wide.accepts(socket.gethostname()) and not wide.accepts("evil.example:8501")
+
+
+def test_launch_settings(monkeypatch):
+    """What the server is started with: the guard in front, the caps, nothing extra."""
+    st = pytest.importorskip("streamlit", reason="the viewer extra (streamlit) is not installed")
+    from dcsm.viewer import app
+    from dcsm.viewer.guard import HostGuard
+
+    started = {}
+
+    class FakeApp:
+        def __init__(self, script, middleware):
+            started["script"], started["middleware"] = script, middleware
+
+        def run(self, config):
+            started["config"] = config
+
+    monkeypatch.setattr(st, "App", FakeApp)
+    monkeypatch.setattr(app, "_VIEWER", None)
+    app.launch(object(), host="127.0.0.1", port=8999)
+    config = started["config"]
+    assert config["server.maxUploadSize"] == MAX_UPLOAD_MB == 20
+    assert config["server.address"] == "127.0.0.1" and config["server.port"] == 8999
+    assert config["browser.gatherUsageStats"] is False
+    assert config["server.enableXsrfProtection"] is True and config["server.enableCORS"] is True
+    assert config["server.enableAgentApi"] is False
+    assert config["server.enableStaticServing"] is False
+    assert set(config["server.allowedHosts"]) == {"localhost", "127.0.0.1", "::1"}
+    (guard,) = started["middleware"]
+    assert guard.cls is HostGuard and guard.kwargs["rule"].accepts("localhost:1")
+    assert started["script"].endswith("page.py")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -287,9 +377,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def served():
     """``dcsm serve`` on a free port, as a user starts it; stopped after the tests."""
-    _browser()
+    pytest.importorskip("streamlit", reason="the viewer extra (streamlit) is not installed")
     port = _free_port()
     env = {**os.environ, "NO_PROXY": "127.0.0.1"}
     proc = subprocess.Popen([sys.executable, "-m", "dcsm", "serve", "--port", str(port)],
@@ -311,6 +401,66 @@ def server():
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    """The served page, for the browser."""
+    _browser()
+    return served
+
+
+def _ask(url: str, path: str, host: str, headers: dict[str, str] | None = None,
+         ) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP GET to the server of ``url`` with the ``Host`` header ``host``."""
+    import http.client
+
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        for key, value in {"Host": host, **(headers or {})}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def test_the_server_answers_only_for_its_own_address(served):
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 reaches the port,
+    but its requests (HTTP and the page's WebSocket) name evil.example: refused."""
+    port = urlparse(served).port
+    websocket = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        status, headers, body = _ask(served, "/", host)
+        assert status == 200 and b"<html" in body.lower(), host
+        assert headers["x-frame-options"] == "SAMEORIGIN"  # no other site frames the page
+        status, _, _ = _ask(served, "/_stcore/stream", host,
+                            {**websocket, "Origin": f"http://{host}"})
+        assert status == 101, host  # the page's own WebSocket opens
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        for path in ("/", "/_stcore/health", "/_stcore/host-config", "/static/index.html"):
+            status, _, body = _ask(served, path, host)
+            assert status == 403 and b"Host header refused" in body, (host, path)
+        status, _, _ = _ask(served, "/_stcore/stream", host,
+                            {**websocket, "Origin": f"http://{host}"})
+        assert status == 403, host  # no WebSocket for the rebinding page
+
+
+def test_the_server_serves_nothing_but_the_page(served):
+    host = f"127.0.0.1:{urlparse(served).port}"
+    assert _ask(served, "/_stcore/health", host)[0] == 200  # the page needs it
+    for path in ("/_stcore/metrics", "/_stcore/metrics?families=all",
+                 "/_stcore/agent/openapi.json", "/_stcore/agent/interact",
+                 "/_stcore/agent/mcp", "/_stcore/script-health-check", "/auth/login",
+                 "/oauth2callback"):
+        status, _, body = _ask(served, path, host)
+        assert status == 404 and b"cache_memory" not in body, path
 
 
 @pytest.fixture(scope="module")

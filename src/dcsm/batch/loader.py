@@ -3,11 +3,14 @@
 Each sample is one image (inputs may differ in size, so nothing is stacked): the item's
 position, the decoded ``(H, W, 3)`` uint8 array or None, and the reason it could not be read.
 A file that cannot be read does not stop the loader; the runner records it as failed.
+The workers end with the process that started them, even when it is killed
+(:func:`dcsm.processes.follow_parent`), and :meth:`Decoding.close` stops them at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from dcsm.batch.inputs import InputItem
 from dcsm.errors import DcsmError
 from dcsm.io import DEFAULT_MAX_PIXELS, load_image
+from dcsm.processes import ParentWatch
 
 
 @dataclass
@@ -54,12 +58,36 @@ def _keep(sample: Loaded) -> Loaded:
     return sample
 
 
+class Decoding(Iterator[Loaded]):
+    """The decoded images in order (:func:`iterate`); :meth:`close` stops the workers."""
+
+    def __init__(self, samples: Iterator[Loaded]) -> None:
+        self._samples: Iterator[Loaded] | None = samples
+
+    def __next__(self) -> Loaded:
+        if self._samples is None:
+            raise StopIteration
+        return next(self._samples)
+
+    def close(self) -> None:
+        """Stop the worker processes now (also after an interruption); idempotent."""
+        samples, self._samples = self._samples, None
+        shutdown = getattr(samples, "_shutdown_workers", None)  # torch's multi-worker iterator
+        if shutdown is not None:
+            with suppress(Exception):
+                shutdown()
+
+
 def iterate(items: Sequence[InputItem], workers: int = 2, prefetch: int = 4,
-            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Loaded]:
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoding:
     """The decoded images in order; ``workers`` processes decode ahead (0: in this process);
-    an image of more than ``max_pixels`` pixels is refused from its header."""
+    an image of more than ``max_pixels`` pixels is refused from its header.
+
+    The workers start here (not on the first ``next``) and follow this process
+    (:class:`dcsm.processes.ParentWatch`); close the result to stop them.
+    """
     if not items:
-        return iter(())
+        return Decoding(iter(()))
     workers = max(0, min(workers, len(items)))
     loader = DataLoader(
         ImageDataset(items, max_pixels),
@@ -69,5 +97,6 @@ def iterate(items: Sequence[InputItem], workers: int = 2, prefetch: int = 4,
         collate_fn=_keep,
         prefetch_factor=prefetch if workers else None,
         persistent_workers=False,
+        worker_init_fn=ParentWatch() if workers else None,
     )
-    return iter(loader)
+    return Decoding(iter(loader))

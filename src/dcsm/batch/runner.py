@@ -48,6 +48,7 @@ from dcsm.candidates import UnevenCandidates, parse_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.images import image_input, working_size
 from dcsm.io import DEFAULT_MAX_PIXELS, atomic_dir, remove_path
+from dcsm.processes import follow_parent
 from dcsm.result import SaliencyResult
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
@@ -257,8 +258,11 @@ def default_writers(explainer: Explainer, decoders: int = 2) -> int:
     return 1 if torch.get_num_threads() < mine else 0
 
 
-def _writer_start() -> None:
-    """A writer process computes on one thread: the model's process has the others."""
+def _writer_start(parent: int | None = None) -> None:
+    """A writer process ends with ``parent`` (:func:`dcsm.processes.follow_parent`) and computes
+    on one thread: the model's process has the others."""
+    if parent is not None:
+        follow_parent(parent)
     torch.set_num_threads(1)
 
 
@@ -269,7 +273,8 @@ class Writers:
 
     Outcomes known without a job (:meth:`fail`) take their turn in the same queue. A worker
     that dies (killed, out of memory) breaks the pool: its jobs and every later one run in this
-    process instead, so no image is lost to it.
+    process instead, so no image is lost to it. The workers end with this process, however it
+    ends (:func:`dcsm.processes.follow_parent`).
     """
 
     def __init__(self, processes: int, ahead: int | None = None,
@@ -279,7 +284,7 @@ class Writers:
         # "spawn": the workers start clean, holding neither CUDA state nor this process's files
         self.pool = ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_writer_start) if processes > 0 else None
+            initializer=_writer_start, initargs=(os.getpid(),)) if processes > 0 else None
         self.ahead = 2 * processes if ahead is None else ahead
         self.job = job
         self.jobs: deque[tuple[object, tuple, Future | None]] = deque()
@@ -375,11 +380,12 @@ def run(
                       max_pixels=getattr(explainer, "max_pixels", DEFAULT_MAX_PIXELS))
     writers = (default_writers(explainer, options.workers) if options.writers is None
                else options.writers)
-    writer = Writers(writers if pending else 0)
-    manifest.open()
+    writer: Writers | None = None
     failed: list[tuple[str, str]] = []
     done = 0
     try:
+        writer = Writers(writers if pending else 0)
+        manifest.open()
         cleaned = remove_leftovers(out, {it.name for it in pending})
         manifest.start(fingerprint=fp, world_size=rank.world_size, inputs=len(items),
                        assigned=len(mine), skipped=skipped, pending=len(pending),
@@ -461,7 +467,10 @@ def run(
         seconds = time.perf_counter() - start
         manifest.write("end", fingerprint=fp, done=done, failed=len(failed), skipped=skipped,
                        seconds=round(seconds, 3))
-    finally:
+    finally:  # also on Ctrl-C and SIGTERM (dcsm.processes): no process left behind
+        if writer is not None:
+            writer.close()
+        samples.close()
         manifest.close()
     return BatchReport(len(items), len(mine), skipped, done, len(failed), failed, seconds,
                        manifest.path)

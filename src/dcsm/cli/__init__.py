@@ -19,7 +19,10 @@ The dependencies go one way: this package imports the library (:mod:`dcsm.batch`
 Bad input gets one line on stderr (``dcsm: error: ...``, or argparse's ``dcsm CMD: error: ...``
 for bad options) and exit status 2, never a traceback; an image's output directory appears
 only once it is complete. Runs that finish but could not do every image (``batch``,
-``evaluate``) exit with status 1. ``DCSM_DEBUG=1`` shows the traceback of unexpected errors.
+``evaluate``) exit with status 1. Ctrl-C stops a command with status 130, SIGTERM (``docker
+stop``, a job scheduler) the same way with status 143: temporary outputs removed, worker
+processes stopped, resumable runs left resumable (:mod:`dcsm.processes`). ``DCSM_DEBUG=1``
+shows the traceback of unexpected errors.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Sequence
 from dcsm.cli import batch, bench, data, evaluate, explain, models, serve, train
 from dcsm.cli.options import EXIT_USAGE, Parser
 from dcsm.errors import DcsmError, DcsmWarning, first_line
+from dcsm.processes import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main"]
 
@@ -71,16 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        with warnings.catch_warnings():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
             warnings.simplefilter("always", DcsmWarning)
             return int(args.handler(args))
     except DcsmError as exc:
         print(f"dcsm: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:  # SIGTERM: the same clean-up as Ctrl-C
+        print("dcsm: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("dcsm: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except MemoryError:
         print("dcsm: error: out of memory; try fewer or smaller scales or images",
               file=sys.stderr)

@@ -2,7 +2,11 @@
 
 ``dcsm serve [--port 8501] [--host 127.0.0.1] [--model NAME] [--weights W] [--device D]``
 loads the model once and serves the page until Ctrl-C. It listens on 127.0.0.1 (this machine
-only) unless ``--host`` says otherwise. Without the optional extra (Streamlit) it prints one line
+only) unless ``--host`` says otherwise, and answers only requests addressed to it: ``localhost``,
+``127.0.0.1``, ``[::1]``, the ``--host`` address, and the names given with ``--allow-host``
+(:mod:`dcsm.viewer.guard`); uploads are capped at 20 MB. From another machine, reach it through
+an SSH tunnel (``ssh -L 8501:localhost:8501 HOST``) rather than listening on 0.0.0.0. Without
+the optional extra (Streamlit) it prints one line
 naming what to install and exits with status 2, before loading anything. The page is a
 Streamlit app (:mod:`dcsm.viewer.page`).
 """
@@ -27,6 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s: this machine only; "
                         "0.0.0.0 opens it to the network)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a further host name the page is reached by (a reverse proxy's); "
+                        "requests for other names are refused (repeatable)")
     add_model_options(p)
     p.set_defaults(handler=run_serve)
 
@@ -60,5 +67,5 @@ def run_serve(args: argparse.Namespace) -> int:
                               labels=getattr(args, "labels", None))
     print(f"dcsm: viewer of {viewer.model_name} at http://{args.host}:{args.port} "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)
-    launch(viewer, host=args.host, port=args.port)
+    launch(viewer, host=args.host, port=args.port, allow_hosts=args.allow_host)
     return 0

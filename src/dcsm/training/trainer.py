@@ -24,15 +24,20 @@ flip                   horizontal, probability 0.5
 **Checkpoints.** ``DIR/last.pt`` holds everything needed to continue (weights, optimiser,
 gradient scaler, random state, position in the epoch, history, settings); it is written
 atomically at the end of every epoch, every ``checkpoint_every`` iterations, and when the run
-is interrupted (Ctrl-C finishes the current iteration, saves, and stops). ``resume=True``
-continues from it exactly: the batches of an epoch are planned from the seed and the epoch, so
-an interrupted and resumed run gives the same weights as an uninterrupted one. ``DIR/model.pt``
-is the model with the best validation mAP so far (the last one without a validation split): the
-weights and what explaining needs (class names, preprocessing, architecture), loadable as
-``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). It is first written when the first epoch
-completes: a run stopped before that has no model to offer (``checkpoint:`` says so). The file
-format is :mod:`dcsm.checkpoints`'s. ``DIR/history.json`` lists per epoch the
-training loss, the validation loss, mAP and per-class AP, the learning rate and the time.
+is interrupted (Ctrl-C or SIGTERM finishes the current iteration, saves, and stops; the
+data-loader workers end with the run even when it is killed, :mod:`dcsm.processes`).
+``resume=True`` continues from it exactly: the batches of an epoch are planned from the seed and
+the epoch, so an interrupted and resumed run gives the same weights as an uninterrupted one.
+``DIR/model.pt`` is the model with the best validation mAP so far (the last one without a
+validation split): the weights and what explaining needs (class names, preprocessing,
+architecture), loadable as ``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). It is first
+written when the first epoch completes: a run stopped before that has no model to offer
+(``checkpoint:`` says so). The file format is :mod:`dcsm.checkpoints`'s. ``DIR/history.json``
+lists per epoch the training loss, the validation loss, mAP and per-class AP, the learning rate
+and the time.
+A run holds ``DIR/.dcsm-train.lock`` (an advisory lock, released however the process ends), so a
+second run into ``DIR`` is refused; holding it, a run first deletes the temporary files
+(``.last.partial-<hex>.pt`` and the like) that a killed run left there.
 
 On a GPU, training runs with mixed precision (float16 autocast and a gradient scaler) and with
 several data-loader workers; on a CPU in float32 in the main process, unless told otherwise.
@@ -43,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -68,6 +74,7 @@ from dcsm.datasets.voc import LabelledImage, VOCDataset
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import average_precision
 from dcsm.io import save_json
+from dcsm.processes import ParentWatch, Terminated
 from dcsm.training.data import LabelledImages, ResizePlan, epoch_batches, size_batches
 from dcsm.training.models import Backbone, build_backbone, parameter_groups
 
@@ -85,6 +92,12 @@ __all__ = [
     "train",
     "validate",
 ]
+
+#: The lock file a run holds in its directory (:func:`_hold`).
+RUN_LOCK = ".dcsm-train.lock"
+#: The files a run writes into its directory (atomically, through temporary names).
+_RUN_FILES = frozenset({LAST, MODEL, "history.json", "labels.json"})
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-[0-9a-f]{12}(?P<suffix>\.[A-Za-z]+)$")
 
 _BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "vgg16": {"optimizer": "sgd", "lr": 1e-3, "pretrained_lr_factor": 0.1,
@@ -182,26 +195,37 @@ def _cosine(base: float, iteration: int, total: int) -> float:
 
 
 @contextlib.contextmanager
-def _graceful_interrupt() -> Iterator[dict[str, bool]]:
-    """Ctrl-C sets a flag (the loop saves and stops); a second Ctrl-C interrupts at once."""
-    flag = {"stop": False}
+def _graceful_interrupt() -> Iterator[dict[str, Any]]:
+    """Ctrl-C or SIGTERM sets a flag (the loop saves and stops; ``flag["signal"]`` says which);
+    a second one interrupts at once (:class:`KeyboardInterrupt`, :class:`Terminated` for
+    SIGTERM)."""
+    flag: dict[str, Any] = {"stop": False, "signal": None}
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum: int, frame: object) -> None:
         if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        flag["stop"], flag["signal"] = True, signum
 
-    signal.signal(signal.SIGINT, handler)
+    for s in signals:
+        signal.signal(s, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler_before in previous.items():
+            signal.signal(s, handler_before if handler_before is not None else signal.SIG_DFL)
+
+
+def _stop(interrupt: dict[str, Any]) -> KeyboardInterrupt:
+    """What an interrupted run raises once saved: :class:`Terminated` after SIGTERM."""
+    return Terminated() if interrupt["signal"] == getattr(signal, "SIGTERM", None) \
+        else KeyboardInterrupt()
 
 
 def _labels_cache(out: Path, data: VOCDataset, split: str) -> list[LabelledImage]:
@@ -306,6 +330,40 @@ def _make_out(out: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or first_line(exc)
         raise DcsmError(f"cannot create the run directory '{out}': {reason}") from exc
+
+
+@contextlib.contextmanager
+def _hold(out: Path) -> Iterator[None]:
+    """Hold ``out/.dcsm-train.lock`` for the block: an advisory lock (POSIX), released however
+    the process ends; DcsmError when another run holds it."""
+    from dcsm.records import Journal
+
+    # A journal that is never written: its open() takes the lock, or says who holds it.
+    lock = Journal(out / RUN_LOCK, busy=f"another dcsm train run is using '{out}'")
+    lock.open()
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def remove_stale_partials(out: Path) -> int:
+    """Delete the temporary files (``.last.partial-<hex>.pt`` and the like, from
+    :func:`dcsm.io.write_atomic`) a killed run left for the files a run writes into ``out``;
+    how many. Only while holding the run's lock: no live run is writing them."""
+    removed = 0
+    try:
+        entries = list(out.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _PARTIAL.match(entry.name)
+        if m and m.group("stem") + m.group("suffix") in _RUN_FILES and entry.is_file() \
+                and not entry.is_symlink():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed += 1
+    return removed
 
 
 @dataclass
@@ -415,7 +473,7 @@ def _check_sizes(run: _Run) -> None:
                         f"{run.backbone.min_input} pixels; min-size is {plan.min_size}")
 
 
-def _train_epoch(run: _Run, options: RunOptions, interrupt: dict[str, bool]
+def _train_epoch(run: _Run, options: RunOptions, interrupt: dict[str, Any]
                  ) -> tuple[list[float], bool]:
     """The batches of the current epoch from ``run.step`` on: (their losses, whether the run
     stopped early: interrupted, or at ``options.max_iterations``)."""
@@ -424,7 +482,8 @@ def _train_epoch(run: _Run, options: RunOptions, interrupt: dict[str, bool]
                             config.plan(), config.flip)
     loader = torch.utils.data.DataLoader(
         run.train_set, batch_sampler=batches[run.step:], num_workers=rt.workers,
-        pin_memory=rt.cuda, generator=torch.Generator().manual_seed(config.seed))
+        pin_memory=rt.cuda, generator=torch.Generator().manual_seed(config.seed),
+        worker_init_fn=ParentWatch() if rt.workers else None)
     run.model.train()
     losses: list[float] = []
     bar = _bar(rt.progress, run.per_epoch, run.step, f"epoch {run.epoch + 1}/{run.epochs}")
@@ -495,7 +554,8 @@ def _end_epoch(run: _Run, losses: list[float], started: float) -> tuple[dict[str
 
 def _loop(run: _Run, options: RunOptions, log: Callable[[str], None]) -> bool:
     """Train epoch after epoch; True when every epoch is done, False when stopped early (saved
-    to resume). Ctrl-C finishes the current batch, saves and raises KeyboardInterrupt."""
+    to resume). Ctrl-C (SIGTERM) finishes the current batch, saves and raises KeyboardInterrupt
+    (:class:`dcsm.processes.Terminated`)."""
     last = run.out / LAST
     with _graceful_interrupt() as interrupt:
         while run.epoch < run.epochs:
@@ -507,7 +567,7 @@ def _loop(run: _Run, options: RunOptions, log: Callable[[str], None]) -> bool:
                 log(f"{why}: saved {last} at epoch {run.epoch + 1}, batch {run.step}; continue "
                     "with --resume")
                 if interrupt["stop"]:
-                    raise KeyboardInterrupt
+                    raise _stop(interrupt)
                 return False
             entry, best = _end_epoch(run, losses, started)
             log(_epoch_line(entry, run.epochs, best))
@@ -515,7 +575,7 @@ def _loop(run: _Run, options: RunOptions, log: Callable[[str], None]) -> bool:
                 if interrupt["stop"]:
                     log(f"interrupted: saved {last} after epoch {run.epoch}; continue with "
                         "--resume")
-                    raise KeyboardInterrupt
+                    raise _stop(interrupt)
                 return False
     return True
 
@@ -540,26 +600,30 @@ def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = N
     runtime = _runtime(options)
     data = VOCDataset(data_root, sbd)
     _make_out(out)
-    train_items = _labels_cache(out, data, config.train_split)
-    val_items = _labels_cache(out, data, config.val_split) if config.val_split else []
-    if state is not None and list(state["class_names"]) != data.class_names:
-        raise DcsmError(f"'{out / LAST}' was trained on classes {state['class_names']}, but "
-                        f"the data has {data.class_names}")
-    run = _build(out, config, data, runtime, train_items, val_items)
-    if state is not None:
-        run.restore(state)
-        log(f"resuming {out} at epoch {run.epoch + 1}, batch {run.step} (iteration "
-            f"{run.iteration})")
-    _check_sizes(run)
-    log(f"training {config.backbone} on {len(run.train_set)} images ({config.train_split}), "
-        f"validating on {len(run.val_set)} ({config.val_split}); {data.num_classes} classes, "
-        f"{config.epochs} epochs of {run.per_epoch} batches, device {runtime.device}"
-        f"{', mixed precision' if runtime.amp else ''}, {runtime.workers} workers")
-    finished = _loop(run, options, log)
-    if finished:
-        log(f"done: {out / MODEL} (best validation mAP {run.best_map:.4f})"
-            if run.best_map is not None else f"done: {out / MODEL}")
-    return TrainResult(out, run.epoch, run.iteration, run.best_map, run.history, finished)
+    with _hold(out):
+        removed = remove_stale_partials(out)
+        if removed:
+            log(f"removed {removed} temporary file(s) an interrupted run left in {out}")
+        train_items = _labels_cache(out, data, config.train_split)
+        val_items = _labels_cache(out, data, config.val_split) if config.val_split else []
+        if state is not None and list(state["class_names"]) != data.class_names:
+            raise DcsmError(f"'{out / LAST}' was trained on classes {state['class_names']}, but "
+                            f"the data has {data.class_names}")
+        run = _build(out, config, data, runtime, train_items, val_items)
+        if state is not None:
+            run.restore(state)
+            log(f"resuming {out} at epoch {run.epoch + 1}, batch {run.step} (iteration "
+                f"{run.iteration})")
+        _check_sizes(run)
+        log(f"training {config.backbone} on {len(run.train_set)} images ({config.train_split}), "
+            f"validating on {len(run.val_set)} ({config.val_split}); {data.num_classes} classes, "
+            f"{config.epochs} epochs of {run.per_epoch} batches, device {runtime.device}"
+            f"{', mixed precision' if runtime.amp else ''}, {runtime.workers} workers")
+        finished = _loop(run, options, log)
+        if finished:
+            log(f"done: {out / MODEL} (best validation mAP {run.best_map:.4f})"
+                if run.best_map is not None else f"done: {out / MODEL}")
+        return TrainResult(out, run.epoch, run.iteration, run.best_map, run.history, finished)
 
 
 def _bar(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202 - tqdm or None
@@ -586,7 +650,8 @@ def validate(model: torch.nn.Module, val_set: LabelledImages, device: torch.devi
     model.eval()
     loader = torch.utils.data.DataLoader(
         val_set, batch_sampler=size_batches(val_set.items, batch_size, val_set.min_input),
-        num_workers=workers, pin_memory=device.type == "cuda")
+        num_workers=workers, pin_memory=device.type == "cuda",
+        worker_init_fn=ParentWatch() if workers else None)
     scores, targets, losses = [], [], []
     for x, y in loader:
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):

@@ -13,13 +13,22 @@ status box instead of a failure.
 
 Nothing is fetched from elsewhere: Streamlit serves its page, scripts and fonts from the
 installed package, its usage statistics are turned off, and it listens on 127.0.0.1 unless
-told otherwise.
+told otherwise. The server answers only requests addressed to it (the ``Host`` check of
+:mod:`dcsm.viewer.guard`, against DNS rebinding) and serves nothing but the page (no metrics,
+no agent API); uploads are capped at :data:`MAX_UPLOAD_MB` MB and each is decoded once
+(:func:`decoded_upload`), from a temporary folder removed at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import tempfile
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from dcsm.errors import DcsmError
 from dcsm.viewer.logic import (
@@ -35,17 +44,17 @@ from dcsm.viewer.logic import (
     write_downloads,
 )
 
-if TYPE_CHECKING:
-    import numpy as np
-
-__all__ = ["INSTALL_HINT", "WELCOME", "current_viewer", "launch", "redraw", "require_streamlit",
-           "run_explain", "show_photo"]
+__all__ = ["INSTALL_HINT", "MAX_UPLOAD_MB", "WELCOME", "current_viewer", "decoded_upload",
+           "launch", "redraw", "require_streamlit", "run_explain", "show_photo"]
 
 #: What to run when the extra is missing.
 INSTALL_HINT = "pip install 'distinct-saliency[viewer]'"
 #: Shown before the first explanation.
 WELCOME = ("Pick or drop an image (the bundled one is loaded), choose the settings, press "
            "**Explain**.")
+
+#: The largest upload the page accepts, in megabytes (Streamlit's ``server.maxUploadSize``).
+MAX_UPLOAD_MB = 20
 
 #: The page's Streamlit script (:mod:`dcsm.viewer.page`, which imports this module).
 PAGE = Path(__file__).resolve().with_name("page.py")
@@ -55,12 +64,16 @@ _VIEWER: Viewer | None = None
 
 def require_streamlit() -> Any:  # noqa: ANN401 - the streamlit module
     """Import Streamlit; a one-line :class:`DcsmError` naming the extra to install when it is
-    missing."""
+    missing or too old (without ``st.App``, which the viewer's server guard needs)."""
     try:
         import streamlit
     except ImportError:
         raise DcsmError(f"the viewer needs Streamlit, which is not installed: {INSTALL_HINT}"
                         ) from None
+    if not hasattr(streamlit, "App"):
+        raise DcsmError(f"the viewer needs Streamlit 1.67 or later (found "
+                        f"{getattr(streamlit, '__version__', 'an older one')}): pip install "
+                        f"--upgrade 'distinct-saliency[viewer]'")
     return streamlit
 
 
@@ -78,20 +91,55 @@ def show_photo(path: str | Path | None) -> tuple[np.ndarray | None, str]:
         return None, error_markdown(exc)
 
 
-def run_explain(viewer: Viewer, path: str | Path | None, classes: list[str] | None,
-                top_k: float, method: str, preset: str, layers: list[str] | None,
-                segmenter: str) -> tuple[Analysis | None, str, list[Path]]:
-    """The Explain button: ``(analysis, status, downloads)``; a refused request gives no
-    analysis and says why in the status."""
+def decoded_upload(cache: MutableMapping[str, Any], name: str, data: bytes
+                   ) -> tuple[np.ndarray | None, str]:
+    """An uploaded file as the page's preview and a status line (:func:`show_photo`), decoded
+    once per upload: ``cache`` (the browser session's state) keeps the last one, keyed by the
+    name and the SHA-256 of the bytes, so the page's reruns (every slider move) reuse it.
+
+    The bytes are decoded from a private temporary folder (``dcsm-viewer-*``) that is removed
+    as soon as the picture is read; nothing of an upload stays on the disk.
+    """
+    key = f"{hashlib.sha256(data).hexdigest()}:{name}"
+    if cache.get("upload_key") != key:
+        shown = _safe_name(name)
+        with tempfile.TemporaryDirectory(prefix="dcsm-viewer-") as folder:
+            path = Path(folder) / shown
+            path.write_bytes(data)
+            picture, status = show_photo(path)
+        cache["upload_key"] = key
+        cache["upload_picture"] = picture
+        cache["upload_status"] = status.replace(str(path), shown)
+    return cache["upload_picture"], cache["upload_status"]
+
+
+def _safe_name(name: str) -> str:
+    """A file name that stays inside a folder: the last part of ``name``, with no character
+    outside letters, digits and ``._- `` and no leading dot (``upload`` when nothing is left)."""
+    last = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^\w.\- ]", "_", last).lstrip(". ")[:120]
+    return cleaned or "upload"
+
+
+def run_explain(viewer: Viewer, image: np.ndarray | str | Path | None,
+                classes: list[str] | None, top_k: float, method: str, preset: str,
+                layers: list[str] | None, segmenter: str
+                ) -> tuple[Analysis | None, str, list[tuple[str, bytes]]]:
+    """The Explain button on a decoded picture (or an image file): ``(analysis, status,
+    downloads)``, the downloads as ``(file name, bytes)`` (written in a temporary folder that
+    is removed before returning); a refused request gives no analysis and says why in the
+    status."""
     try:
-        image = load_picture(path)
+        picture = image if isinstance(image, np.ndarray) else load_picture(image)
         settings = Settings(method=method, preset=preset,
                             layers=tuple(layers) if layers is not None else None,
                             classes=tuple(classes or ()), top_k=int(top_k), segmenter=segmenter)
-        analysis = viewer.analyse(image, settings)
+        analysis = viewer.analyse(picture, settings)
         names = ", ".join(f"{c.name} {c.score:.3f}" for c in analysis.result.candidates)
         status = f"Explained with {analysis.result.method} ({viewer.model_name}): {names}"
-        return analysis, status, write_downloads(analysis)
+        with tempfile.TemporaryDirectory(prefix="dcsm-viewer-") as folder:
+            files = [(p.name, p.read_bytes()) for p in write_downloads(analysis, folder)]
+        return analysis, status, files
     except (DcsmError, RuntimeError, ValueError) as exc:
         return None, error_markdown(exc), []
 
@@ -112,21 +160,38 @@ def redraw(analysis: Analysis | None, opacity: float, cmap: str) -> dict[str, st
 
 
 # ----------------------------------------------------------------------------- the server
-def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501) -> None:
+def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501,
+           allow_hosts: Sequence[str] = ()) -> None:
     """Serve the page for ``viewer`` on ``host:port`` until interrupted (Streamlit's server,
-    headless, usage statistics off, no file watching)."""
+    headless, usage statistics off, no file watching).
+
+    Only requests for this server's own address (``localhost``, ``127.0.0.1``, ``[::1]``,
+    ``host``, ``allow_hosts``) are answered and only the page is served
+    (:mod:`dcsm.viewer.guard`); uploads are capped at :data:`MAX_UPLOAD_MB` MB.
+    """
     global _VIEWER
 
-    require_streamlit()
-    from streamlit.web import bootstrap
+    st = require_streamlit()
+    from starlette.middleware import Middleware
+
+    from dcsm.viewer.guard import HostGuard, allowed_hosts
 
     _VIEWER = viewer
+    rule = allowed_hosts(host, allow_hosts)
     options: dict[str, Any] = {
         "server.address": host,
         "server.port": port,
         "server.headless": True,
         "server.fileWatcherType": "none",
         "server.runOnSave": False,
+        "server.maxUploadSize": MAX_UPLOAD_MB,
+        "server.enableCORS": True,
+        "server.enableXsrfProtection": True,
+        "server.enableStaticServing": False,
+        "server.enableAgentApi": False,
+        "server.scriptHealthCheckEnabled": False,
+        # Streamlit's own WebSocket Host check as well, where the names are all known
+        "server.allowedHosts": [] if rule.any_address else sorted(rule.names),
         "browser.gatherUsageStats": False,
         "browser.serverAddress": host,
         "browser.serverPort": port,
@@ -135,5 +200,5 @@ def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501) -> None:
         "client.showErrorDetails": "none",
         "theme.base": "light",
     }
-    bootstrap.load_config_options(flag_options=options)
-    bootstrap.run(str(PAGE), False, [], options)
+    page = st.App(str(PAGE), middleware=[Middleware(HostGuard, rule=rule)])
+    page.run(config=options)

@@ -11,10 +11,6 @@ per process (``DCSM_VIEWER_MODEL``, default the default model).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
 
 from dcsm.viewer.logic import Viewer
 
@@ -25,13 +21,6 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm",
 def _load_viewer(model: str | None) -> Viewer:
     """The viewer of a registry model (the page's fallback outside ``dcsm serve``)."""
     return Viewer.from_name(model)
-
-
-def _session_folder(state: Any) -> Path:  # noqa: ANN401 - streamlit's session state
-    """A temporary folder of this browser session, for its uploads."""
-    if "folder" not in state:
-        state["folder"] = tempfile.mkdtemp(prefix="dcsm-viewer-")
-    return Path(state["folder"])
 
 
 def main() -> None:
@@ -54,13 +43,16 @@ def main() -> None:
     with left:
         upload = st.file_uploader("Image (drop or pick a file; default: the bundled photo)",
                                   type=IMAGE_TYPES, key="upload")
-        path = BUNDLED_IMAGE
-        if upload is not None:
-            path = _session_folder(state) / Path(upload.name).name
-            path.write_bytes(upload.getvalue())
-        photo, photo_status = app.show_photo(path)
+        if upload is not None:  # decoded once per upload, not on every rerun
+            caption = upload.name
+            photo, photo_status = app.decoded_upload(state, upload.name, upload.getvalue())
+        else:
+            caption = BUNDLED_IMAGE.name
+            if "bundled" not in state:
+                state["bundled"] = app.show_photo(BUNDLED_IMAGE)
+            photo, photo_status = state["bundled"]
         if photo is not None:
-            st.image(photo, caption=path.name, width="stretch")
+            st.image(photo, caption=caption, width="stretch")
         classes = st.multiselect("Classes (empty: the model's top classes)",
                                  viewer.class_names, key="classes")
         top_k = st.slider("Top classes (when none picked)", 1, 5, 2, key="top_k")
@@ -82,11 +74,9 @@ def main() -> None:
         if st.button("Explain", type="primary", key="explain", width="stretch"):
             with st.spinner("Explaining..."):
                 analysis, status, files = app.run_explain(
-                    viewer, path, classes, top_k, method, preset, layers, segmenter)
+                    viewer, photo, classes, top_k, method, preset, layers, segmenter)
             state["analysis"], state["status"] = analysis, status
-            state["downloads"] = [(p.name, p.read_bytes()) for p in files]
-            if files:
-                shutil.rmtree(files[0].parent, ignore_errors=True)
+            state["downloads"] = files
     with right:
         status = photo_status if photo is None else state.get("status", app.WELCOME)
         if status.startswith("**Error:**"):
