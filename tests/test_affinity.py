@@ -101,3 +101,57 @@ def test_grad_times_activation_matches_loop():
                                np.abs(g).max(axis=1), rtol=1e-12)
     with pytest.raises(DcsmError):
         reduce_channels(torch.from_numpy(g), None, "median")  # type: ignore[arg-type]
+
+
+def test_flip_averages_the_mirror_images_maps(tiny):
+    """``flip=True``: the mean of the image's maps and the mirrored maps of its mirror image,
+    each explained for the same classes and contrast set."""
+    import dcsm
+
+    adapter = tiny.adapter(tiny.TinyNet(classes=5, seed=3), layers=("c1", "c2"))
+    image = tiny.image(20, 28, seed=4)
+    plain = dcsm.DistinctSaliency(adapter, preset="paper")
+    both = dcsm.DistinctSaliency(adapter, preset="paper", flip=True)
+    got = both.explain(image, classes=[0, 2], per_layer=True)
+    a = plain.explain(image, classes=[0, 2], per_layer=True)
+    b = plain.explain(np.ascontiguousarray(image[:, ::-1]), classes=[0, 2], per_layer=True)
+    for name in got.maps:
+        want = (a.maps[name] + b.maps[name][:, ::-1]) / 2
+        np.testing.assert_allclose(got.maps[name], want, atol=1e-5)
+        for layer in ("c1", "c2"):
+            want = (a.layer_maps[name][layer] + b.layer_maps[name][layer][:, ::-1]) / 2
+            np.testing.assert_allclose(got.layer_maps[name][layer], want, atol=1e-5)
+    assert got.parameters["flip"] is True
+
+
+def test_explainer_propagates_its_fused_maps(tiny):
+    """``propagate=``: the fused maps of the same explainer without it, walked through the
+    named layer's features of the image (captured here with a plain forward hook)."""
+    import dcsm
+    from dcsm.images import image_input
+
+    adapter = tiny.adapter(tiny.TinyNet(classes=5, seed=5), layers=("c1", "c2"))
+    image = tiny.image(24, 20, seed=6)
+    settings = Propagation(steps=3, beta=2.0, radius=2, layer="c1")
+    got = dcsm.DistinctSaliency(adapter, preset="paper", propagate=settings).explain(
+        image, classes=[1, 3])
+    plain = dcsm.DistinctSaliency(adapter, preset="paper", scales=[1.0]).explain(
+        image, classes=[1, 3])
+    assert got.parameters["propagate"] == settings.as_dict()
+    # the paper preset's four scales: rebuild its fused maps from a one-scale-at-a-time mean
+    per_scale = [dcsm.DistinctSaliency(adapter, preset="paper", scales=[s]).explain(
+        image, classes=[1, 3]) for s in dcsm.PRESETS["paper"].scales]
+    names = list(plain.maps)
+    fused = torch.stack([torch.from_numpy(np.mean([r.maps[n] for r in per_scale], axis=0))
+                         for n in names])[None]
+    captured = {}
+    module = adapter.resolve_layers(["c1"])["c1"]
+    handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("f", o.detach()))
+    try:
+        with torch.no_grad():
+            adapter.model(image_input(adapter, image, image.shape[:2]))
+    finally:
+        handle.remove()
+    want = random_walk(fused, captured["f"], settings)[0].numpy()
+    for k, n in enumerate(names):
+        np.testing.assert_allclose(got.maps[n], np.clip(want[k], 0, 1), atol=1e-5)

@@ -329,6 +329,10 @@ class DistinctSaliency(_Explainer):
         reduce: the channel reduction of each layer's derivatives: ``"max_abs"`` (the paper's
             maximum of absolute values) or ``"grad_act"`` (positive derivative times positive
             activation, summed; :mod:`dcsm.layer_maps`); default: the preset's.
+        propagate: spread each fused map through the feature affinities of one layer
+            (:class:`dcsm.affinity.Propagation`; default: the preset's).
+        flip: also explain the mirror image for the same classes and average the two maps
+            (mirrored back): twice the time; default: the preset's.
         batch: how the class slots are back-propagated through each scale's single forward
             graph: ``"loop"`` (one backward per slot, serving every image of a batch),
             ``"vmap"`` (one backward for all slots, ``torch.func.vmap`` over
@@ -368,6 +372,7 @@ class DistinctSaliency(_Explainer):
         upsample: UpsampleOrder | None = None,
         reduce: ChannelReduction | None = None,
         propagate: Propagation | None = None,
+        flip: bool | None = None,
         batch: BatchMode = "auto",
         min_contrast: int | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
@@ -412,6 +417,9 @@ class DistinctSaliency(_Explainer):
         if self.reduce not in CHANNEL_REDUCTIONS:
             raise DcsmError(f"unknown channel reduction '{self.reduce}'; known: "
                             f"{', '.join(CHANNEL_REDUCTIONS)}")
+        self.flip = self.preset.flip if flip is None else flip
+        if not isinstance(self.flip, bool):
+            raise DcsmError(f"flip must be True or False, got {flip!r}")
         self.propagate = self.preset.propagate if propagate is None else propagate
         if self.propagate is not None and not isinstance(self.propagate, Propagation):
             raise DcsmError("propagate must be a dcsm.affinity.Propagation or None, got "
@@ -448,6 +456,7 @@ class DistinctSaliency(_Explainer):
             "upsample": self.upsample,
             "reduce": self.reduce,
             "propagate": None if self.propagate is None else self.propagate.as_dict(),
+            "flip": self.flip,
             "fusion": self.preset.fusion,
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
@@ -496,7 +505,6 @@ class DistinctSaliency(_Explainer):
         adapter = self.adapter
         x = prepared.x
         n = x.shape[0]
-        size = (int(x.shape[-2]), int(x.shape[-1]))
         ref = reference_scale(self.scales)
 
         from dcsm.candidates import image_scores
@@ -540,15 +548,38 @@ class DistinctSaliency(_Explainer):
         uniform(selections)
         targets = torch.tensor([[c.index for c in s.contrast] for s in selections])
         active = torch.stack([s.active for s in selections])  # (N, S, K')
+        # Only the candidates' scale needs every class's score: the other scales' forwards
+        # (and the mirrored view's) compute the classifier rows of the slots' classes alone.
+        head = None
+        if self._restrict_head and not all_scales and (len(order) > 1 or self.flip):
+            head = head_restriction(passes[ref], list(passes[ref].activations.values()),
+                                    targets)
+        fused, layers, head = self._fuse(x, passes, order, ref, targets, active, all_scales,
+                                         head, per_layer)
+        if self.flip:  # the mirror image, explained for the same classes and mirrored back
+            mirrored, mirrored_layers, _ = self._fuse(x.flip(-1), {}, order, ref, targets,
+                                                      active, all_scales, head, per_layer)
+            with torch.no_grad():
+                fused = (fused + mirrored.flip(-1)) / 2
+                if layers is not None and mirrored_layers is not None:
+                    layers = {name: (m + mirrored_layers[name].flip(-1)) / 2
+                              for name, m in layers.items()}
+        return fused, selections, layers
+
+    def _fuse(self, x: torch.Tensor, passes: dict[int, ForwardPass], order: list[int],
+              ref: int, targets: torch.Tensor, active: torch.Tensor, all_scales: bool,
+              head: HeadRestriction | None, per_layer: bool,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None, HeadRestriction | None]:
+        """Eq. 2 and 3 over the scales of one view of the images, in ``order``, one scale's
+        graph alive at a time (``passes``: forwards already run), then the propagation.
+
+        Returns the fused maps, the per-layer maps (``per_layer``) and the head restriction
+        still usable (None once the model resisted it)."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
                             contrast=self.preset.contrast)
-        # Only the candidates' scale needs every class's score: the other scales' forwards
-        # compute the classifier rows of the slots' classes alone.
-        head = None
-        if self._restrict_head and not all_scales and len(order) > 1:
-            head = head_restriction(passes[ref], list(passes[ref].activations.values()),
-                                    targets)
+        features = None
         for s in order:
             fp, slots = passes.pop(s) if s in passes else None, targets
             if fp is None and head is not None:
@@ -571,11 +602,11 @@ class DistinctSaliency(_Explainer):
         layers = None if layer_results is None else dict(zip(self.layers, layer_results,
                                                              strict=True))
         fused = fusion.result()
-        if self._affinity_layer:
+        if features is not None:
             assert self.propagate is not None
             with torch.no_grad():
                 fused = random_walk(fused, features, self.propagate)
-        return fused, selections, layers
+        return fused, layers, head
 
     def _grid_features(self, fp: ForwardPass, name: str) -> torch.Tensor:
         """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached."""

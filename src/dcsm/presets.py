@@ -104,6 +104,7 @@ class Preset:
     upsample: UpsampleOrder = "max_first"
     reduce: ChannelReduction = "max_abs"
     propagate: Propagation | None = None
+    flip: bool = False
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
