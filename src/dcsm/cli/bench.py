@@ -161,7 +161,7 @@ def run_masks(args: argparse.Namespace) -> int:
                              progress=lambda line: print(line, flush=True))
     report["model"] = args.model
     table = markdown_table(report)
-    save_json(args.out / "masks.json", report)
+    save_json(args.out / "masks.json", report, nan_as_null=True)
     write_atomic(args.out / "masks.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
     print(table, end="")
     print(f"written: {args.out / 'masks.json'}, {args.out / 'masks.md'}, {args.out / 'maps'}")
