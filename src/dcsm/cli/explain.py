@@ -101,7 +101,8 @@ def _images_and_model(p: argparse.ArgumentParser) -> None:
 def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     """Each image's output directory name under ``--out``, in order: the safe name of its stem,
     distinct without regard to case (:func:`dcsm.names.output_names`, as ``dcsm batch`` names
-    them: ``a/cat.png`` and ``b/Cat.png`` become ``a__cat`` and ``b__Cat``).
+    them, from the paths relative to the images' common folder: ``a/cat.png`` and
+    ``b/Cat.png`` become ``a__cat`` and ``b__Cat``).
 
     With ``out``, every existing ``out/<name>`` is checked first: one that is not an earlier
     dcsm output (:func:`dcsm.outputs.is_previous_output`) stops the command before any work.
@@ -115,7 +116,11 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     from dcsm.names import output_names
     from dcsm.outputs import is_previous_output
 
-    names = output_names([os.path.normpath(p).replace(os.sep, "/") for p in paths])
+    # keys relative to the images' common folder: shared stems are told apart by the folders
+    # that differ (a/cat.png, b/cat.png -> a__cat, b__cat), not by the whole absolute path
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    names = output_names([os.path.relpath(p, common).replace(os.sep, "/") for p in absolute])
     if out is not None:
         for name in names:
             refuse_replacing(Path(out) / name, is_previous_output)
@@ -160,8 +165,17 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
         final = args.out / stem
         with output_dir(args.out, stem) as tmp:
             write_explanation(result, tmp, path, seg, display, pictures=args.pictures)
-        print(f"{path}: {_listed(result, seg)} -> {final}")
+        print(_printable(f"{path}: {_listed(result, seg)} -> {final}"))
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and format characters (from file or class names) escaped as
+    ``\\xNN``/``\\uNNNN``, so a name cannot move the cursor or recolour the terminal."""
+    import unicodedata
+
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
+                   for c in text)
 
 
 def _listed(result: SaliencyResult, seg: Segmentation | None) -> str:
@@ -216,5 +230,5 @@ def run_figure(args: argparse.Namespace) -> int:
     fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method,
                      **display.options())
     save_figure(args.out, fig, dpi=args.dpi)
-    print(f"{args.image}: {_listed(distinct, None)} -> {args.out}")
+    print(_printable(f"{args.image}: {_listed(distinct, None)} -> {args.out}"))
     return 0
