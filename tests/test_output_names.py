@@ -253,6 +253,29 @@ def test_a_link_in_place_of_the_output_folder_is_refused(odd_model, tmp_path, ca
     assert (out / "photo").is_symlink() and (elsewhere / "keep.txt").read_text() == "keep\n"
 
 
+def test_batch_names_odd_images_safely_and_keeps_a_foreign_folder(odd_model, tmp_path, capsys):
+    """``dcsm batch`` names through the same rule (``CON.png`` -> ``CON_``, case twins apart),
+    and an image whose folder is the user's is recorded as failed, the folder untouched."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, name in enumerate(["CON.png", "Cat.png", "cat.png", "plain.png", "a\x01b.png"]):
+        picture(images / name, i)
+    out = tmp_path / "out"
+    (out / "plain").mkdir(parents=True)
+    (out / "plain" / "report.docx").write_bytes(b"user data")
+    code, _, err = run(["batch", str(images), "--out", str(out), "--workers", "0",
+                        "--writers", "0", *fast(odd_model)], capsys)
+    assert code != 0, err  # one image failed
+    assert (out / "plain" / "report.docx").read_bytes() == b"user data"
+    assert sorted(p.name for p in (out / "plain").iterdir()) == ["report.docx"]
+    made = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert made == ["CON_", "Cat_png", "a_b", "cat_png-2", "plain"], made
+    records = [strict_json(line) for line in
+               (out / ".dcsm-batch" / "rank-0.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r["event"] == "failed"]
+    assert len(failed) == 1 and "not an earlier dcsm output" in failed[0]["reason"]
+
+
 def test_outputs_of_an_older_dcsm_are_recognised(tmp_path):
     """A folder written before ``map_keys`` existed (no such entry) is still an earlier output
     and may be replaced; a folder with a subfolder or a stray file is not."""

@@ -409,7 +409,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def _nan_to_null(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float (numpy's too) replaced by None."""
+    """``obj`` with every NaN or infinite float (numpy's too, in arrays too) replaced by None,
+    through dicts, lists and tuples."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, np.ndarray):
@@ -437,7 +438,7 @@ def json_text(obj: Any, indent: int | None = 2, nan_as_null: bool = False,
         TypeError: for an object JSON cannot represent.
     """
     if nan_as_null:
-        obj = _nan_to_null(json.loads(json.dumps(obj, default=default)))
+        obj = _nan_to_null(obj)
     try:
         return json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False,
                           allow_nan=False, default=default)

@@ -108,7 +108,7 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     dcsm output (:func:`dcsm.outputs.is_previous_output`) stops the command before any work.
 
     Raises:
-        DcsmError: when an existing folder may not be replaced.
+        DcsmError: when an image is given twice, or an existing folder may not be replaced.
     """
     import os
 
@@ -119,6 +119,12 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     # keys relative to the images' common folder: shared stems are told apart by the folders
     # that differ (a/cat.png, b/cat.png -> a__cat, b__cat), not by the whole absolute path
     absolute = [os.path.abspath(p) for p in paths]
+    seen: dict[str, str] = {}
+    for path, full in zip(paths, absolute, strict=True):
+        if full in seen:
+            raise DcsmError(f"images '{seen[full]}' and '{path}' are the same file and would "
+                            "share one output directory; give each image once")
+        seen[full] = path
     common = os.path.commonpath([os.path.dirname(p) for p in absolute])
     names = output_names([os.path.relpath(p, common).replace(os.sep, "/") for p in absolute])
     if out is not None:
