@@ -476,6 +476,20 @@ def test_non_finite_gradients_are_one_error(value, method):
         explainer.explain(_smooth_image(), classes=[0, 1])
 
 
+def test_require_finite_finds_one_bad_value_and_takes_huge_ones_for_finite():
+    from dcsm.gradients import require_finite
+
+    huge = [torch.full((8,), 3e38), torch.full((4, 4), 6e4, dtype=torch.float16),
+            torch.full((3,), 1e300, dtype=torch.float64)]
+    require_finite(huge, "x")  # sums that overflow, values that do not: accepted
+    for bad in (math.nan, math.inf, -math.inf):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            t = torch.rand(2, 5, 7, 3).to(dtype)
+            t[1, 4, 6, 2] = bad
+            with pytest.raises(DcsmError, match="^scores are NaN or infinite"):
+                require_finite([torch.zeros(3), t], "scores are")
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 @pytest.mark.parametrize("command", ["explain", "segment"])
 def test_non_finite_model_exits_2_and_writes_nothing(tmp_path, capsys, value, command):

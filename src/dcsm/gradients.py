@@ -207,13 +207,23 @@ def require_finite(values: torch.Tensor | Sequence[torch.Tensor], what: str,
     """Raise a :class:`DcsmError` when ``values`` (a tensor or several) holds a NaN or an
     infinity.
 
-    One reduction per tensor already computed and one device synchronisation in all: a model
-    that returns NaN or infinite scores, or whose gradients are, has no saliency to show, and
-    the maps would silently come out zero. ``what`` starts the message (``"model X returned
-    scores that are"``); ``autocast``: the forward ran in half precision (the likely cause).
+    A model that returns NaN or infinite scores, or whose gradients are, has no saliency to
+    show, and the maps would silently come out zero. ``what`` starts the message (``"model X
+    returned scores that are"``); ``autocast``: the forward ran in half precision (the likely
+    cause).
+
+    Cheap: one sum per tensor already computed (a NaN or an infinity makes the sum non-finite;
+    a sum of finite float32 values overflows only past 3.4e38), in float32 whatever the
+    tensor's dtype (half-precision sums would overflow), and one device synchronisation in
+    all; only a non-finite sum is confirmed element by element (``torch.isfinite``), so huge
+    finite values are never taken for infinite ones.
     """
     tensors = [values] if isinstance(values, torch.Tensor) else list(values)
-    if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+    if not tensors:
+        return
+    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else
+                              torch.float32) for t in tensors])
+    if bool(torch.isfinite(sums).all()) or all(bool(torch.isfinite(t).all()) for t in tensors):
         return
     hint = ("; half precision overflowed: use precision float32 (--precision float32)"
             if autocast else "; check the model and its weights")
