@@ -125,8 +125,12 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
             raise DcsmError(f"images '{seen[full]}' and '{path}' are the same file and would "
                             "share one output directory; give each image once")
         seen[full] = path
-    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    names = output_names([os.path.relpath(p, common).replace(os.sep, "/") for p in absolute])
+    try:
+        common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+        keys = [os.path.relpath(p, common) for p in absolute]
+    except ValueError:  # Windows: images on several drives
+        keys = absolute
+    names = output_names([k.replace(os.sep, "/") for k in keys])
     if out is not None:
         for name in names:
             refuse_replacing(Path(out) / name, is_previous_output)
