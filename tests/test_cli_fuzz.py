@@ -36,7 +36,12 @@ SEED = int(os.environ.get("DCSM_FUZZ_SEED", "12"))
 RANDOM_CASES = int(os.environ.get("DCSM_FUZZ_CASES", "60"))
 ERROR = re.compile(r"^dcsm(?: [a-z]+)?: error: \S")
 WARNING = re.compile(r"^dcsm: warning: \S")
-CLASSES = ["cat", "tiger cat", "a/b", "CON"]  # a space, a slash, a name Windows reserves
+# a space, a slash, a name Windows reserves, case twins, a file dcsm writes, a path, a NUL,
+# mathtext that matplotlib cannot parse
+CLASSES = ["cat", "tiger cat", "a/b", "CON", "Cat", "figure", "../../x", "a\x00b", "$\\frac{$"]
+# image file names that are ".", "..", hidden, a device, control characters, case twins
+ODD_NAMES = ["..png", ".png", "....png", "CON.png", "aux.tar.png", "a\x01b.png", "e\x1b[2J.png",
+             "Cat.png", "cat.png", "dot..png"]
 
 # Pillow mode -> a file format that stores it as such (La, RGBa and HSV: none does)
 MODES = {"1": "PNG", "L": "PNG", "P": "PNG", "P+transparency": "PNG", "RGB": "JPEG",
@@ -222,15 +227,16 @@ def cases(model: str, folder: Path) -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------- the checks
-def half_written(out: Path, command: str) -> list[str]:
-    """Temporary names, and image folders without every file, under ``out``."""
+def half_written(out: Path, command: str, foreign: tuple[str, ...] = ()) -> list[str]:
+    """Temporary names, and image folders without every file, under ``out`` (``foreign``: the
+    user's own folders there)."""
     if not out.exists():
         return []
     found = []
     for entry in out.iterdir():
         if ".partial-" in entry.name or ".trash-" in entry.name:
             found.append(f"temporary {entry.name}")
-        elif entry.is_dir():
+        elif entry.is_dir() and entry.name not in foreign:
             needed = ["summary.json", "maps.npz", "figure.png"]
             if command == "segment":
                 needed += ["labels.png", "masks.npz", "segmentation.png"]
@@ -240,8 +246,15 @@ def half_written(out: Path, command: str) -> list[str]:
     return found
 
 
-def check(args: list[str], capsys) -> tuple[int, list[str]]:
-    """Run one case; the exit status and the stderr lines, every rule asserted."""
+def tree(root: Path, skip: Path | None = None) -> dict[str, bytes | None]:
+    """Every path under ``root`` but ``skip`` and what it holds (None for a folder)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*")) if skip is None or not p.is_relative_to(skip)}
+
+
+def check(args: list[str], capsys, foreign: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """Run one case; the exit status and the stderr lines, every rule asserted (``foreign``:
+    the user's own folders in ``--out``)."""
     with warnings.catch_warnings():  # Pillow's decompression-bomb warning must not leak
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         code = cli.main(args)  # an exception escaping main fails the test with its traceback
@@ -255,7 +268,7 @@ def check(args: list[str], capsys) -> tuple[int, list[str]]:
     assert others == [], f"unexpected stderr: {shown}\n{err}"
     assert len(errors) == (1 if code == 2 else 0), f"exit {code}: {shown}\n{err}"
     out = Path(args[args.index("--out") + 1])
-    assert half_written(out, args[0]) == [], shown
+    assert half_written(out, args[0], foreign) == [], shown
     return code, lines
 
 
@@ -283,3 +296,60 @@ def test_fuzz_with_the_default_model(tmp_path, capsys):
         code, _ = check(["explain", str(image), "--out", str(tmp_path / f"o{i}"), "--scales",
                          "1", "--max-side", "64", *extra], capsys)
         assert code == 0
+
+
+@pytest.mark.parametrize("command", ["explain", "segment"])
+def test_fuzz_odd_names_and_broken_models(tiny_model, tmp_path, capsys, command):
+    """Image names that are ".", "..", devices or control characters, into an ``--out`` that
+    holds the user's own files, and a folder of the user's in the way, and models whose scores
+    are NaN or infinite: exit 0 or 2 with one line, nothing half-written, nothing changed
+    outside ``--out`` and none of the user's files in it."""
+    from dcsm.adapters.fcn import build_backbone
+    from dcsm.checkpoints import model_record, save_checkpoint
+
+    rng = random.Random(SEED)
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = [str(sized_image(rng, (30, 20), images, "x").rename(images / name))
+             for name in ODD_NAMES]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's\n")
+    (out / "own").mkdir()
+    (out / "own" / "data.csv").write_text("1,2\n")
+    mine = tree(out)
+    outside = tree(tmp_path, skip=out)
+    code, _ = check([command, *paths, "--out", str(out), "--model", tiny_model, "--scales", "1",
+                     "--max-side", "64"], capsys, foreign=("own",))
+    assert code == 0
+    made = sorted(p.name for p in out.iterdir() if p.name not in ("notes.txt", "own"))
+    assert len({m.casefold() for m in made}) == len(ODD_NAMES), made
+    # a folder of the user's where an output would go: refused, nothing changed
+    (out / "CON_").rename(out / "CON_.old")
+    (out / "CON_").mkdir()
+    (out / "CON_" / "draft.txt").write_text("mine\n")
+    before = tree(out)
+    code, lines = check([command, paths[3], "--out", str(out), "--model", tiny_model,
+                         "--scales", "1", "--max-side", "64"], capsys, foreign=("own", "CON_"))
+    assert code == 2 and "not an earlier dcsm output" in lines[-1]
+    assert tree(out) == before
+    for value in (float("nan"), float("inf"), float("-inf")):
+        torch.manual_seed(0)
+        backbone = build_backbone("small_vgg", len(CLASSES), config={
+            "widths": [4, 4, 6, 6, 8], "convs": [1, 1, 1, 1, 1], "fc": 8})
+        with torch.no_grad():
+            next(iter(backbone.model.parameters())).fill_(value)
+        broken = tmp_path / f"broken{value}.pt"
+        save_checkpoint(broken, model_record(backbone, CLASSES, history=[{"epoch": 1}]))
+        fresh = tmp_path / f"out-{value}"
+        code, lines = check([command, paths[0], "--out", str(fresh), "--model",
+                             f"checkpoint:{broken}", "--scales", "1", "--max-side", "64"],
+                            capsys)
+        assert code == 2 and "NaN or infinite" in lines[-1], lines
+        assert not fresh.exists() or list(fresh.iterdir()) == []
+    after = tree(out)
+    assert all(after.get(k, "gone") == v for k, v in mine.items())
+    now = tree(tmp_path, skip=out)
+    assert all(now.get(k, "gone") == v for k, v in outside.items())
+    assert all(k.startswith(("broken", "out-")) for k in set(now) - set(outside))  # the test's
+    assert not any(".partial-" in p.name or ".trash-" in p.name for p in tmp_path.rglob("*"))

@@ -20,7 +20,13 @@ from dcsm.adapters.base import LayerRef, ModelAdapter
 from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError
 from dcsm.explainer import Prepared, _Explainer
-from dcsm.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
+from dcsm.gradients import (
+    BatchMode,
+    ForwardPass,
+    class_gradients,
+    forward_pass,
+    require_finite,
+)
 from dcsm.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, scaled_input
 from dcsm.layer_maps import upsample
 from dcsm.layouts import resolve_layout, to_grid
@@ -67,6 +73,8 @@ class _SingleScale(_Explainer):
         uniform(selections)
         targets = torch.tensor([[c.index for c in s.selected] for s in selections])
         maps = self._maps(fp, targets, (int(x.shape[-2]), int(x.shape[-1])))
+        require_finite(maps, f"the gradients of model {self.adapter.name} are",
+                       self.autocast is not None)
         return _normalize_max(maps.float()).clamp(0, 1), selections, None
 
 

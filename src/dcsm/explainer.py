@@ -55,6 +55,7 @@ from dcsm.gradients import (
     forward_pass,
     head_restriction,
     iter_class_gradients,
+    require_finite,
 )
 from dcsm.images import (
     DEFAULT_MAX_PIXELS,
@@ -497,7 +498,11 @@ class DistinctSaliency(_Explainer):
                     else:
                         slots[i].append(layer_saliency(g, size, self.upsample))
         with torch.no_grad():
-            return [upsample(torch.stack(s, dim=1), size) for s in slots]
+            stacked = [torch.stack(s, dim=1) for s in slots]
+            # the reduced maps carry any NaN or infinity of the gradients (max and abs keep them)
+            require_finite(stacked, f"the gradients of model {self.adapter.name} are",
+                           self.autocast is not None)
+            return [upsample(m, size) for m in stacked]
 
     def _run(self, prepared: Prepared, classes: ClassSpec, top_k: int | None,
              threshold: float | None, per_layer: bool

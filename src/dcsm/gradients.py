@@ -202,6 +202,34 @@ class _MatmulLargeConvs(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def require_finite(values: torch.Tensor | Sequence[torch.Tensor], what: str,
+                   autocast: bool = False) -> None:
+    """Raise a :class:`DcsmError` when ``values`` (a tensor or several) holds a NaN or an
+    infinity.
+
+    A model that returns NaN or infinite scores, or whose gradients are, has no saliency to
+    show, and the maps would silently come out zero. ``what`` starts the message (``"model X
+    returned scores that are"``); ``autocast``: the forward ran in half precision (the likely
+    cause).
+
+    Cheap: one sum per tensor already computed (a NaN or an infinity makes the sum non-finite;
+    a sum of finite float32 values overflows only past 3.4e38), in float32 whatever the
+    tensor's dtype (half-precision sums would overflow), and one device synchronisation in
+    all; only a non-finite sum is confirmed element by element (``torch.isfinite``), so huge
+    finite values are never taken for infinite ones.
+    """
+    tensors = [values] if isinstance(values, torch.Tensor) else list(values)
+    if not tensors:
+        return
+    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else
+                              torch.float32) for t in tensors])
+    if bool(torch.isfinite(sums).all()) or all(bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    hint = ("; half precision overflowed: use precision float32 (--precision float32)"
+            if autocast else "; check the model and its weights")
+    raise DcsmError(f"{what} NaN or infinite, so there are no maps to compute{hint}")
+
+
 def forward_pass(
     adapter: ModelAdapter,
     x: torch.Tensor,
@@ -218,6 +246,10 @@ def forward_pass(
     classifier: the score map then has ``len(head.rows)`` channels, in the order of
     ``head.rows``, and :class:`HeadRestrictionFailed` is raised where the model did not let
     that happen cleanly (the caller runs the full forward instead).
+
+    Raises:
+        DcsmError: when the model returns something else than scores of the expected shape,
+            or scores that are NaN or infinite (:func:`require_finite`), or a layer does not run.
     """
     modules = adapter.resolve_layers(layers) if layers else {}
     # Gradients are needed even if the caller is inside no_grad() or inference_mode().
@@ -256,6 +288,8 @@ def forward_pass(
                         f"({x.shape[0]}, {adapter.score_channels}, h, w) score map")
     if score_map.ndim == 2:
         score_map = score_map[:, :, None, None]
+    require_finite(score_map, f"model {adapter.name} returned scores that are",
+                   autocast is not None)
     missing = [name for name in modules if name not in acts]
     if missing:
         raise DcsmError(f"layer(s) {', '.join(missing)} did not run in the forward pass of "

@@ -47,8 +47,10 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "fsync_tree",
+    "json_text",
     "load_image",
     "pil_to_rgb",
+    "refuse_replacing",
     "safe_filename",
     "save_figure",
     "save_json",
@@ -70,12 +72,6 @@ _WIDE_GREY_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 # Longest stem that safe_filename produces; well below every common file-system limit.
 _MAX_STEM = 120
-# Names that Windows reserves whatever the extension.
-_RESERVED_STEMS = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,8 +444,17 @@ def _make_parent(parent: Path, target: Path) -> None:
         raise DcsmError(f"cannot create the directory for '{target}': {_reason(exc)}") from exc
 
 
+def refuse_replacing(final: Path, replace: Callable[[Path], bool] | None) -> None:
+    """Raise a :class:`DcsmError` when ``final`` exists and ``replace`` (a test, as
+    :func:`atomic_dir` takes) does not allow replacing it."""
+    if replace is not None and (final.exists() or final.is_symlink()) and not replace(final):
+        raise DcsmError(f"'{final}' already exists and is not an earlier dcsm output that dcsm "
+                        "may replace (it holds other files); nothing was changed: move it away "
+                        "or choose another output folder")
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Build a directory under a temporary name, then move it to ``final`` in one step.
 
     Yields a fresh, empty directory beside ``final`` (same parent, hidden name
@@ -463,11 +468,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     the disk, and after it the parent folder (:func:`fsync_tree`, :func:`fsync_dir`), so after a
     crash ``final`` is the old directory or the new one, complete.
 
+    ``replace``: a test an existing ``final`` must pass to be replaced (for outputs,
+    :func:`dcsm.outputs.is_previous_output`); it is asked before the block runs and again just
+    before the rename, and when it says no nothing is changed and a :class:`DcsmError` is
+    raised. None (default) replaces whatever ``final`` is.
+
     Raises:
-        DcsmError: if the parent cannot be created, or the flushes or renames fail.
+        DcsmError: if the parent cannot be created, ``final`` exists and ``replace`` refuses
+            it, or the flushes or renames fail.
     """
     final = Path(final)
     parent = final.parent
+    refuse_replacing(final, replace)
     _make_parent(parent, final)
     tmp = parent / f".{final.name}.partial-{secrets.token_hex(6)}"
     try:
@@ -484,6 +496,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except OSError as exc:
         remove_path(tmp)
         raise DcsmError(f"cannot write output directory '{final}': {_reason(exc)}") from exc
+    try:
+        refuse_replacing(final, replace)
+    except BaseException:
+        remove_path(tmp)
+        raise
     trash: Path | None = None
     try:
         if final.exists() or final.is_symlink():
@@ -536,23 +553,33 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fsync_dir(parent)
 
 
-def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Atomically save named arrays as a compressed ``.npz`` file readable by :func:`np.load`.
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Atomically save named arrays as a compressed ``.npz`` file readable by :func:`np.load`;
+    the key of each name in the file.
 
     The format is that of :func:`numpy.savez_compressed` (one ``<key>.npy`` member per array,
     deflate-compressed), written member by member so that any string key works, including keys
     with spaces or commas and keys such as ``"file"`` that ``savez_compressed``'s keyword
-    arguments cannot take. Object arrays are refused (they would need pickling).
+    arguments cannot take. Each name is stored under :func:`dcsm.names.npz_keys`: a safe name,
+    distinct without regard to case, equal to the name itself for ordinary names (``"tiger
+    cat"``), so no member can leave the archive's root (``"../../x"``), hold a NUL or collide
+    with another. Object arrays are refused (they would need pickling).
+
+    Returns:
+        ``{name: key}``, in the order of ``arrays``.
 
     Raises:
         ValueError: for an empty or non-string key, or an object array.
         DcsmError: if the file cannot be written.
     """
+    from dcsm.names import npz_keys
+
     items = []
     for key, value in arrays.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"npz keys must be non-empty strings, got {key!r}")
         items.append((key, np.asanyarray(value)))
+    keys = npz_keys([key for key, _ in items])
 
     def write(tmp: Path) -> None:
         # Level 1: maps of 12-megapixel photos compress in a second instead of several, and
@@ -560,10 +587,11 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED,
                              compresslevel=1) as archive:
             for key, value in items:
-                with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                with archive.open(f"{keys[key]}.npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, value, allow_pickle=False)
 
     write_atomic(Path(path), write)
+    return keys
 
 
 def _json_default(obj: Any) -> Any:
@@ -577,17 +605,59 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def save_json(path: Path, obj: Any) -> None:
-    """Atomically save ``obj`` as UTF-8 JSON (indent 2, key order kept, trailing newline).
+def _nan_to_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (numpy's too, in arrays too) replaced by None,
+    through dicts, lists and tuples."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _nan_to_null(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {k: _nan_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_null(v) for v in obj]
+    return obj
 
-    Numpy scalars and arrays are converted to Python numbers and (nested) lists, and paths to
-    strings. Non-ASCII characters are written as they are, not escaped.
+
+def json_text(obj: Any, indent: int | None = 2, nan_as_null: bool = False,
+              default: Callable[[Any], Any] = _json_default) -> str:
+    """``obj`` as strict JSON text (RFC 8259: no ``NaN`` or ``Infinity``), the one JSON writer
+    of dcsm; without a trailing newline.
+
+    Numpy scalars and arrays become Python numbers and (nested) lists, and paths strings (or
+    what ``default`` makes of other objects); keys keep their order; non-ASCII characters are
+    written as they are, not escaped. ``indent`` None writes one line (JSON lines).
+    ``nan_as_null``: write NaN and infinite numbers as ``null``, where they mean "no value" (a
+    metric over no items); otherwise such a number is an error.
 
     Raises:
+        ValueError: for a NaN or infinite number without ``nan_as_null``.
+        TypeError: for an object JSON cannot represent.
+    """
+    if nan_as_null:
+        obj = _nan_to_null(obj)
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False,
+                          allow_nan=False, default=default)
+    except ValueError as exc:
+        raise ValueError(f"NaN or infinity cannot be written as JSON: {exc}") from exc
+
+
+def save_json(path: Path, obj: Any, nan_as_null: bool = False) -> None:
+    """Atomically save ``obj`` as UTF-8 strict JSON (indent 2, key order kept, trailing
+    newline): :func:`json_text`.
+
+    Numpy scalars and arrays are converted to Python numbers and (nested) lists, and paths to
+    strings. Non-ASCII characters are written as they are, not escaped. ``nan_as_null``: NaN
+    and infinite numbers are written ``null`` (where they mean "no value"); otherwise they are
+    an error, never the ``NaN`` strict JSON parsers refuse.
+
+    Raises:
+        ValueError: for a NaN or infinite number without ``nan_as_null``.
         TypeError: for an object JSON cannot represent.
         DcsmError: if the file cannot be written.
     """
-    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+    text = json_text(obj, nan_as_null=nan_as_null)
 
     def write(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
@@ -644,21 +714,20 @@ def save_figure(path: Path, fig: Figure, dpi: int = 100, tight: bool = True) -> 
 
 
 def safe_filename(name: str) -> str:
-    """Turn a class name such as ``"tiger cat"`` or ``"crane/bird"`` into a safe file stem.
+    """Turn a class name such as ``"tiger cat"`` or ``"crane/bird"`` into an ASCII file stem.
 
     Accents are dropped (``"café"`` becomes ``"cafe"``); ASCII letters, digits, ``-``, ``_``
     and ``.`` are kept; every run of other characters (spaces and slashes included) becomes a
     single ``_``; repeated ``_`` and ``.`` are collapsed; ``.``, ``_`` and ``-`` are stripped
-    from both ends. The result is never empty (``"unnamed"``), never starts with ``.``, is at
-    most 120 characters long and is never a name Windows reserves (such as ``"CON"``).
+    from both ends; the result then goes through :func:`dcsm.names.safe_name`. It is never
+    empty (``"unnamed"``), never starts with ``.``, is at most 121 characters long and is never
+    a device name Windows reserves (``"CON"`` becomes ``"CON_"``, ``"aux.x"`` ``"aux_.x"``).
     """
+    from dcsm.names import safe_name
+
     ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name)
     stem = re.sub(r"_{2,}", "_", stem)
     stem = re.sub(r"\.{2,}", ".", stem)
     stem = stem[:_MAX_STEM].strip("._-")
-    if not stem:
-        return "unnamed"
-    if stem.split(".")[0].upper() in _RESERVED_STEMS:
-        stem = f"{stem}_"
-    return stem
+    return safe_name(stem)

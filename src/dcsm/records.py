@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dcsm.errors import DcsmError, first_line
-from dcsm.io import save_json
+from dcsm.io import json_text, save_json
 
 try:  # POSIX only; elsewhere the lock is skipped
     import fcntl
@@ -158,7 +158,7 @@ class Journal:
         if self._file is None:
             raise RuntimeError(f"journal '{self.path}' is not open")
         rec = {"event": event, "time": round(time.time(), 3), **fields}
-        line = json.dumps(rec, ensure_ascii=False, default=str) + "\n"
+        line = json_text(rec, indent=None, nan_as_null=True, default=str) + "\n"
         try:
             self._file.write(line.encode("utf-8"))
             self._file.flush()

@@ -45,7 +45,14 @@ class SaliencyResult:
     contrast: list[Candidate] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        """The JSON summary written next to the maps."""
+        """The JSON summary written next to the maps.
+
+        ``map_keys`` maps each array's key in ``maps.npz`` to its class name
+        (:func:`dcsm.names.npz_keys`: the class name itself unless it is not a safe file name or
+        differs only in case from another).
+        """
+        from dcsm.names import npz_keys
+
         return {
             "model": self.model,
             "method": self.method,
@@ -53,6 +60,7 @@ class SaliencyResult:
             "parameters": self.parameters,
             "candidates": [c.as_dict() for c in self.candidates],
             "contrast_classes": [c.as_dict() for c in self.contrast],
+            "map_keys": {key: name for name, key in npz_keys(list(self.maps)).items()},
         }
 
     # ------------------------------------------------------------------------- display

@@ -48,6 +48,7 @@ __all__ = [
     "check_style",
     "colorize",
     "data_uri",
+    "display_text",
     "figure_to_array",
     "figure_to_png",
     "html_gallery",
@@ -217,10 +218,20 @@ def image_aspect(image: np.ndarray) -> float:
     return float(min(max(image.shape[0] / max(image.shape[1], 1), 0.25), 4.0))
 
 
+def display_text(text: str) -> str:
+    """A class or model name as a figure draws it, literally: ``$`` escaped (so a name such as
+    ``"$\\frac{$"`` is not read as mathtext, which fails on it), control and format characters
+    (NUL, escape, bidirectional overrides) shown as U+FFFD."""
+    import unicodedata
+
+    return "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else
+                   "\\$" if c == "$" else c for c in str(text))
+
+
 def _show_image(ax: Axes, image: np.ndarray, title: str) -> None:
     """Draw an RGB image on ``ax`` with a title and no axis decorations."""
     ax.imshow(_as_image(image))
-    ax.set_title(title)
+    ax.set_title(display_text(title))
     ax.set_axis_off()
 
 
@@ -232,7 +243,7 @@ def _show_map(ax: Axes, image: np.ndarray, m: np.ndarray, title: str, style: str
         ax.imshow(_as_map(m), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(overlay(image, m, alpha, cmap), interpolation="nearest")
-    ax.set_title(title)
+    ax.set_title(display_text(title))
     ax.set_axis_off()
 
 
@@ -280,7 +291,7 @@ def maps_figure(
     if names and colorbar and style == "overlay":
         _colorbar(fig, list(axes[0, 1:]), colours)
     if suptitle is not None:
-        fig.suptitle(suptitle)
+        fig.suptitle(display_text(suptitle))
     return fig
 
 
@@ -337,7 +348,7 @@ def layers_figure(
                 _show_map(axes[row, col], picture, layer_maps[name][layer], layer, style,
                           colours, alpha)
             else:
-                axes[row, col].set_title(layer)
+                axes[row, col].set_title(display_text(layer))
                 axes[row, col].set_axis_off()
         _show_map(axes[row, -1], picture, fused[name], FUSED_TITLE, style, colours, alpha)
     if colorbar and style == "overlay":

@@ -15,7 +15,8 @@ and a single image file is taken as a list of one. A new source is a function
 ``(spec, exclude) -> list[InputItem] | None`` registered with :func:`register_source`: it returns
 None for a spec it does not handle, and is tried before the built-in ones.
 
-Output names follow ``dcsm explain``: ``DIR/<image stem>/``. Stems shared by several inputs
+Output names follow ``dcsm explain`` (:func:`dcsm.names.output_names`): ``DIR/<image stem>/``,
+the stem made a safe name (:func:`dcsm.names.safe_name`). Stems shared by several inputs
 (``a/cat.jpg`` and ``b/cat.jpg``; compared case-insensitively) are replaced, for those inputs
 only, by the key with its folders joined by ``__`` (``a__cat``, ``b__cat``), then, if still
 shared (``cat.jpg`` and ``cat.png`` in one folder), with the suffix kept (``a__cat_jpg``), then
@@ -26,12 +27,12 @@ rank of a sharded run computes the same ones.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from dcsm.errors import DcsmError
+from dcsm.names import output_names
 
 #: Suffixes (lower case) a folder walk takes as images.
 IMAGE_SUFFIXES = frozenset({
@@ -115,42 +116,12 @@ def _builtin(spec: str, exclude: Path | None) -> list[InputItem]:
                     "of image paths or an image)")
 
 
-def _flat(key: str, keep_suffix: bool) -> str:
-    p = PurePosixPath(key)
-    if not keep_suffix:
-        p = p.with_suffix("") if p.suffix else p
-    parts = ["up" if part == ".." else part for part in p.parts if part not in ("/", ".")]
-    name = "__".join(parts)
-    return name.replace(".", "_") if keep_suffix else name
-
-
-def _visible(name: str) -> str:
-    return "_" + name if name.startswith(".") or not name else name
-
-
 def assign_names(items: Iterable[InputItem]) -> list[InputItem]:
-    """Sort by key and give each item its output directory name (module docstring)."""
+    """Sort by key and give each item its output directory name
+    (:func:`dcsm.names.output_names` of the sorted keys; module docstring)."""
     ordered = sorted(items, key=lambda it: it.key)
-    names = [_visible(PurePosixPath(it.key).stem) for it in ordered]
-    for keep_suffix in (False, True):
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, n in enumerate(names):
-            groups[n.casefold()].append(i)
-        for members in groups.values():
-            if len(members) > 1:
-                for i in members:
-                    names[i] = _visible(_flat(ordered[i].key, keep_suffix))
-    seen: dict[str, int] = {}
-    final = []
-    for n in names:
-        folded = n.casefold()
-        count = seen.get(folded, 0) + 1
-        seen[folded] = count
-        final.append(n if count == 1 else f"{n}-{count}")
-    taken = {n.casefold() for n in final}
-    if len(taken) != len(final):  # a numbered name met an existing one: extremely rare
-        raise DcsmError("cannot give every input its own output directory; rename the inputs")
-    return [InputItem(it.key, it.path, n) for it, n in zip(ordered, final, strict=True)]
+    names = output_names([it.key for it in ordered])
+    return [InputItem(it.key, it.path, n) for it, n in zip(ordered, names, strict=True)]
 
 
 def voc_split_items(spec: str, exclude: Path | None = None) -> list[InputItem] | None:

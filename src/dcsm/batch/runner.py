@@ -47,7 +47,7 @@ from dcsm.batch.shard import Group, Rank, shard
 from dcsm.candidates import UnevenCandidates, parse_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.images import image_input, working_size
-from dcsm.io import DEFAULT_MAX_PIXELS, atomic_dir, remove_path
+from dcsm.io import DEFAULT_MAX_PIXELS, remove_path
 from dcsm.processes import follow_parent
 from dcsm.result import SaliencyResult
 
@@ -220,7 +220,7 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
                  options: BatchOptions) -> tuple[list[dict[str, Any]], float]:
     """Segment (if asked) and write ``out/<name>/`` atomically; the candidates and the seconds
     it took. Needs no model, so it can run in a writer process."""
-    from dcsm.outputs import write_explanation
+    from dcsm.outputs import output_dir, write_explanation
 
     start = time.perf_counter()
     seg = None
@@ -229,7 +229,7 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
 
         seg = segment(result, method=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
-    with atomic_dir(out / name) as tmp:
+    with output_dir(out, name) as tmp:
         write_explanation(result, tmp, path, seg, pictures=options.pictures)
     cands = [{"name": c.name, "index": c.index, "score": c.score} for c in result.candidates]
     return cands, time.perf_counter() - start

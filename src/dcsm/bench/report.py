@@ -91,7 +91,7 @@ def write_report(report: Mapping[str, Any], out: Path) -> dict[str, Path]:
     """Write ``gridpg.json``, ``gridpg.md`` and ``gridpg.png`` into ``out`` (each atomically)."""
     out = Path(out)
     paths = {"json": out / "gridpg.json", "table": out / "gridpg.md", "plot": out / "gridpg.png"}
-    save_json(paths["json"], report)
+    save_json(paths["json"], report, nan_as_null=True)  # a metric over no photos
     text = markdown_table(report)
     write_atomic(paths["table"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
     save_figure(paths["plot"], box_plot(report), dpi=110)

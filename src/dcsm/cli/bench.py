@@ -255,7 +255,7 @@ def run_masks(args: argparse.Namespace) -> int:
     report["device"] = device
     report["data"] = data
     table = markdown_table(report)
-    save_json(args.out / "masks.json", report)
+    save_json(args.out / "masks.json", report, nan_as_null=True)
     write_atomic(args.out / "masks.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
     print(markdown_table(report, per_class=False), end="")
     if report["unnameable_counts"]:

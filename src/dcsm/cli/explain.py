@@ -1,7 +1,9 @@
 """``dcsm explain``, ``dcsm segment`` and ``dcsm figure``: one image or a few, one code path.
 
-``dcsm explain IMAGE... --out DIR`` writes, for each image, ``DIR/<image stem>/``: ``maps.npz``
-(one float32 (H, W) map in [0, 1] per class, keyed by class name), ``summary.json``,
+``dcsm explain IMAGE... --out DIR`` writes, for each image, ``DIR/<image stem>/`` (the stem made
+a safe name, :mod:`dcsm.names`; an existing folder replaced only when it is an earlier output of
+dcsm): ``maps.npz`` (one float32 (H, W) map in [0, 1] per class, keyed by class name or, for a
+name unsafe as a file name, by the key ``summary.json``'s ``map_keys`` names), ``summary.json``,
 ``<class>.png`` (the map over the image), ``figure.png`` (the image and every map side by side)
 and, with ``--per-layer``, ``layers.png`` (single-layer maps).
 
@@ -97,16 +99,43 @@ def _images_and_model(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- the shared path
-def output_stems(paths: Sequence[str]) -> list[str]:
-    """Each image's output directory name (its stem); DcsmError when two would share one."""
-    stems = [Path(p).stem for p in paths]
+def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
+    """Each image's output directory name under ``--out``, in order: the safe name of its stem,
+    distinct without regard to case (:func:`dcsm.names.output_names`, as ``dcsm batch`` names
+    them, from the paths relative to the images' common folder: ``a/cat.png`` and
+    ``b/Cat.png`` become ``a__cat`` and ``b__Cat``).
+
+    With ``out``, every existing ``out/<name>`` is checked first: one that is not an earlier
+    dcsm output (:func:`dcsm.outputs.is_previous_output`) stops the command before any work.
+
+    Raises:
+        DcsmError: when an image is given twice, or an existing folder may not be replaced.
+    """
+    import os
+
+    from dcsm.io import refuse_replacing
+    from dcsm.names import output_names
+    from dcsm.outputs import is_previous_output
+
+    # keys relative to the images' common folder: shared stems are told apart by the folders
+    # that differ (a/cat.png, b/cat.png -> a__cat, b__cat), not by the whole absolute path
+    absolute = [os.path.abspath(p) for p in paths]
     seen: dict[str, str] = {}
-    for path, stem in zip(paths, stems, strict=True):
-        if stem in seen:
-            raise DcsmError(f"images '{seen[stem]}' and '{path}' would share the output "
-                            f"directory '{stem}'")
-        seen[stem] = path
-    return stems
+    for path, full in zip(paths, absolute, strict=True):
+        if full in seen:
+            raise DcsmError(f"images '{seen[full]}' and '{path}' are the same file and would "
+                            "share one output directory; give each image once")
+        seen[full] = path
+    try:
+        common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+        keys = [os.path.relpath(p, common) for p in absolute]
+    except ValueError:  # Windows: images on several drives
+        keys = absolute
+    names = output_names([k.replace(os.sep, "/") for k in keys])
+    if out is not None:
+        for name in names:
+            refuse_replacing(Path(out) / name, is_previous_output)
+    return names
 
 
 def load_inputs(args: argparse.Namespace, paths: Sequence[str]
@@ -131,14 +160,13 @@ def explain_one(explainer: Explainer, image: np.ndarray, args: argparse.Namespac
 def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
     """``dcsm explain`` (``segmenter`` None) and ``dcsm segment``: each image explained, and
     segmented, into ``--out/<stem>/`` (written atomically); one line printed per image."""
-    from dcsm.io import atomic_dir
-    from dcsm.outputs import write_explanation
+    from dcsm.outputs import output_dir, write_explanation
     from dcsm.segmentation import segment
 
     params = segmenter_params(args, segmenter)  # checked before any work
     display = display_from_args(args)
     args.method = method_for(args, segmenter)
-    stems = output_stems(args.images)
+    stems = output_stems(args.images, args.out)
     images, explainer = load_inputs(args, args.images)
     for path, stem, image in zip(args.images, stems, images, strict=True):
         result = explain_one(explainer, image, args)
@@ -146,10 +174,19 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
         if segmenter is not None:
             seg = segment(result, method=segmenter, max_side=max_side(args), **params)
         final = args.out / stem
-        with atomic_dir(final) as tmp:
+        with output_dir(args.out, stem) as tmp:
             write_explanation(result, tmp, path, seg, display, pictures=args.pictures)
-        print(f"{path}: {_listed(result, seg)} -> {final}")
+        print(_printable(f"{path}: {_listed(result, seg)} -> {final}"))
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and format characters (from file or class names) escaped as
+    ``\\xNN``/``\\uNNNN``, so a name cannot move the cursor or recolour the terminal."""
+    import unicodedata
+
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
+                   for c in text)
 
 
 def _listed(result: SaliencyResult, seg: Segmentation | None) -> str:
@@ -204,5 +241,5 @@ def run_figure(args: argparse.Namespace) -> int:
     fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method,
                      **display.options())
     save_figure(args.out, fig, dpi=args.dpi)
-    print(f"{args.image}: {_listed(distinct, None)} -> {args.out}")
+    print(_printable(f"{args.image}: {_listed(distinct, None)} -> {args.out}"))
     return 0

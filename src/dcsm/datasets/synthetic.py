@@ -44,7 +44,6 @@ number of images generated before it. JPEG quality is 95.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -330,7 +329,7 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
     Returns the manifest written to ``root/synthetic.json``.
     """
     from dcsm.datasets.voc import CLASS_NAMES_FILE
-    from dcsm.io import atomic_dir
+    from dcsm.io import atomic_dir, json_text
     from dcsm.segmentation.palette import labels_image
 
     config = config or SyntheticConfig()
@@ -375,8 +374,7 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
         sets = voc / "ImageSets" / "Segmentation"
         for split, names in (*ids.items(), ("trainval", ids["train"] + ids["val"])):
             (sets / f"{split}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-        (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2) + "\n",
-                                            encoding="utf-8")
+        (tmp / "synthetic.json").write_text(json_text(manifest) + "\n", encoding="utf-8")
     if bar is not None:
         bar.close()
     return manifest

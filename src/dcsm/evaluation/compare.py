@@ -492,13 +492,14 @@ def _write_report(out: Path, metrics: dict[str, Any], table: str,
                   records: list[dict[str, Any]]) -> None:
     """``metrics.json``, ``table.md`` and ``images.jsonl`` (one line per scored image, in the
     split's order), each atomically."""
-    from dcsm.io import save_json, write_atomic
+    from dcsm.io import json_text, save_json, write_atomic
 
-    lines = "".join(json.dumps({k: r[k] for k in ("id", "labels", "candidates", "iou")}) + "\n"
-                    for r in records)
+    # NaN (an IoU over no labels) is written null: strict JSON
+    lines = "".join(json_text({k: r[k] for k in ("id", "labels", "candidates", "iou")},
+                              indent=None, nan_as_null=True) + "\n" for r in records)
     write_atomic(out / "images.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     write_atomic(out / "table.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
-    save_json(out / "metrics.json", metrics)
+    save_json(out / "metrics.json", metrics, nan_as_null=True)
 
 
 # ----------------------------------------------------------------------------- the run

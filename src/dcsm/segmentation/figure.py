@@ -24,6 +24,7 @@ from dcsm.viz import (
     blank_figure,
     check_opacity,
     colorize,
+    display_text,
     image_aspect,
     overlay,
     style_colormap,
@@ -41,7 +42,8 @@ DISPLAY_QUANTILE = 0.99
 
 def _legend_handles(seg: Segmentation) -> list[Patch]:
     palette = voc_palette() / 255.0
-    return [Patch(facecolor=tuple(palette[v]), edgecolor="white", label=name)
+    return [Patch(facecolor=tuple(palette[v]), edgecolor="white",
+                  label=display_text(name))
             for v, name in seg.label_names().items()]
 
 
@@ -55,7 +57,7 @@ def _new_figure(cols: int, aspect: float, legend_rows: int = 0,
 
 def _panel(ax: Axes, picture: np.ndarray, title: str) -> None:
     ax.imshow(picture, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(display_text(title), fontsize=9)
     ax.set_axis_off()
 
 
@@ -72,7 +74,7 @@ def _map_panel(ax: Axes, image: np.ndarray, m: np.ndarray, title: str, style: st
     values = _display_values(m)
     picture = colorize(values, cmap) if style == "paper" else overlay(image, values, alpha, cmap)
     ax.imshow(picture, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(display_text(title), fontsize=9)
     ax.set_axis_off()
 
 

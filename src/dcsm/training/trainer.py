@@ -548,7 +548,7 @@ def _end_epoch(run: _Run, losses: list[float], started: float) -> tuple[dict[str
         run.best_map = entry.get("val_map", run.best_map)
         run.save_model()
     run.save_last()
-    save_json(run.out / "history.json", run.history)
+    save_json(run.out / "history.json", run.history, nan_as_null=True)  # a diverged loss
     return entry, improved and validating
 
 
