@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dcsm.adapters.weights import torch_load, torch_load_reason
 from dcsm.errors import DcsmError, first_line
 from dcsm.io import write_atomic
+from dcsm.torch_files import torch_load, torch_load_reason
 
 if TYPE_CHECKING:
     from dcsm.adapters.fcn import Backbone
