@@ -338,3 +338,32 @@ def test_mprt_with_a_constant_map_in_the_batch_is_undefined_not_a_crash(quantus)
     values, _ = dq._run_metric(quantus.MPRT, dq._metric_settings("MPRT", 3, 42, None),
                                model, x, np.array([1, 1]), a_batch, s, kw, "MPRT")
     assert math.isnan(values[0]) and values[1] == pytest.approx(1.0)
+
+
+def test_bench_masks_command_with_quantus(tmp_path, capsys, quantus):
+    from dcsm import cli
+
+    root = write_coco(tmp_path / "d")
+    out = tmp_path / "out"
+    argv = ["bench", "masks", "--out", str(out), "--coco", str(root), "--split", "val",
+            "--methods", "gradcam", "--crf-iterations", "0", "--device", "cpu",
+            "--no-progress", "--quantus", "RelevanceMassAccuracy,AUC", "--quantus-max-pairs",
+            "2"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    report = json.loads((out / "masks.json").read_text())
+    assert report["quantus"]["metrics"] == ["RelevanceMassAccuracy", "AUC"]
+    assert report["quantus"]["pairs"] == 2 and report["settings"]["quantus"]["max_pairs"] == 2
+    scores = report["methods"]["gradcam"]["quantus"]["scores"]
+    assert [s is not None for s in scores] == [True, True, False, False, False]
+    text = (out / "masks.md").read_text()
+    assert "| Quantus metric | Grad-CAM (dcsm) |" in text and "| AUC | " in text
+    assert "| Quantus metric | Grad-CAM (dcsm) |" in printed
+    # a rerun continues (nothing left to do) and reports the same; other Quantus settings are
+    # refused without --force
+    assert cli.main(argv) == 0
+    again = json.loads((out / "masks.json").read_text())
+    assert _without_seconds(again) == _without_seconds(report)
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], "3"]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -55,8 +55,8 @@ above; its ``AUC`` and ``RelevanceRankAccuracy`` count the void pixels as backgr
 attribution where the benchmark leaves them out. ``quantus_max_pairs`` caps the pairs judged
 (the first ones in the photos' order, counted over the records of a resumed run too; ``MPRT``
 alone costs two explanations per pair). The scores go into each photo's record, the Quantus
-settings into the fingerprint, and the report gets each method's means with their counts
-(``quantus_summary`` over the pairs of at least 1 % of the photo).
+settings into the fingerprint, and the report gets each metric's mean per method with its count
+(each method's ``quantus`` entry; the headline over the pairs of at least 1 % of the photo).
 """
 
 from __future__ import annotations
@@ -121,6 +121,12 @@ QUANTUS_BATCH = 16
 #: Quantus metrics where lower is better (RandomLogit: SSIM with another class's map; MPRT:
 #: rank correlation with the randomised model's map).
 QUANTUS_LOWER_BETTER = ("RandomLogit", "MPRT", "ModelParameterRandomisation")
+_QUANTUS_NOTES = {
+    "RandomLogit": "SSIM with the map of a random other class",
+    "MPRT": "Spearman correlation with the map of the model with every layer randomised "
+            "(near 0 is best)",
+}
+_QUANTUS_NOTES["ModelParameterRandomisation"] = _QUANTUS_NOTES["MPRT"]
 
 
 def segmenter_for(method: str) -> str:
@@ -735,9 +741,9 @@ def markdown_table(report: Mapping[str, Any], per_class: bool = True) -> str:
                   f"\n{quantus['pairs']} (photo, class) pairs of objects of at least {share:g} % "
                   "judged" + (f" (the first {cap} pairs of the run)" if cap else "") + ", each "
                   "map made with every class of its photo given; (n): the pairs where the "
-                  "metric is defined. RandomLogit: SSIM with the map of a random other class; "
-                  "MPRT: Spearman correlation with the map of the model with every layer "
-                  "randomised (near 0 is best)."]
+                  "metric is defined." + "".join(
+                      f" {name}: {_QUANTUS_NOTES[name]}." for name in quantus["metrics"]
+                      if name in _QUANTUS_NOTES)]
     if counts.get("pairs_small"):
         lines += ["", f"### Objects under {share:g} % of the photo", "", *header,
                   *_method_rows(report, "summary_small")]
