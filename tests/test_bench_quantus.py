@@ -367,3 +367,22 @@ def test_bench_masks_command_with_quantus(tmp_path, capsys, quantus):
     capsys.readouterr()
     assert cli.main([*argv[:-1], "3"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_evaluate_photos_judges_maps_handed_in(tmp_path, quantus):
+    from dcsm.integrations.quantus import evaluate_photos
+
+    root = write_coco(tmp_path / "d")
+    photo = CocoDataset(root, "val").entries()[1].load()       # a car and a motorcycle
+    car = photo.mask("car").astype(np.float32)
+    wide = np.zeros((S, S), np.float32)
+    wide[:, :16] = 1.0                                         # the motorcycle (12 x 12) and more
+    report = evaluate_photos(tiny_adapter(), [photo], method="gradcam", metrics=LOCAL,
+                             maps={photo.name: {"car": car, "motorcycle": wide}})
+    car_item, moto_item = report["items"]
+    assert [car_item[m] for m in LOCAL] == [1.0, 1.0, 1.0, 1.0]
+    assert moto_item["RelevanceMassAccuracy"] == pytest.approx(144 / (16 * S))
+    assert moto_item["PointingGame"] == 1.0 and report["seconds"]["explain"] == 0.0
+    with pytest.raises(DcsmError, match=r"map given for car of photo coco:2 is \(4, 4\)"):
+        evaluate_photos(tiny_adapter(), [photo], method="gradcam", metrics=["AUC"],
+                        maps={photo.name: {"car": np.ones((4, 4))}})
