@@ -42,6 +42,21 @@ an interrupted and resumed run reports what an uninterrupted one does (the secon
 photo that cannot be read (a missing image) is recorded as failed and skipped; a rerun tries it
 again. The maps can be kept (``maps_dir/<method>/<photo>.npz``) so that the segmentation rules
 can be studied without recomputing them (``benchmarks/masks_unaries.py``).
+
+**Quantus.** With ``quantus`` (metric names, :func:`quantus_plan`; ``dcsm bench masks
+--quantus``) each method's maps of each photo are also judged by Quantus 0.6
+(:func:`dcsm.integrations.quantus.evaluate_photos`, one call per photo and method): the same
+(photo, class) pairs in the same order, each map made with every nameable class of the photo
+given (the benchmark's own maps are handed in, so the localisation metrics judge exactly the
+maps scored above; ``RandomLogit`` and ``MPRT`` call the method again through the integration's
+``explain_func``, with the same candidates), void pixels set to zero for the localisation
+metrics. On a non-negative map Quantus's ``RelevanceMassAccuracy`` is then the relevance mass
+above; its ``AUC`` and ``RelevanceRankAccuracy`` count the void pixels as background of zero
+attribution where the benchmark leaves them out. ``quantus_max_pairs`` caps the pairs judged
+(the first ones in the photos' order, counted over the records of a resumed run too; ``MPRT``
+alone costs two explanations per pair). The scores go into each photo's record, the Quantus
+settings into the fingerprint, and the report gets each metric's mean per method with its count
+(each method's ``quantus`` entry; the headline over the pairs of at least 1 % of the photo).
 """
 
 from __future__ import annotations
@@ -73,7 +88,7 @@ from dcsm.metrics import (
 
 __all__ = ["DEFAULT_MASK_METHODS", "METRICS", "RECORDS_FILE", "SETTINGS_FILE", "SMALL_SHARE",
            "PhotoClasses", "build_report", "iou", "markdown_table", "masks_benchmark",
-           "name_classes", "score_pair", "score_photo", "segmenter_for"]
+           "name_classes", "quantus_plan", "score_pair", "score_photo", "segmenter_for"]
 
 #: The methods ``dcsm bench masks`` runs by default (those whose library is installed).
 DEFAULT_MASK_METHODS: tuple[str, ...] = (
@@ -99,6 +114,19 @@ RECORDS_FILE = "masks-records.jsonl"
 SETTINGS_FILE = "masks-settings.json"
 #: Version of the records' content: a change in what is scored makes old records stale.
 SCORES_VERSION = 2
+#: The seed of Quantus's RandomLogit classes and MPRT's randomisation.
+QUANTUS_SEED = 42
+#: A photo's pairs go to Quantus in batches of at most this many.
+QUANTUS_BATCH = 16
+#: Quantus metrics where lower is better (RandomLogit: SSIM with another class's map; MPRT:
+#: rank correlation with the randomised model's map).
+QUANTUS_LOWER_BETTER = ("RandomLogit", "MPRT", "ModelParameterRandomisation")
+_QUANTUS_NOTES = {
+    "RandomLogit": "SSIM with the map of a random other class",
+    "MPRT": "Spearman correlation with the map of the model with every layer randomised "
+            "(near 0 is best)",
+}
+_QUANTUS_NOTES["ModelParameterRandomisation"] = _QUANTUS_NOTES["MPRT"]
 
 
 def segmenter_for(method: str) -> str:
@@ -226,6 +254,45 @@ def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,
     return seg.masks
 
 
+def quantus_plan(metrics: Sequence[str], methods: Sequence[MethodSpec],
+                 max_pairs: int | None = None) -> dict[str, Any]:
+    """The Quantus part of a run's settings (its fingerprint and report), checked before any
+    work: DcsmError when ``quantus`` is not installed (naming the extra), for an unknown metric,
+    a method the integration cannot call (one not in :data:`dcsm.bench.methods.METHODS`) or
+    ``max_pairs`` under 1."""
+    from dcsm.bench.methods import METHODS
+    from dcsm.integrations.quantus import check_metrics, require_quantus
+
+    names = check_metrics(metrics)
+    quantus = require_quantus()
+    registered = {m.key: m for m in METHODS}
+    for spec in methods:
+        if registered.get(spec.key) is not spec:
+            raise DcsmError(f"Quantus judges the benchmark's own methods; '{spec.key}' is not "
+                            "one of them")
+    if max_pairs is not None and max_pairs < 1:
+        raise DcsmError(f"the Quantus pair limit must be at least 1, got {max_pairs}")
+    return {"metrics": names, "max_pairs": max_pairs, "seed": QUANTUS_SEED,
+            "candidates": "present", "ignore_void": True,
+            "version": str(getattr(quantus, "__version__", "unknown"))}
+
+
+def _quantus_scores(items: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+                    ) -> list[dict[str, Any]]:
+    """Quantus's items as record entries: each metric's score (None where undefined), and the
+    reasons where Quantus refused a map."""
+    out = []
+    for item in items:
+        entry: dict[str, Any] = {}
+        for name in metrics:
+            value = float(item[name])
+            entry[name] = value if np.isfinite(value) else None
+        if item.get("errors"):
+            entry["errors"] = dict(item["errors"])
+        out.append(entry)
+    return out
+
+
 # ----------------------------------------------------------------------------- the run
 _PAIR_KEYS = ("class", "pixels", "share", "small")
 
@@ -235,10 +302,12 @@ class _Runner:
 
     def __init__(self, adapters: Callable[[str], ModelAdapter], methods: Sequence[MethodSpec],
                  crf: Mapping[str, Any], grabcut: Mapping[str, Any], maps_dir: Path | None,
-                 progress: Callable[[str], None] | None) -> None:
+                 progress: Callable[[str], None] | None,
+                 quantus: Mapping[str, Any] | None = None) -> None:
         self.adapters, self.methods = adapters, list(methods)
         self.crf, self.grabcut = crf, grabcut
         self.maps_dir, self.progress = maps_dir, progress
+        self.quantus = quantus
         self.models: dict[str, ModelAdapter] = {}
         self.functions: dict[tuple[str, str], Callable[..., dict[int, np.ndarray]]] = {}
 
@@ -252,8 +321,27 @@ class _Runner:
             self.functions[spec.key, label_set] = spec.build(self.model(label_set), "oracle")
         return self.functions[spec.key, label_set]
 
-    def run(self, photo: MaskedPhoto) -> dict[str, Any]:
-        """The record of one photo: its pairs and each method's scores and seconds."""
+    def judge(self, spec: MethodSpec, photo: MaskedPhoto, classes: Sequence[str],
+              maps: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Quantus's scores of one method's ``maps`` for the photo's first ``classes``."""
+        from dcsm.integrations.quantus import evaluate_photos
+
+        assert self.quantus is not None
+        metrics = self.quantus["metrics"]
+        start = time.perf_counter()
+        result = evaluate_photos(self.model, [(photo, list(classes))], method=spec.key,
+                                 metrics=metrics, candidates="present",
+                                 batch_size=min(len(classes), QUANTUS_BATCH),
+                                 ignore_void=self.quantus["ignore_void"],
+                                 seed=self.quantus["seed"], maps={photo.name: maps})
+        seconds = time.perf_counter() - start
+        if [item["class"] for item in result["items"]] != list(classes):
+            raise DcsmError(f"Quantus judged other pairs of photo {photo.name} than asked")
+        return {"seconds": seconds, "scores": _quantus_scores(result["items"], metrics)}
+
+    def run(self, photo: MaskedPhoto, judged: int | None = None) -> dict[str, Any]:
+        """The record of one photo: its pairs and each method's scores and seconds; with
+        Quantus, its scores of the first ``judged`` pairs (all: None)."""
         classes = name_classes(self.model(photo.label_set), photo)
         pairs = []
         for name in classes.named:
@@ -266,6 +354,8 @@ class _Runner:
                                            if o.class_name == name and not o.crowd)
         record: dict[str, Any] = {"photo": photo.name, "unnameable": classes.unnamed,
                                   "pairs": pairs, "methods": {}}
+        if self.quantus is not None:
+            record["quantus_pairs"] = len(pairs) if judged is None else min(judged, len(pairs))
         if not classes.named:
             return record
         for spec in self.methods:  # the methods take turns on each photo
@@ -286,9 +376,16 @@ class _Runner:
                 "seconds": seconds,
                 "scores": [{k: v for k, v in s.items() if k not in _PAIR_KEYS[1:]}
                            for s in scores]}
+            line = ""
+            if record.get("quantus_pairs"):
+                judged_pairs = classes.named[:record["quantus_pairs"]]
+                quantus = self.judge(spec, photo, judged_pairs, maps)
+                record["methods"][spec.key]["quantus"] = quantus
+                line = f", Quantus {quantus['seconds']:.1f} s"
             if self.progress is not None:
                 mean_iou = np.mean([s["iou"] for s in scores])
-                self.progress(f"{photo.name} {spec.key}: {seconds:.1f} s, IoU {mean_iou:.3f}")
+                self.progress(f"{photo.name} {spec.key}: {seconds:.1f} s, IoU {mean_iou:.3f}"
+                              + line)
         return record
 
 
@@ -358,6 +455,8 @@ def masks_benchmark(
     force: bool = False,
     bar: Any = None,  # noqa: ANN401 - dcsm.batch.progress.Progress or anything with step/message
     prefetch: int = 2,
+    quantus: Sequence[str] | None = None,
+    quantus_max_pairs: int | None = None,
 ) -> dict[str, Any]:
     """Run every method on every photo and score every nameable (photo, class) pair.
 
@@ -378,21 +477,32 @@ def masks_benchmark(
         force: with ``records``, start over when the folder's settings differ.
         bar: a progress bar (``step(failed=...)`` per photo, ``message(line)``), e.g.
             :class:`dcsm.batch.progress.Progress`.
+        quantus: Quantus metrics to run on every method's maps as well (see the module's
+            notes; :data:`dcsm.integrations.quantus.DEFAULT_METRICS`); None: no Quantus.
+        quantus_max_pairs: with ``quantus``, judge the first this many pairs only.
 
     Returns:
         The report (:func:`build_report`).
 
     Raises:
-        DcsmError: no photos, or the records folder holds other settings (not ``force``).
+        DcsmError: no photos, the records folder holds other settings (not ``force``), or
+            ``quantus`` cannot run (not installed, an unknown metric; before any work).
     """
+    if quantus is None and quantus_max_pairs is not None:
+        raise DcsmError("a Quantus pair limit needs Quantus metrics")
+    plan = None if quantus is None else quantus_plan(quantus, methods, quantus_max_pairs)
     crf, grabcut = dict(crf or {}), dict(grabcut or {})
     full = {"benchmark": "masks", "scores_version": SCORES_VERSION,
             "methods": [m.key for m in methods], "crf": crf, "grabcut": grabcut,
             "pointing_tolerance": POINTING_TOLERANCE, "small_share": SMALL_SHARE,
             **dict(settings or {})}
+    if plan is not None:
+        full["quantus"] = plan
     journal = _Records(records, full, force) if records is not None else None
-    runner = _Runner(adapters, methods, crf, grabcut, maps_dir, progress)
+    runner = _Runner(adapters, methods, crf, grabcut, maps_dir, progress, plan)
     done = journal.done if journal is not None else {}
+    # the Quantus pairs already judged, by this run's records too (a resumed run's cap)
+    judged = sum(int(r.get("quantus_pairs", 0)) for r in done.values())
     order: list[str] = []
     results: dict[str, dict[str, Any]] = {}
 
@@ -417,7 +527,10 @@ def masks_benchmark(
             try:
                 if isinstance(loaded, str):
                     raise DcsmError(loaded)
-                rec = runner.run(loaded)
+                cap = None if plan is None or plan["max_pairs"] is None else max(
+                    plan["max_pairs"] - judged, 0)
+                rec = runner.run(loaded, cap)
+                judged += int(rec.get("quantus_pairs", 0))
             except DcsmError as exc:
                 reason = first_line(exc)
                 if bar is not None:
@@ -435,7 +548,7 @@ def masks_benchmark(
             journal.journal.close()
     if not order:
         raise DcsmError("no photos to run")
-    report = build_report([results[name] for name in order], methods, SMALL_SHARE)
+    report = build_report([results[name] for name in order], methods, SMALL_SHARE, plan)
     report["segmentation"] = {"crf": crf, "grabcut": grabcut}
     report["settings"] = full
     if journal is not None:
@@ -456,8 +569,53 @@ def _per_class(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {c: {"pairs": len(v), **_summaries(v)} for c, v in sorted(by_class.items())}
 
 
+def _quantus_part(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodSpec],
+                  quantus: Mapping[str, Any], large: Sequence[int], small: Sequence[int]
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The report's ``quantus`` entry and each method's Quantus part (see :func:`build_report`);
+    ``large`` and ``small``: the pairs' positions on either side of the small-object share."""
+    metrics = list(quantus["metrics"])
+    parts: dict[str, dict[str, Any]] = {}
+    judged: list[bool] = []
+    for rec in records:
+        if "reason" not in rec:
+            count = int(rec.get("quantus_pairs", 0))
+            judged += [i < count for i in range(len(rec["pairs"]))]
+    for spec in methods:
+        scores: list[dict[str, Any] | None] = []
+        seconds = []
+        for rec in records:
+            if "reason" in rec:
+                continue
+            count = int(rec.get("quantus_pairs", 0))
+            entry = rec["methods"].get(spec.key, {}).get("quantus") if count else None
+            got = entry["scores"] if entry else []
+            if len(got) != min(count, len(rec["pairs"])):
+                raise DcsmError("the records do not hold every method's Quantus scores of "
+                                f"photo {rec['photo']}")
+            if entry:
+                seconds.append(entry["seconds"])
+            scores += [dict(g) for g in got] + [None] * (len(rec["pairs"]) - len(got))
+        parts[spec.key] = {"scores": scores,
+                           "summary": _quantus_summary(scores, large, metrics),
+                           "summary_small": _quantus_summary(scores, small, metrics),
+                           "seconds_per_photo": float(np.median(seconds)) if seconds
+                           else float("nan")}
+    head = {**dict(quantus), "pairs": sum(judged[i] for i in large),
+            "pairs_small": sum(judged[i] for i in small)}
+    return head, parts
+
+
+def _quantus_summary(scores: Sequence[Mapping[str, Any] | None], positions: Sequence[int],
+                     metrics: Sequence[str]) -> dict[str, Any]:
+    """Each Quantus metric over the judged pairs at ``positions`` where it is defined."""
+    kept = [s for s in (scores[i] for i in positions) if s is not None]
+    return {name: summarize([s[name] for s in kept]) for name in metrics}
+
+
 def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodSpec],
-                 small_share: float = SMALL_SHARE) -> dict[str, Any]:
+                 small_share: float = SMALL_SHARE,
+                 quantus: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report from the photos' records, in the order given.
 
     Returns:
@@ -467,6 +625,10 @@ def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodS
         pair, in ``pairs``' order), ``summary`` and ``per_class`` over the pairs of at least
         ``small_share`` of the photo, ``summary_small`` and ``per_class_small`` over the others
         (each metric's mean, median, quartiles and count), and ``seconds_per_photo`` (median).
+        With ``quantus`` (the plan of :func:`quantus_plan`), ``quantus`` (the plan and the counts
+        of pairs judged, ``pairs`` and ``pairs_small``) and per method ``quantus``: ``scores``
+        (one per pair, None for a pair not judged), ``summary`` and ``summary_small`` (each
+        Quantus metric over the judged pairs where it is defined) and ``seconds_per_photo``.
     """
     photos, failed, pairs, unnamed = [], [], [], []
     results: dict[str, Any] = {
@@ -501,6 +663,11 @@ def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodS
     counts: dict[str, int] = {}
     for u in unnamed:
         counts[u["class"]] = counts.get(u["class"], 0) + 1
+    extra: dict[str, Any] = {}
+    if quantus is not None:
+        extra["quantus"], parts = _quantus_part(records, methods, quantus, large, small)
+        for key, part in parts.items():
+            results[key]["quantus"] = part
     return {
         "benchmark": "masks",
         "small_share": small_share,
@@ -512,6 +679,7 @@ def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodS
         "unnameable": unnamed,
         "unnameable_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "methods": results,
+        **extra,
     }
 
 
@@ -532,6 +700,23 @@ def _method_rows(report: Mapping[str, Any], key: str) -> list[str]:
     return rows
 
 
+def _quantus_rows(report: Mapping[str, Any], key: str) -> list[str]:
+    """The Quantus table: one row per metric, one column per method, each cell the mean over
+    the judged pairs where the metric is defined, with their count."""
+    metrics = report["quantus"]["metrics"]
+    entries = list(report["methods"].values())
+    lines = ["| Quantus metric | " + " | ".join(e["label"] for e in entries) + " |",
+             "|---|" + "---|" * len(entries)]
+    for name in metrics:
+        cells = []
+        for e in entries:
+            s = e["quantus"][key][name]
+            cells.append(f"{_cell(s['mean'])} ({s['n']})")
+        arrow = " ↓" if name in QUANTUS_LOWER_BETTER else ""
+        lines.append(f"| {name}{arrow} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(report: Mapping[str, Any], per_class: bool = True) -> str:
     """The report as Markdown: the methods overall (objects of at least 1 % of the photo), the
     small objects apart, then (``per_class``) each metric per class and the classes the model
@@ -548,9 +733,22 @@ def markdown_table(report: Mapping[str, Any], per_class: bool = True) -> str:
     if report["failed"]:
         lines.append(f"{len(report['failed'])} photo(s) could not be read and were skipped "
                      f"(e.g. {report['failed'][0]['photo']}: {report['failed'][0]['reason']}).")
+    quantus = report.get("quantus")
+    if quantus is not None:
+        cap = quantus.get("max_pairs")
+        lines += ["", f"### Quantus {quantus.get('version', '')}".rstrip(), "",
+                  *_quantus_rows(report, "summary"),
+                  f"\n{quantus['pairs']} (photo, class) pairs of objects of at least {share:g} % "
+                  "judged" + (f" (the first {cap} pairs of the run)" if cap else "") + ", each "
+                  "map made with every class of its photo given; (n): the pairs where the "
+                  "metric is defined." + "".join(
+                      f" {name}: {_QUANTUS_NOTES[name]}." for name in quantus["metrics"]
+                      if name in _QUANTUS_NOTES)]
     if counts.get("pairs_small"):
         lines += ["", f"### Objects under {share:g} % of the photo", "", *header,
                   *_method_rows(report, "summary_small")]
+        if quantus is not None and quantus["pairs_small"]:
+            lines += ["", *_quantus_rows(report, "summary_small")]
     if not per_class:
         return "\n".join(lines) + "\n"
     keys = list(report["methods"])

@@ -4,7 +4,10 @@ real masks) from the command line.
 ``dcsm bench masks --out DIR [--model NAME] [--methods a,b] [--source DIR] [CRF and GrabCut
 options]`` writes ``DIR/masks.json``, ``DIR/masks.md`` and the maps (``DIR/maps/``);
 ``--coco DIR [--split val2017]`` or ``--voc DIR [--split val]`` runs a whole data set instead,
-streamed, resumable (``DIR/masks-records.jsonl``), ``--limit N`` photos only.
+streamed, resumable (``DIR/masks-records.jsonl``), ``--limit N`` photos only. ``--quantus
+[METRICS]`` also judges every method's maps with Quantus (``pip install
+'distinct-saliency[quantus]'``; refused, exit 2, when it is not installed), ``--quantus-max-pairs
+N`` the first N (photo, class) pairs only.
 
 ``dcsm bench gridpg --out DIR [--model NAME] [--grid 2|3] [--grids N] [--images IMAGE...]
 [--tau T] [--methods a,b] [--candidates oracle,target,auto] [--cell PX] [--seed S]
@@ -91,7 +94,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "within 15 px of it, the rank accuracy and AUC of the map against the mask, "
                     "its mass on the other objects and its SSIM with the other classes' maps, "
                     "and the IoU of its segmentation (dense CRF; GrabCut for Simonyan et al.). "
-                    "Objects under 1 % of the photo are reported apart. Resumable: a rerun "
+                    "Objects under 1 % of the photo are reported apart. With --quantus, "
+                    "Quantus's metrics judge the same maps too. Resumable: a rerun "
                     "with the same --out continues. Writes masks.json and masks.md (and the "
                     "maps) into --out.")
     mk.add_argument("--out", required=True, type=Path,
@@ -131,6 +135,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mk.add_argument("--photos", type=names, default=None,
                     help="comma-separated photo names to run (default all), e.g. "
                          "labelme:2011_000025")
+    from dcsm.integrations.quantus import DEFAULT_METRICS
+
+    mk.add_argument("--quantus", nargs="?", type=names, const=list(DEFAULT_METRICS),
+                    default=None, metavar="METRICS",
+                    help="also judge each method's maps with Quantus 0.6 (pip install "
+                         "'distinct-saliency[quantus]'), the same pairs and candidates: these "
+                         "comma-separated metrics, default " + ",".join(DEFAULT_METRICS))
+    mk.add_argument("--quantus-max-pairs", type=positive_int, default=None, metavar="N",
+                    help="with --quantus, judge the first N (photo, class) pairs only (MPRT "
+                         "costs two more explanations per pair)")
     add_crf_options(mk)
     add_grabcut_options(mk)
     mk.set_defaults(handler=run_masks)
@@ -222,6 +236,12 @@ def run_masks(args: argparse.Namespace) -> int:
 
     methods = get_methods(args.methods) if args.methods else [
         m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]
+    if args.quantus_max_pairs is not None and args.quantus is None:
+        raise DcsmError("--quantus-max-pairs needs --quantus")
+    if args.quantus is not None:  # refused before any work when Quantus is not installed
+        from dcsm.bench.masks import quantus_plan
+
+        quantus_plan(args.quantus, methods, args.quantus_max_pairs)
     crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
     photos, data = _mask_photos(args)
     if not photos:
@@ -248,7 +268,8 @@ def run_masks(args: argparse.Namespace) -> int:
         report = masks_benchmark(adapter, photos, methods, crf=crf, grabcut=grabcut,
                                  maps_dir=args.out / "maps" if bundled or args.keep_maps
                                  else None,
-                                 records=args.out, settings=settings, force=args.force, bar=bar)
+                                 records=args.out, settings=settings, force=args.force, bar=bar,
+                                 quantus=args.quantus, quantus_max_pairs=args.quantus_max_pairs)
     finally:
         bar.close()
     report["model"] = args.model

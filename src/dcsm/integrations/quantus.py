@@ -52,7 +52,8 @@ at the input's size.
   randomises every layer and the map is recomputed once, at the end (``skip_layers=True``,
   ``return_last_correlation=True``); ``metric_kwargs={"MPRT": {"skip_layers": False,
   "return_last_correlation": False, "return_average_correlation": True}}`` averages over the
-  whole cascade instead, at one explanation per layer with parameters.
+  whole cascade instead, at one explanation per layer with parameters. The correlation is
+  :func:`spearman` (Quantus's own fails on any batch that holds a constant map).
 
 **Costs**, in explanations of one (photo, class) pair: the four localisation metrics share one
 (computed once, passed to Quantus as ``a_batch``); ``RandomLogit`` adds one; ``MPRT`` adds two
@@ -61,7 +62,8 @@ model per batch, or 1 + the number of layers with parameters with the whole casc
 (EfficientNet-Lite0: 100 or so). With ``candidates="auto"`` each explanation of dcsm also runs
 the forward passes that choose the candidates. ``max_pairs`` caps the pairs; pairs of photos of
 one size go to Quantus in batches of ``batch_size`` (dcsm explains a batch in one forward per
-scale).
+scale). Maps already at hand (``maps``: ``dcsm bench masks --quantus`` hands in the maps it has
+just scored) spare the localisation metrics' explanation.
 
 Void pixels (the outlines of VOC's masks) have their attributions set to zero for the
 localisation metrics (``ignore_void``), so the mass there counts neither in nor out of the mask;
@@ -97,6 +99,7 @@ __all__ = [
     "LOCALISATION_METRICS",
     "ClassScores",
     "candidate_table",
+    "check_metrics",
     "clear_cache",
     "evaluate_photos",
     "explain_func",
@@ -104,6 +107,7 @@ __all__ = [
     "markdown_table",
     "quantus_model",
     "require_quantus",
+    "spearman",
 ]
 
 #: Quantus's localisation metrics, scored on one map per (photo, class) pair and its mask.
@@ -480,14 +484,43 @@ def _peer_explain(model: nn.Module, x_np: np.ndarray, y: list[int], method: str,
 
 
 # --------------------------------------------------------------------------- evaluation
+def check_metrics(metrics: Iterable[str]) -> list[str]:
+    """The metric names, each once, in their order; DcsmError for a name :func:`evaluate_photos`
+    does not run (it does not need Quantus)."""
+    names = list(dict.fromkeys(metrics))
+    if not names:
+        raise DcsmError(f"no Quantus metric named; known: {', '.join(DEFAULT_METRICS)}")
+    for name in names:
+        if name not in _METRICS:
+            raise DcsmError(f"unknown metric '{name}'; known: {', '.join(DEFAULT_METRICS)}")
+    return names
+
+
 def _metric_class(quantus: ModuleType, name: str) -> type:
-    if name not in _METRICS:
-        raise DcsmError(f"unknown metric '{name}'; known: {', '.join(DEFAULT_METRICS)}")
+    check_metrics([name])
     if name in ("MPRT", "ModelParameterRandomisation"):  # renamed in Quantus 0.5
         cls = getattr(quantus, "MPRT", None) or quantus.ModelParameterRandomisation
     else:
         cls = getattr(quantus, name)
     return cls
+
+
+def spearman(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any
+             ) -> float | np.ndarray:
+    """Spearman's rank correlation as Quantus's MPRT calls it (its ``similarity_func``): of two
+    maps, or row by row of two ``(B, F)`` batches. Quantus's own computes the same values but
+    fails on a batch holding a constant map (an all-zero map among others: SciPy then returns
+    one NaN for the whole batch, a plain float, which Quantus cannot index); here that map's
+    correlation alone is NaN."""
+    from scipy.stats import spearmanr
+
+    del kwargs
+    if not batched:
+        return float(spearmanr(np.ravel(a), np.ravel(b))[0])
+    if a.ndim != 2 or a.shape != b.shape:
+        raise DcsmError(f"batched maps must be two (B, F) arrays, got {a.shape} and {b.shape}")
+    return np.asarray([spearmanr(x, y)[0] for x, y in zip(a, b, strict=True)],
+                      dtype=np.float64)
 
 
 def _metric_settings(name: str, num_classes: int, seed: int,
@@ -497,7 +530,7 @@ def _metric_settings(name: str, num_classes: int, seed: int,
         base.update(num_classes=num_classes, seed=seed)
     elif name in ("MPRT", "ModelParameterRandomisation"):
         base.update(layer_order="top_down", seed=seed, skip_layers=True,
-                    return_last_correlation=True)
+                    return_last_correlation=True, similarity_func=spearman)
     base.update(extra or {})
     return base
 
@@ -539,6 +572,7 @@ def evaluate_photos(
     ignore_void: bool = True,
     seed: int = 42,
     progress: Callable[[str], None] | None = None,
+    maps: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Quantus's metrics for one method on photos with class masks, one item per (photo, class).
 
@@ -558,10 +592,17 @@ def evaluate_photos(
         max_pairs: evaluate at most this many pairs (in the photos' order).
         metric_kwargs: per metric name, arguments for its constructor over this function's
             defaults (``RandomLogit``: the model's class count and ``seed``; ``MPRT``:
-            ``skip_layers`` and ``return_last_correlation``, top-down, ``seed``).
+            ``skip_layers`` and ``return_last_correlation``, top-down, ``seed``,
+            :func:`spearman`).
         ignore_void: set the attributions of void pixels to 0 for the localisation metrics.
         seed: the seed of RandomLogit's classes and MPRT's randomisation.
         progress: called with a line per batch.
+        maps: the method's maps where they are already at hand (the benchmark's): photo name
+            -> class name -> ``(H, W)`` map at the photo's size. The pairs of a photo listed
+            here are not explained for the localisation metrics, and their maps are Quantus's
+            reference maps for ``RandomLogit`` and ``MPRT`` (which still call the method for
+            the other class and the randomised model); a class missing from a listed photo's
+            maps is an all-zero map (the benchmark's rule for a class a method gives no map).
 
     Returns:
         ``{"method", "settings", "candidates", "metrics": {name: {"mean", "count",
@@ -605,9 +646,21 @@ def evaluate_photos(
         kw: dict[str, Any] = {"method": method, **settings}
         if candidates == "present":
             kw["candidates"] = candidate_table(x, [p.present for p in pairs])
-        start = time.perf_counter()
-        a = explain_func(wrapped, x, y, **kw)
-        seconds["explain"] += time.perf_counter() - start
+        a = np.zeros((len(pairs), 1, *x.shape[-2:]), dtype=np.float32)
+        given = [None if maps is None else maps.get(p.photo.name) for p in pairs]
+        todo = [j for j, g in enumerate(given) if g is None]
+        if todo:
+            start = time.perf_counter()
+            a[todo] = explain_func(wrapped, x[todo], y[todo], **kw)
+            seconds["explain"] += time.perf_counter() - start
+        for j, g in enumerate(given):
+            if g is not None and pairs[j].name in g:
+                m = np.asarray(g[pairs[j].name], dtype=np.float32)
+                if m.shape != x.shape[-2:]:
+                    raise DcsmError(f"the map given for {pairs[j].name} of photo "
+                                    f"{pairs[j].photo.name} is {m.shape}, the photo "
+                                    f"{x.shape[-2:]}")
+                a[j, 0] = m
         a_loc = a.copy()
         if ignore_void:
             for j, pair in enumerate(pairs):
