@@ -166,6 +166,8 @@ def test_the_adapters_import_no_training_evaluation_batch_or_bench():
 def test_the_tools_do_not_import_each_other_in_a_circle():
     tools = {u: {_unit(t) for m, ts in GRAPH.items() if _unit(m) == u for t in ts} & TOOLS - {u}
              for u in TOOLS}
+    tools = {u: {t for t in ts if (u, t) not in ALLOWED_UNIT_CYCLE_EDGES}
+             for u, ts in tools.items()}
     assert _cycles(tools) == []
     assert tools["evaluation"] == set() and tools["batch"] == set()  # the bottom of the tools
 

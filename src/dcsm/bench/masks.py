@@ -65,7 +65,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ import numpy as np
 
 from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import MethodSpec
-from dcsm.datasets.realphotos import MaskedPhoto, PhotoEntry
+from dcsm.datasets.realphotos import MaskedPhoto, PhotoClasses, PhotoEntry, name_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.io import safe_filename, write_atomic
 from dcsm.metrics import (
@@ -221,28 +220,6 @@ def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
                 np.asarray(masks.get(c, np.zeros(shape, bool)), dtype=bool), truth[c], void),
         })
     return rows
-
-
-@dataclass
-class PhotoClasses:
-    """A photo's classes as the model names them: ``indices`` into the (grouped) adapter's
-    classes for ``named`` (the photo's class names), and the classes it cannot name."""
-
-    named: list[str] = field(default_factory=list)
-    indices: list[int] = field(default_factory=list)
-    unnamed: list[str] = field(default_factory=list)
-
-
-def name_classes(adapter: ModelAdapter, photo: MaskedPhoto) -> PhotoClasses:
-    """Which of the photo's classes ``adapter`` (grouped by the photo's label set) can name."""
-    out = PhotoClasses()
-    for name in photo.classes:
-        if name in adapter.class_names:
-            out.named.append(name)
-            out.indices.append(adapter.class_names.index(name))
-        else:
-            out.unnamed.append(name)
-    return out
 
 
 def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,

@@ -32,9 +32,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -42,8 +43,8 @@ from PIL import Image
 from dcsm.datasets.voc import VOC_CLASSES, VOID, VOCDataset
 from dcsm.errors import DcsmError, first_line
 
-__all__ = ["SOURCES", "MaskedPhoto", "PhotoEntry", "PhotoObject", "cache_dir", "load_real_photos",
-           "load_voc", "voc_entries"]
+__all__ = ["SOURCES", "MaskedPhoto", "PhotoClasses", "PhotoEntry", "PhotoObject", "cache_dir",
+           "load_real_photos", "load_voc", "name_classes", "voc_entries"]
 
 
 @dataclass(frozen=True)
@@ -331,3 +332,32 @@ def load_voc(root: str | Path, split: str = "val", limit: int | None = None
     entries = voc_entries(root, split)
     for entry in entries[:limit] if limit is not None else entries:
         yield entry.load()
+
+
+class _Named(Protocol):
+    """What :func:`name_classes` reads of a model adapter."""
+
+    class_names: Sequence[str]
+
+
+@dataclass
+class PhotoClasses:
+    """A photo's classes as the model names them: ``indices`` into the (grouped) adapter's
+    classes for ``named`` (the photo's class names), and the classes it cannot name."""
+
+    named: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    unnamed: list[str] = field(default_factory=list)
+
+
+def name_classes(adapter: _Named, photo: MaskedPhoto) -> PhotoClasses:
+    """Which of the photo's classes ``adapter`` (a model adapter grouped by the photo's label
+    set, or anything with its ``class_names``) can name."""
+    out = PhotoClasses()
+    for name in photo.classes:
+        if name in adapter.class_names:
+            out.named.append(name)
+            out.indices.append(adapter.class_names.index(name))
+        else:
+            out.unnamed.append(name)
+    return out

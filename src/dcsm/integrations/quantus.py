@@ -760,7 +760,7 @@ class _Models:
 def _pairs(models: _Models, photos: Iterable[Any], max_pairs: int | None
            ) -> Iterable[_Pair]:
     """The (photo, class) pairs to evaluate, in the photos' order, at most ``max_pairs``."""
-    from dcsm.bench.masks import name_classes
+    from dcsm.datasets.realphotos import name_classes
 
     count = 0
     for photo, wanted in _photo_items(photos):
