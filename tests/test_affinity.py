@@ -155,3 +155,18 @@ def test_explainer_propagates_its_fused_maps(tiny):
     want = random_walk(fused, captured["f"], settings)[0].numpy()
     for k, n in enumerate(names):
         np.testing.assert_allclose(got.maps[n], np.clip(want[k], 0, 1), atol=1e-5)
+
+
+def test_automatic_features_take_the_deepest_layer_of_stride_16_or_finer():
+    from dcsm.affinity import affinity_features
+
+    def grid(c: int, h: int, w: int) -> torch.Tensor:
+        return torch.randn(1, c, h, w)
+
+    s8, s16a, s16b, s32 = grid(2, 64, 48), grid(3, 32, 24), grid(4, 32, 24), grid(5, 16, 12)
+    assert affinity_features([s8, s16a, s16b, s32], (512, 384)) is s16b
+    pooled = affinity_features([s8, s32], (512, 384))  # stride 8 pooled to stride 16
+    torch.testing.assert_close(pooled, F.avg_pool2d(s8, 2))
+    assert affinity_features([grid(1, 16, 12), s32], (512, 384)) is s32  # none fine: the finest
+    assert affinity_features([s32], (512, 384)) is s32  # a named layer: as it is
+    assert affinity_features([grid(1, 31, 23), s32], (500, 375)) is not s32  # rounding down

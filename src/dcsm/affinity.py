@@ -18,16 +18,28 @@ each location takes the affinity-weighted mean of the map around it, t times. ``
 the affinities (only near-identical features exchange mass); the radius keeps the walk from
 jumping to a distant object that looks alike. The propagated map is brought back to the working
 resolution bilinearly and scaled to the original map's maximum.
+
+Which features: by default (:data:`AUTO_LAYER`) the deepest of the explainer's layers whose grid
+is at least as fine as a sixteenth of the input (stride 16 or less; the finest layer if none
+is), average-pooled to stride 16 when finer: deep enough that an object's parts look alike,
+fine enough to follow its outline, and at most ``(H/16 x W/16)^2`` affinities (a 512 x 384
+working image: 768 locations).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from dcsm.errors import DcsmError
+
+AUTO_LAYER = "auto"
+"""The :attr:`Propagation.layer` that lets :func:`affinity_features` choose."""
+#: The coarsest feature grid the automatic choice takes, and the grid it pools finer ones to.
+AFFINITY_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -40,13 +52,13 @@ class Propagation:
         radius: largest distance, in feature-grid cells, between two locations that exchange
             mass (Chebyshev distance).
         layer: the layer whose features define the affinities (a name of the explainer's
-            layers); empty: the deepest of them.
+            layers), or ``"auto"`` (also empty): chosen by :func:`affinity_features`.
     """
 
     steps: int = 8
     beta: float = 8.0
     radius: int = 5
-    layer: str = ""
+    layer: str = AUTO_LAYER
 
     def __post_init__(self) -> None:
         """Refuse settings the walk cannot run with, with a one-line :class:`DcsmError`."""
@@ -63,6 +75,26 @@ class Propagation:
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form."""
         return asdict(self)
+
+
+def affinity_features(grids: list[torch.Tensor], input_hw: tuple[int, int]) -> torch.Tensor:
+    """Of the layers' ``(N, C, h, w)`` outputs (shallow to deep), the features the walk uses.
+
+    One layer: its output as it is. Several (:data:`AUTO_LAYER`): the deepest with a stride of
+    at most :data:`AFFINITY_STRIDE` (the finest if none), average-pooled to that stride when
+    finer (module docstring).
+    """
+    if len(grids) == 1:
+        return grids[0]
+    target = (max(1, math.ceil(input_hw[0] / AFFINITY_STRIDE)),
+              max(1, math.ceil(input_hw[1] / AFFINITY_STRIDE)))
+    least = (max(1, input_hw[0] // AFFINITY_STRIDE), max(1, input_hw[1] // AFFINITY_STRIDE))
+    fine = [g for g in grids if g.shape[-2] >= least[0] and g.shape[-1] >= least[1]]
+    # the deepest of the fine enough, else the deepest of the finest
+    chosen = fine[-1] if fine else max(reversed(grids), key=lambda g: g.shape[-2] * g.shape[-1])
+    if chosen.shape[-2] > target[0] or chosen.shape[-1] > target[1]:
+        chosen = F.adaptive_avg_pool2d(chosen, target)
+    return chosen
 
 
 def transition_matrix(features: torch.Tensor, beta: float, radius: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ from torch import nn
 
 from dcsm.adapters import as_adapter
 from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
-from dcsm.affinity import Propagation, random_walk
+from dcsm.affinity import AUTO_LAYER, Propagation, affinity_features, random_walk
 from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.fusion import PaperFusion, ReleasedFusion
@@ -427,8 +427,8 @@ class DistinctSaliency(_Explainer):
                             f"{type(self.propagate).__name__}")
         self._affinity_layer = ""
         if self.propagate is not None and self.propagate.steps > 0:
-            self._affinity_layer = self.propagate.layer or self.layers[-1]
-            if self._affinity_layer not in self.layers:
+            self._affinity_layer = self.propagate.layer or AUTO_LAYER
+            if self._affinity_layer not in (*self.layers, AUTO_LAYER):
                 raise DcsmError(f"the propagation layer '{self._affinity_layer}' is not one of "
                                 f"the explainer's layers: {', '.join(self.layers)}")
         if batch not in ("auto", "loop", "vmap"):
@@ -614,11 +614,17 @@ class DistinctSaliency(_Explainer):
         return fused, layers, head
 
     def _grid_features(self, fp: ForwardPass, name: str) -> torch.Tensor:
-        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached."""
+        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached; for
+        :data:`dcsm.affinity.AUTO_LAYER`, the layer :func:`dcsm.affinity.affinity_features`
+        chooses."""
         in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
-        act = fp.activations[name].detach().float()
-        layout = resolve_layout(tuple(act.shape), in_hw, self.adapter.layer_layout(name), name)
-        return to_grid(act, layout, in_hw, name)
+        grids = {}
+        for layer in (fp.activations if name == AUTO_LAYER else [name]):
+            act = fp.activations[layer].detach().float()
+            layout = resolve_layout(tuple(act.shape), in_hw, self.adapter.layer_layout(layer),
+                                    layer)
+            grids[layer] = to_grid(act, layout, in_hw, layer)
+        return affinity_features(list(grids.values()), in_hw)
 
     def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
         if not self.subtract:
