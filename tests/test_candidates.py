@@ -311,6 +311,8 @@ def test_lookalikes_merged_distinct_object_kept():
     assert [c.name for c in merged.selected] == ["dog", "mountain bike"]
     assert [c.merged for c in merged.selected] == [("ground",), ("tandem",)]
     assert merged.selected[1].as_dict()["merged"] == ["tandem"]
+    assert plain3.selected[2].as_dict() == {"index": 1, "name": "tandem",
+                                            "score": pytest.approx(float(probs[0, 1]))}
     assert merged.contrast == merged.selected
 
 
@@ -353,7 +355,9 @@ def test_explainer_merges_in_tuned_only_and_records_it():
     assert [c.name for c in kept.candidates] == ["dog", "mountain bike", "tandem"]
     assert kept.parameters["merge_lookalikes"] is False
     paper = dcsm.DistinctSaliency(adapter, preset="paper")
-    assert paper.merge_lookalikes is False
+    assert paper.merge_lookalikes is False and "merge_lookalikes" not in paper.parameters()
+    assert dcsm.DistinctSaliency(adapter, preset="paper", merge_lookalikes=True).parameters()[
+        "merge_lookalikes"] is True
     assert len(paper.explain(image, top_k=3).candidates) == 3
     # a tensor batch carries the merged names into its per-image results
     batch = tuned.explain(adapter.preprocess(image).repeat(2, 1, 1, 1), top_k=3)
@@ -432,7 +436,7 @@ def test_bundled_image_keeps_its_two_objects_and_merges_the_cats(tmp_path, capsy
     summary = json.loads((tmp_path / "chelsea_coffee" / "summary.json").read_text())
     assert [c["name"] for c in summary["candidates"]][:3] == ["espresso", "Egyptian cat",
                                                               "tiger cat"]
-    assert all(c["merged"] == [] for c in summary["candidates"])
+    assert all("merged" not in c for c in summary["candidates"])
     assert summary["parameters"]["merge_lookalikes"] is False
     capsys.readouterr()
     assert cli.main(["explain", str(BUNDLED), "--out", str(tmp_path / "g"), "--method",

@@ -90,9 +90,11 @@ class Candidate:
     merged: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-friendly form."""
+        """JSON-friendly form; ``merged`` only where something was merged."""
         out = asdict(self)
-        out["merged"] = list(self.merged)
+        out.pop("merged")
+        if self.merged:
+            out["merged"] = list(self.merged)
         return out
 
 

@@ -418,7 +418,11 @@ class DistinctSaliency(_Explainer):
         return self.layers
 
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json``."""
+        """The settings, as written to ``summary.json`` (``merge_lookalikes`` where it is on or
+        the preset's default is on, so that the ``paper`` and ``released`` settings read as
+        before)."""
+        merge = {"merge_lookalikes": self.merge_lookalikes} \
+            if self.merge_lookalikes or self.preset.merge_lookalikes else {}
         return {
             "preset": self.preset.name,
             "scales": list(self.scales),
@@ -431,7 +435,7 @@ class DistinctSaliency(_Explainer):
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
             "min_contrast": self.min_contrast,
-            "merge_lookalikes": self.merge_lookalikes,
+            **merge,
             **super().parameters(),
         }
 
