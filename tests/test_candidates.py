@@ -416,6 +416,7 @@ def test_bundled_image_keeps_its_two_objects_and_merges_the_cats(tmp_path, capsy
     candidates; with four, the cat's look-alike "tiger cat" goes into "Egyptian cat"; the
     command's ``--no-merge-lookalikes`` keeps it."""
     import json
+    import re
 
     import dcsm
     from dcsm import cli
@@ -438,7 +439,12 @@ def test_bundled_image_keeps_its_two_objects_and_merges_the_cats(tmp_path, capsy
                                                               "tiger cat"]
     assert all("merged" not in c for c in summary["candidates"])
     assert summary["parameters"]["merge_lookalikes"] is False
-    capsys.readouterr()
+    assert cli.main(["explain", str(BUNDLED), "--out", str(tmp_path / "m"), "--top-k", "4",
+                     "--no-pictures"]) == 0
+    assert re.search(r"Egyptian cat 0\.\d{3} \(merged: tiger cat\), ", capsys.readouterr().out)
+    summary = json.loads((tmp_path / "m" / "chelsea_coffee" / "summary.json").read_text())
+    assert summary["candidates"][1]["merged"] == ["tiger cat"]
+    assert summary["parameters"]["merge_lookalikes"] is True
     assert cli.main(["explain", str(BUNDLED), "--out", str(tmp_path / "g"), "--method",
                      "gradcam", "--merge-lookalikes"]) == 2
     assert "dcsm method only" in capsys.readouterr().err
