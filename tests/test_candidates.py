@@ -292,6 +292,12 @@ def test_runner_up_share_on_the_hand_built_score_map():
     assert same.share(2, 3) == pytest.approx(1.0)  # the dog and the ground it stands on
     assert same(0, 1) and same(1, 0) and not same(0, 2) and not same(0, 0)
     assert not LookAlikes(_parts_adapter(), None)(0, 1)  # no map, no spatial signal
+    # a score map of one location (a flattening head) says nothing about places; nor do three
+    # locations, fewer than the four two classes must win together
+    assert LookAlikes(_parts_adapter(), loc[:, :1, :1]).share(0, 1) == 0.0
+    small = LookAlikes(_parts_adapter(), loc[:, 7:10, :1])  # bike rows 7, 8 red, 9 green
+    assert small.share(0, 1) == 0.0
+    assert LookAlikes(_parts_adapter(), loc[:, 7:11, :1]).share(0, 1) == pytest.approx(1.0)
 
 
 def test_lookalikes_merged_distinct_object_kept():

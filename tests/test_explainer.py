@@ -456,11 +456,12 @@ def _map_rank64(score: np.ndarray) -> list[int]:
 
 def _lookalike64(score: np.ndarray, a: int, b: int) -> bool:
     """Whether a and b contest the locations of a (C, h, w) score map: at half or more of the
-    locations either wins, the other is the second most probable class (softmax, float64)."""
+    four or more locations either wins, the other is the second most probable class (softmax,
+    float64)."""
     second, first = np.argsort(score, axis=0, kind="stable")[-2:]
     wins = int((first == a).sum() + (first == b).sum())
     both = int((((first == a) & (second == b)) | ((first == b) & (second == a))).sum())
-    return wins > 0 and both / wins >= 0.5
+    return wins >= 4 and both / wins >= 0.5
 
 
 def _distinct64(score: np.ndarray, taken: list[int], ranking: list[int], size: int

@@ -45,11 +45,12 @@ leave no room for the other objects. With ``merge_lookalikes`` two classes are l
       r(a, b) = \frac{|\{x : T_2(x) = \{a, b\}\}|}{|W_a| + |W_b|} \ge 0.5,
 
   i.e. at half or more of the locations either class wins, the other is second
-  (:data:`LOOKALIKE_SHARE`). Two different objects meet only along their border, so their
-  share stays small: on 56 grids of four or nine photos (``dcsm bench gridpg``, both offline
-  models, the eight best-ranked classes of each grid) no two classes whose maps lie on different
-  photos reached 0.5, while "Egyptian cat" and "tiger cat" on the bundled image share 0.64
-  (``docs/RESULTS.md``).
+  (:data:`LOOKALIKE_SHARE`), counted where the two win at least four locations together
+  (:data:`LOOKALIKE_MIN_WINS`; never on a score map of one location). Two different objects
+  meet only along their border, so their share stays small: on 56 grids of four or nine photos
+  (``dcsm bench gridpg``, both offline models, the eight best-ranked classes of each grid) no
+  two classes whose maps lie on different photos reached 0.5, while "Egyptian cat" and "tiger
+  cat" on the bundled image share 0.64 (``docs/RESULTS.md``).
 
 Classes are taken in ranking order and a class that is a look-alike of one already chosen is
 skipped and recorded in that candidate's :attr:`Candidate.merged`: the survivor is the one ranked
@@ -77,6 +78,10 @@ CANDIDATE_RULES: tuple[str, ...] = ("reference_scale", "any_scale", "score_map")
 #: The runner-up share at or above which two classes are look-alikes of one object (module
 #: docstring).
 LOOKALIKE_SHARE = 0.5
+#: The fewest locations two classes must win together for the spatial signal to count: on a
+#: score map of one location (a model whose head flattens its features) the second class is
+#: "second wherever the first wins" without any sign of a shared object.
+LOOKALIKE_MIN_WINS = 4
 
 
 @dataclass(frozen=True)
@@ -216,11 +221,12 @@ class LookAlikes:
         return bool(self.kinds.get(a, frozenset()) & self.kinds.get(b, frozenset()))
 
     def share(self, a: int, b: int) -> float:
-        """The runner-up share :math:`r(a, b)` (0 without a score map or where neither wins)."""
+        """The runner-up share :math:`r(a, b)`; 0 without a score map, or where the two win
+        fewer than :data:`LOOKALIKE_MIN_WINS` locations together."""
         if self._first is None or self._second is None or a == b:
             return 0.0
         wins = int(self._wins[a]) + int(self._wins[b])
-        if wins == 0:
+        if wins < LOOKALIKE_MIN_WINS:
             return 0.0
         f, s = self._first, self._second
         both = int((((f == a) & (s == b)) | ((f == b) & (s == a))).sum())
