@@ -59,6 +59,7 @@ def make_explainer(
     max_side: int | None = DEFAULT_MAX_SIDE,
     precision: str = "float32",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    merge_lookalikes: bool | None = None,
     **model_options: object,
 ) -> Explainer:
     """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``).
@@ -78,9 +79,13 @@ def make_explainer(
                                 backprop=backprop, alpha=alpha, subtract=subtract,
                                 upsample=upsample, min_contrast=min_contrast,  # type: ignore[arg-type]
                                 max_side=max_side, precision=precision,
+                                merge_lookalikes=merge_lookalikes,
                                 max_pixels=max_pixels, **model_options)  # type: ignore[arg-type]
     if min_contrast is not None:
         raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
+    if merge_lookalikes is not None:
+        raise DcsmError(f"--merge-lookalikes/--no-merge-lookalikes apply to the dcsm method only, "
+                        f"not {method}")
     if method == "simonyan":
         return InputGradient(model, "plain", max_side=max_side, precision=precision,
                              max_pixels=max_pixels, **model_options)

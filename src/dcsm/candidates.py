@@ -1,4 +1,4 @@
-"""Candidate classes: the classes whose maps are computed and contrasted.
+r"""Candidate classes: the classes whose maps are computed and contrasted.
 
 * Multi-label (sigmoid) model: every class whose score passes ``threshold`` (default 0.5), as in
   the paper; at most ``top_k`` of them when given.
@@ -26,11 +26,44 @@ classes, the four most probable pooled classes held 36% (EfficientNet-Lite0) and
 A contrast set shorter than ``min_contrast`` is topped up by the same ranking (the score map's
 for ``score_map``, the score summed over scales otherwise), whether the classes were named or
 chosen.
+
+**Look-alikes** (``merge_lookalikes``, on in the ``tuned`` preset only). An ImageNet classifier
+names one object with several classes (a bicycle is a "mountain bike" at some locations and a
+"bicycle-built-for-two" at others); two such candidates split one object's map between them and
+leave no room for the other objects. With ``merge_lookalikes`` two classes are look-alikes when
+
+* *(semantic)* both are ImageNet-1k classes of one PASCAL VOC or COCO class with several
+  members (:data:`dcsm.adapters.groups.LABEL_SETS`: their WordNet synsets share that class's
+  synset as hypernym: bicycles, dogs, domestic cats, cars, buses, ...), for a model whose classes
+  are ImageNet-1k's; or
+* *(spatial, any model)* they contest the same locations of the class score map: with
+  :math:`W_c` the locations where class :math:`c` is the most probable and :math:`T_2(x)` the
+  two most probable classes at :math:`x`, their runner-up share
+
+  .. math::
+
+      r(a, b) = \frac{|\{x : T_2(x) = \{a, b\}\}|}{|W_a| + |W_b|} \ge 0.5,
+
+  i.e. at half or more of the locations either class wins, the other is second
+  (:data:`LOOKALIKE_SHARE`), counted where the two win at least four locations together
+  (:data:`LOOKALIKE_MIN_WINS`; never on a score map of one location). Two different objects
+  meet only along their border, so their share stays small: on 56 grids of four or nine photos
+  (``dcsm bench gridpg``, both offline models, the eight best-ranked classes of each grid) no
+  two classes whose maps lie on different photos reached 0.5, while "Egyptian cat" and "tiger
+  cat" on the bundled image share 0.64 (``docs/RESULTS.md``).
+
+Classes are taken in ranking order and a class that is a look-alike of one already chosen is
+skipped and recorded in that candidate's :attr:`Candidate.merged`: the survivor is the one ranked
+first (for ``score_map``: the one that wins more locations). The contrast top-up skips the
+look-alikes of the classes already in the contrast set likewise (under the ``tuned`` preset's
+strongest-other contrast, a look-alike on the same object would leave a class no map at all).
+Named classes are never merged or dropped, whatever they resemble.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -42,18 +75,32 @@ from dcsm.errors import DcsmError
 CandidateRule = Literal["reference_scale", "any_scale", "score_map"]
 CANDIDATE_RULES: tuple[str, ...] = ("reference_scale", "any_scale", "score_map")
 
+#: The runner-up share at or above which two classes are look-alikes of one object (module
+#: docstring).
+LOOKALIKE_SHARE = 0.5
+#: The fewest locations two classes must win together for the spatial signal to count: on a
+#: score map of one location (a model whose head flattens its features) the second class is
+#: "second wherever the first wins" without any sign of a shared object.
+LOOKALIKE_MIN_WINS = 4
+
 
 @dataclass(frozen=True)
 class Candidate:
-    """A selected class: its index, name and score (probability) on the image."""
+    """A selected class: its index, name and score (probability) on the image, and the names of
+    the look-alike classes merged into it (``merge_lookalikes``; empty otherwise)."""
 
     index: int
     name: str
     score: float
+    merged: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-friendly form."""
-        return asdict(self)
+        """JSON-friendly form; ``merged`` only where something was merged."""
+        out = asdict(self)
+        out.pop("merged")
+        if self.merged:
+            out["merged"] = list(self.merged)
+        return out
 
 
 @dataclass(frozen=True)
@@ -125,6 +172,82 @@ def map_ranking(location_probs: torch.Tensor) -> list[int]:
     return sorted(range(c), key=lambda i: (-wins[i], -peak[i], i))
 
 
+@functools.cache
+def _imagenet_kinds() -> dict[int, frozenset[str]]:
+    """ImageNet-1k index -> the VOC and COCO classes of several members whose group holds it."""
+    from dcsm.adapters.groups import LABEL_SETS
+
+    kinds: dict[int, set[str]] = {}
+    for labels in LABEL_SETS.values():
+        for name, members in labels.groups.items():
+            if len(members) > 1:
+                for m in members:
+                    kinds.setdefault(m, set()).add(name)
+    return {i: frozenset(k) for i, k in kinds.items()}
+
+
+def semantic_kinds(adapter: ModelAdapter) -> Mapping[int, frozenset[str]] | None:
+    """For a model whose classes are ImageNet-1k's (by name), each class index -> the PASCAL VOC
+    and COCO classes (of several ImageNet members) that hold it
+    (:mod:`dcsm.adapters.groups`); None for any other label set."""
+    from dcsm.adapters.imagenet import imagenet_class_names
+
+    if adapter.num_classes != 1000 or tuple(adapter.class_names) != imagenet_class_names():
+        return None
+    return _imagenet_kinds()
+
+
+class LookAlikes:
+    """Whether two classes of one image are look-alikes of one object (module docstring).
+
+    Args:
+        adapter: the model; its classes give the semantic signal where they are ImageNet-1k's.
+        location_probs: ``(C, h, w)`` class probabilities at each location of the score map, for
+            the spatial signal (None: the semantic signal alone).
+        share: the runner-up share from which two classes are look-alikes.
+    """
+
+    def __init__(self, adapter: ModelAdapter, location_probs: torch.Tensor | None,
+                 share: float = LOOKALIKE_SHARE) -> None:
+        self.kinds = semantic_kinds(adapter)
+        self.threshold = share
+        self._first: torch.Tensor | None = None
+        self._second: torch.Tensor | None = None
+        if location_probs is not None and location_probs.shape[0] >= 2:
+            probs = location_probs.detach().float().cpu().flatten(1)  # (C, hw)
+            top = probs.topk(2, dim=0).indices
+            self._first, self._second = top[0], top[1]
+            self._wins = torch.bincount(self._first, minlength=probs.shape[0])
+
+    def same_kind(self, a: int, b: int) -> bool:
+        """Whether a and b are ImageNet classes of one VOC/COCO class."""
+        if self.kinds is None:
+            return False
+        return bool(self.kinds.get(a, frozenset()) & self.kinds.get(b, frozenset()))
+
+    def share(self, a: int, b: int) -> float:
+        """The runner-up share :math:`r(a, b)`; 0 without a score map, or where the two win
+        fewer than :data:`LOOKALIKE_MIN_WINS` locations together."""
+        if self._first is None or self._second is None or a == b:
+            return 0.0
+        wins = int(self._wins[a]) + int(self._wins[b])
+        if wins < LOOKALIKE_MIN_WINS:
+            return 0.0
+        f, s = self._first, self._second
+        both = int((((f == a) & (s == b)) | ((f == b) & (s == a))).sum())
+        return both / wins
+
+    def __call__(self, a: int, b: int) -> bool:
+        """Whether a and b are look-alikes: of one VOC/COCO class, or sharing locations."""
+        return a != b and (self.same_kind(a, b) or self.share(a, b) >= self.threshold)
+
+
+def _first_lookalike(i: int, kept: Sequence[int], same: Callable[[int, int], bool]
+                     ) -> int | None:
+    """The first class of ``kept`` that ``i`` is a look-alike of, or None."""
+    return next((j for j in kept if same(i, j)), None)
+
+
 def select(
     adapter: ModelAdapter,
     probs: torch.Tensor,
@@ -135,12 +258,16 @@ def select(
     rule: CandidateRule = "reference_scale",
     min_contrast: int = 1,
     location_probs: torch.Tensor | None = None,
+    merge_lookalikes: bool = False,
 ) -> Selection:
     """Choose candidates from per-scale probabilities ``probs`` of shape (scales, C).
 
     ``reference`` is the row used for reported scores (the scale closest to 1).
     ``location_probs`` (C, h, w), the class probabilities at each location of the reference
-    scale's score map, is needed by the ``score_map`` rule.
+    scale's score map, is needed by the ``score_map`` rule, and by ``merge_lookalikes`` for its
+    spatial signal (without it, the semantic one alone). ``merge_lookalikes``: skip the
+    automatic candidates and top-up classes that are look-alikes of a class already taken,
+    recording them in its :attr:`Candidate.merged` (module docstring).
     """
     if rule not in CANDIDATE_RULES:
         raise DcsmError(f"unknown candidate rule '{rule}'; known: {', '.join(CANDIDATE_RULES)}")
@@ -160,8 +287,12 @@ def select(
     map_order = map_ranking(location_probs) if location_probs is not None and \
         rule == "score_map" else None
 
+    same = LookAlikes(adapter, location_probs) if merge_lookalikes else None
+    merged: dict[int, list[int]] = {}
+
     def cand(i: int) -> Candidate:
-        return Candidate(i, adapter.class_names[i], float(ref[i]))
+        return Candidate(i, adapter.class_names[i], float(ref[i]),
+                         tuple(adapter.class_names[m] for m in merged.get(i, ())))
 
     named = parse_classes(classes)
     if named is not None:
@@ -178,9 +309,19 @@ def select(
         else:
             level = probs.amax(dim=0) if rule == "any_scale" else ref
             order = torch.argsort(level, descending=True).tolist()
-        chosen = [i for i in order if level[i] >= thr and (thr > 0 or level[i] > 0)]
-        if k is not None:
-            chosen = chosen[:k]
+        passing = [i for i in order if level[i] >= thr and (thr > 0 or level[i] > 0)]
+        if same is None:
+            chosen = passing if k is None else passing[:k]
+        else:
+            chosen = []
+            for i in passing:
+                if k is not None and len(chosen) >= k:
+                    break
+                twin = _first_lookalike(i, chosen, same)
+                if twin is None:
+                    chosen.append(i)
+                else:
+                    merged.setdefault(twin, []).append(i)
         if not chosen:
             chosen = order[:1]
         if rule == "any_scale" and adapter.multilabel:
@@ -194,8 +335,13 @@ def select(
         for i in ranking:
             if len(contrast) >= min(min_contrast, adapter.num_classes):
                 break
-            if i not in contrast:
+            if i in contrast:
+                continue
+            twin = None if same is None else _first_lookalike(i, contrast, same)
+            if twin is None:
                 contrast.append(i)
+            else:
+                merged.setdefault(twin, []).append(i)
     pad = torch.zeros(probs.shape[0], len(contrast) - len(chosen), dtype=torch.bool)
     return Selection([cand(i) for i in chosen], [cand(i) for i in contrast],
                      torch.cat([active, pad], dim=1))

@@ -287,6 +287,8 @@ class _Explainer:
                 contrast_names=[[c.name for c in s.contrast] for s in selections],
                 contrast_scores=torch.tensor([[c.score for c in s.contrast]
                                               for s in selections]),
+                merged=[[c.merged for c in s.selected] for s in selections],
+                contrast_merged=[[c.merged for c in s.contrast] for s in selections],
                 layer_maps=None if layers is None else {
                     name: m.to(prepared.out_device) for name, m in layers.items()},
             )
@@ -347,6 +349,11 @@ class DistinctSaliency(_Explainer):
         min_contrast: contrast the candidates with at least this many classes in all (the
             preset's: 1 for ``paper`` and ``tuned``, 4 for ``released``), topped up by the
             candidate rule's ranking (see :mod:`dcsm.candidates`).
+        merge_lookalikes: skip automatic candidates (and contrast top-up classes) that are
+            look-alikes of one object with a class already taken: ImageNet classes of one VOC or
+            COCO class, or classes contesting the same locations of the score map; each
+            candidate's ``merged`` names them (:mod:`dcsm.candidates`). Named classes are never
+            merged. Default: the preset's (on for ``tuned``, off for ``paper`` and ``released``).
         max_side: the working resolution's long side (default 512, :mod:`dcsm.images`); None
             for the full resolution (memory checked first, :meth:`estimate_memory`).
         max_pixels: the most pixels (width x height) an image (path, PIL image or array) may
@@ -384,6 +391,7 @@ class DistinctSaliency(_Explainer):
         multilabel: bool | None = None,
         input_size: tuple[int, int] | None = None,
         layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
+        merge_lookalikes: bool | None = None,
     ) -> None:
         super().__init__(model, max_side, precision, {
             "layers": layers, "class_names": class_names, "preprocess": preprocess,
@@ -438,6 +446,10 @@ class DistinctSaliency(_Explainer):
         if isinstance(self.min_contrast, bool) or not isinstance(self.min_contrast, int) \
                 or self.min_contrast < 1:
             raise DcsmError(f"min_contrast must be a positive integer, got {min_contrast}")
+        merge = self.preset.merge_lookalikes if merge_lookalikes is None else merge_lookalikes
+        if not isinstance(merge, bool):
+            raise DcsmError(f"merge_lookalikes must be True or False, got {merge_lookalikes!r}")
+        self.merge_lookalikes = merge
 
     def _scales(self) -> tuple[float, ...]:
         return self.scales
@@ -446,7 +458,11 @@ class DistinctSaliency(_Explainer):
         return self.layers
 
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json``."""
+        """The settings, as written to ``summary.json`` (``merge_lookalikes`` where it is on or
+        the preset's default is on, so that the ``paper`` and ``released`` settings read as
+        before)."""
+        merge = {"merge_lookalikes": self.merge_lookalikes} \
+            if self.merge_lookalikes or self.preset.merge_lookalikes else {}
         return {
             "preset": self.preset.name,
             "scales": list(self.scales),
@@ -462,6 +478,7 @@ class DistinctSaliency(_Explainer):
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
             "min_contrast": self.min_contrast,
+            **merge,
             **super().parameters(),
         }
 
@@ -535,20 +552,22 @@ class DistinctSaliency(_Explainer):
                           passes[last].score_map.detach()]
             probs = torch.stack([image_scores(adapter, m, choose) for m in score_maps],
                                 dim=1)  # (N, S, C)
+            ref_map = score_maps[ref].float()
             del score_maps
         else:
             order = [ref, *(s for s in range(len(self.scales)) if s != ref)]
             passes = {ref: self._forward(x, self.scales[ref])}
             probs = image_scores(adapter, passes[ref].score_map, choose).unsqueeze(1)
+            ref_map = passes[ref].score_map.detach().float()  # (N, C, h, w)
         location = None
-        if choose == "score_map":
-            scores = passes[ref].score_map.detach().float()  # (N, C, h, w)
-            location = adapter.probabilities(scores.movedim(1, -1)).movedim(-1, 1)
+        if choose == "score_map" or self.merge_lookalikes:
+            location = adapter.probabilities(ref_map.movedim(1, -1)).movedim(-1, 1)
+        del ref_map
         wanted = per_image_classes(classes, n)
         selections = [
             select(adapter, probs[i], ref if all_scales else 0, wanted[i], top_k, threshold,
                    choose, self.min_contrast,
-                   None if location is None else location[i])
+                   None if location is None else location[i], self.merge_lookalikes)
             for i in range(n)]
         uniform(selections)
         targets = torch.tensor([[c.index for c in s.contrast] for s in selections])

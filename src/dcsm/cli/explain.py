@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from dcsm.api import Explainer
+    from dcsm.candidates import Candidate
     from dcsm.result import SaliencyResult
     from dcsm.segmentation import Segmentation
 
@@ -190,9 +191,12 @@ def _printable(text: str) -> str:
 
 
 def _listed(result: SaliencyResult, seg: Segmentation | None) -> str:
+    def merged(c: Candidate) -> str:
+        return f" (merged: {', '.join(c.merged)})" if c.merged else ""
+
     if seg is None:
-        return ", ".join(f"{c.name} {c.score:.3f}" for c in result.candidates)
-    return ", ".join(f"{c.name} {c.score:.3f} ({int(m.sum())} px)"
+        return ", ".join(f"{c.name} {c.score:.3f}{merged(c)}" for c in result.candidates)
+    return ", ".join(f"{c.name} {c.score:.3f}{merged(c)} ({int(m.sum())} px)"
                      for c, m in zip(result.candidates, seg.masks.values(), strict=True))
 
 

@@ -140,6 +140,15 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-contrast", type=positive_int, default=None,
                    help="contrast the classes with at least this many in all, topped up by the "
                         "candidate rule's ranking (preset default: 1, released 4)")
+    merge = p.add_mutually_exclusive_group()
+    merge.add_argument("--merge-lookalikes", dest="merge_lookalikes", action="store_const",
+                       const=True, default=None,
+                       help="auto candidates: merge look-alike classes of one object (ImageNet "
+                            "classes of one VOC/COCO class, or contesting one place of the "
+                            "score map) into the one that wins more of it (default: the "
+                            "preset's, on for tuned)")
+    merge.add_argument("--no-merge-lookalikes", dest="merge_lookalikes", action="store_const",
+                       const=False, help="keep look-alike auto candidates apart")
     p.add_argument("--method", choices=METHODS, default="dcsm")
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help="method settings (default %(default)s; paper: the paper's text; "
@@ -340,7 +349,8 @@ def explainer_from_args(args: argparse.Namespace) -> Explainer:
                           layers=args.layers, backprop=args.backprop, alpha=args.alpha,
                           subtract=not args.no_subtract, upsample=args.upsample,
                           min_contrast=args.min_contrast, max_side=max_side(args),
-                          precision=args.precision, max_pixels=max_pixels(args))
+                          precision=args.precision, max_pixels=max_pixels(args),
+                          merge_lookalikes=args.merge_lookalikes)
 
 
 def display_from_args(args: argparse.Namespace) -> Display:
