@@ -170,3 +170,37 @@ def test_automatic_features_take_the_deepest_layer_of_stride_16_or_finer():
     assert affinity_features([grid(1, 16, 12), s32], (512, 384)) is s32  # none fine: the finest
     assert affinity_features([s32], (512, 384)) is s32  # a named layer: as it is
     assert affinity_features([grid(1, 31, 23), s32], (500, 375)) is not s32  # rounding down
+
+
+def test_sharpen_matches_its_definition_and_keeps_the_order():
+    from dcsm.fusion import sharpen
+
+    m = np.random.default_rng(7).uniform(0, 0.8, size=(2, 3, 5, 6))
+    m[1, 2] = 0.0
+    got = sharpen(torch.from_numpy(m), 2.0).numpy()
+    peak = m.max(axis=(2, 3), keepdims=True)
+    want = np.where(peak > 0, peak * (m / np.where(peak > 0, peak, 1)) ** 2, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.array_equal(got.max(axis=(2, 3)), m.max(axis=(2, 3)))
+    order = np.argsort(m[0, 0], axis=None)
+    assert np.array_equal(np.argsort(got[0, 0], axis=None), order)
+    same = torch.from_numpy(m)
+    assert sharpen(same, 1.0) is same
+
+
+def test_explainer_gamma_sharpens_the_final_maps(tiny):
+    import dcsm
+    from dcsm.fusion import sharpen
+
+    adapter = tiny.adapter(tiny.TinyNet(classes=5, seed=8), layers=("c1", "c2"))
+    image = tiny.image(16, 20, seed=9)
+    plain = dcsm.DistinctSaliency(adapter, preset="paper").explain(image, classes=[0, 4])
+    sharp = dcsm.DistinctSaliency(adapter, preset="paper", gamma=3.0).explain(image,
+                                                                              classes=[0, 4])
+    for name in plain.maps:
+        want = sharpen(torch.from_numpy(plain.maps[name])[None], 3.0)[0].numpy()
+        np.testing.assert_allclose(sharp.maps[name], want, atol=1e-6)
+    assert sharp.parameters["gamma"] == 3.0
+    for bad in (0, -1.0, float("inf"), True, 17):
+        with pytest.raises(DcsmError, match="gamma"):
+            dcsm.DistinctSaliency(adapter, gamma=bad)

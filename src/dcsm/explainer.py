@@ -46,7 +46,7 @@ from dcsm.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.affinity import AUTO_LAYER, Propagation, affinity_features, random_walk
 from dcsm.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.errors import DcsmError, DcsmWarning
-from dcsm.fusion import PaperFusion, ReleasedFusion
+from dcsm.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.gradients import (
     BatchMode,
     ForwardPass,
@@ -336,6 +336,8 @@ class DistinctSaliency(_Explainer):
             (:class:`dcsm.affinity.Propagation`; default: the preset's).
         flip: also explain the mirror image for the same classes and average the two maps
             (mirrored back): twice the time; default: the preset's.
+        gamma: each final map raised to this power relative to its maximum
+            (:func:`dcsm.fusion.sharpen`; 1: unchanged); default: the preset's.
         batch: how the class slots are back-propagated through each scale's single forward
             graph: ``"loop"`` (one backward per slot, serving every image of a batch),
             ``"vmap"`` (one backward for all slots, ``torch.func.vmap`` over
@@ -381,6 +383,7 @@ class DistinctSaliency(_Explainer):
         reduce: ChannelReduction | None = None,
         propagate: Propagation | None = None,
         flip: bool | None = None,
+        gamma: float | None = None,
         batch: BatchMode = "auto",
         min_contrast: int | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
@@ -426,6 +429,9 @@ class DistinctSaliency(_Explainer):
         if self.reduce not in CHANNEL_REDUCTIONS:
             raise DcsmError(f"unknown channel reduction '{self.reduce}'; known: "
                             f"{', '.join(CHANNEL_REDUCTIONS)}")
+        self.gamma = float(self.preset.gamma if gamma is None else gamma)
+        if isinstance(gamma, bool) or not np.isfinite(self.gamma) or not 0 < self.gamma <= 16:
+            raise DcsmError(f"gamma must be a number in (0, 16], got {gamma!r}")
         self.flip = self.preset.flip if flip is None else flip
         if not isinstance(self.flip, bool):
             raise DcsmError(f"flip must be True or False, got {flip!r}")
@@ -474,6 +480,7 @@ class DistinctSaliency(_Explainer):
             "reduce": self.reduce,
             "propagate": None if self.propagate is None else self.propagate.as_dict(),
             "flip": self.flip,
+            "gamma": self.gamma,
             "fusion": self.preset.fusion,
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
@@ -588,6 +595,9 @@ class DistinctSaliency(_Explainer):
                 if layers is not None and mirrored_layers is not None:
                     layers = {name: (m + mirrored_layers[name].flip(-1)) / 2
                               for name, m in layers.items()}
+        if self.gamma != 1:
+            with torch.no_grad():
+                fused = sharpen(fused, self.gamma)
         return fused, selections, layers
 
     def _fuse(self, x: torch.Tensor, passes: dict[int, ForwardPass], order: list[int],

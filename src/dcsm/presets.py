@@ -106,6 +106,7 @@ class Preset:
     reduce: ChannelReduction = "max_abs"
     propagate: Propagation | None = None
     flip: bool = False
+    gamma: float = 1.0
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     merge_lookalikes: bool = False
