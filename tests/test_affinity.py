@@ -204,3 +204,19 @@ def test_explainer_gamma_sharpens_the_final_maps(tiny):
     for bad in (0, -1.0, float("inf"), True, 17):
         with pytest.raises(DcsmError, match="gamma"):
             dcsm.DistinctSaliency(adapter, gamma=bad)
+
+
+def test_the_default_preset_flips_propagates_and_sharpens(tiny):
+    """The tuned preset's additions, each checked above on its own, are its defaults, and
+    the explainer's arguments turn each off."""
+    import dcsm
+
+    p = dcsm.PRESETS["tuned"]
+    assert (p.flip, p.propagate, p.gamma) == (True, Propagation(), 2.0)
+    assert dcsm.PRESETS["paper"].propagate is None and not dcsm.PRESETS["paper"].flip
+    adapter = tiny.adapter(tiny.TinyNet(classes=5, seed=8), layers=("c1", "c2"))
+    off = dcsm.DistinctSaliency(adapter, flip=False, propagate=False, gamma=1)
+    assert off.parameters()["propagate"] is None
+    assert (off.flip, off.gamma) == (False, 1.0)
+    on = dcsm.DistinctSaliency(adapter, preset="paper", propagate=True)
+    assert on.parameters()["propagate"] == Propagation().as_dict()

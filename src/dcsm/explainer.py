@@ -333,7 +333,8 @@ class DistinctSaliency(_Explainer):
             maximum of absolute values) or ``"grad_act"`` (positive derivative times positive
             activation, summed; :mod:`dcsm.layer_maps`); default: the preset's.
         propagate: spread each fused map through the feature affinities of one layer
-            (:class:`dcsm.affinity.Propagation`; default: the preset's).
+            (:class:`dcsm.affinity.Propagation`; True: its defaults; False: off; default: the
+            preset's).
         flip: also explain the mirror image for the same classes and average the two maps
             (mirrored back): twice the time; default: the preset's.
         gamma: each final map raised to this power relative to its maximum
@@ -381,7 +382,7 @@ class DistinctSaliency(_Explainer):
         subtract: bool = True,
         upsample: UpsampleOrder | None = None,
         reduce: ChannelReduction | None = None,
-        propagate: Propagation | None = None,
+        propagate: Propagation | bool | None = None,
         flip: bool | None = None,
         gamma: float | None = None,
         batch: BatchMode = "auto",
@@ -435,10 +436,12 @@ class DistinctSaliency(_Explainer):
         self.flip = self.preset.flip if flip is None else flip
         if not isinstance(self.flip, bool):
             raise DcsmError(f"flip must be True or False, got {flip!r}")
-        self.propagate = self.preset.propagate if propagate is None else propagate
+        if propagate is True:
+            propagate = Propagation()
+        self.propagate = self.preset.propagate if propagate is None else (propagate or None)
         if self.propagate is not None and not isinstance(self.propagate, Propagation):
-            raise DcsmError("propagate must be a dcsm.affinity.Propagation or None, got "
-                            f"{type(self.propagate).__name__}")
+            raise DcsmError("propagate must be a dcsm.affinity.Propagation, True, False or None, "
+                            f"got {type(self.propagate).__name__}")
         self._affinity_layer = ""
         if self.propagate is not None and self.propagate.steps > 0:
             self._affinity_layer = self.propagate.layer or AUTO_LAYER

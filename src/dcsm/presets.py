@@ -191,6 +191,7 @@ PRESETS: dict[str, Preset] = {
     "tuned": Preset(
         name="tuned", scales=(1.0,), fusion="paper", candidate_rule="score_map",
         min_contrast=1, contrast="strongest", alpha=1.0, merge_lookalikes=True,
+        flip=True, propagate=Propagation(), gamma=2.0,
         layers=(("efficientnet_lite0", tuple(f"block{i}" for i in range(5, 16))),
                 ("efficientnet_lite2", tuple(f"block{i}" for i in range(7, 21))),
                 ("squeezenet1_1", ("fire3", "fire4", "fire5"))),
@@ -198,7 +199,9 @@ PRESETS: dict[str, Preset] = {
                     "(docs/RESULTS.md): only the strongest other class subtracted, tanh(M/max M), "
                     "scale 1; EfficientNet-Lite blocks of strides 16-32, SqueezeNet fire3-5 "
                     "(strides 4-8), other models their defaults; candidates ranked by the score "
-                    "map's locations they win, look-alikes of one object merged",
+                    "map's locations they win, look-alikes of one object merged; the mirror "
+                    "image averaged in, the maps spread through the stride-16 feature "
+                    "affinities and squared relative to their maximum",
     ),
 }
 
