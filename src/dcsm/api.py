@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dcsm.adapters.base import LayerRef, ModelAdapter
+from dcsm.affinity import Propagation
 from dcsm.baselines import GradCAM, InputGradient
 from dcsm.candidates import ClassSpec
 from dcsm.errors import DcsmError
@@ -60,6 +61,10 @@ def make_explainer(
     precision: str = "float32",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     merge_lookalikes: bool | None = None,
+    reduce: str | None = None,
+    propagate: Propagation | bool | None = None,
+    flip: bool | None = None,
+    gamma: float | None = None,
     **model_options: object,
 ) -> Explainer:
     """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided`` or ``gradcam``).
@@ -69,7 +74,8 @@ def make_explainer(
 
     ``model`` is an adapter, a registry name or any classifier module; ``model_options``
     (``class_names``, ``preprocess``, ``multilabel``, ``input_size``, ``layouts``) describe a
-    plain module (:func:`dcsm.adapters.module.module_adapter`).
+    plain module (:func:`dcsm.adapters.module.module_adapter`). ``merge_lookalikes``, ``reduce``,
+    ``propagate``, ``flip`` and ``gamma`` are the dcsm method's (:class:`DistinctSaliency`).
     """
     unknown = sorted(set(model_options) - set(_MODEL_OPTIONS))
     if unknown:
@@ -79,13 +85,18 @@ def make_explainer(
                                 backprop=backprop, alpha=alpha, subtract=subtract,
                                 upsample=upsample, min_contrast=min_contrast,  # type: ignore[arg-type]
                                 max_side=max_side, precision=precision,
-                                merge_lookalikes=merge_lookalikes,
+                                merge_lookalikes=merge_lookalikes, reduce=reduce,  # type: ignore[arg-type]
+                                propagate=propagate, flip=flip, gamma=gamma,
                                 max_pixels=max_pixels, **model_options)  # type: ignore[arg-type]
     if min_contrast is not None:
         raise DcsmError(f"--min-contrast applies to the dcsm method only, not {method}")
     if merge_lookalikes is not None:
         raise DcsmError(f"--merge-lookalikes/--no-merge-lookalikes apply to the dcsm method only, "
                         f"not {method}")
+    given = [n for n, v in (("reduce", reduce), ("propagate", propagate), ("flip", flip),
+                            ("gamma", gamma)) if v is not None]
+    if given:
+        raise DcsmError(f"{given[0]} applies to the dcsm method only, not {method}")
     if method == "simonyan":
         return InputGradient(model, "plain", max_side=max_side, precision=precision,
                              max_pixels=max_pixels, **model_options)

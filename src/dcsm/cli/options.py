@@ -128,7 +128,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of the saliency method and of candidate selection."""
     from dcsm.api import METHODS
-    from dcsm.layer_maps import UPSAMPLE_ORDERS
+    from dcsm.layer_maps import CHANNEL_REDUCTIONS, UPSAMPLE_ORDERS
     from dcsm.presets import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--classes", default="auto",
@@ -163,6 +163,24 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=finite, default=None, help="tanh saturation (3)")
     p.add_argument("--upsample", choices=UPSAMPLE_ORDERS, default=None,
                    help="max over channels then upsample (default) or the reverse")
+    p.add_argument("--reduce", choices=CHANNEL_REDUCTIONS, default=None,
+                   help="channel reduction of each layer's derivatives: max_abs (the paper's) "
+                        "or grad_act (positive derivative times activation, summed); default: "
+                        "the preset's")
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_const", const=True, default=None,
+                      help="also explain the mirror image and average (the default preset's)")
+    flip.add_argument("--no-flip", dest="flip", action="store_const", const=False,
+                      help="explain the image alone")
+    walk = p.add_mutually_exclusive_group()
+    walk.add_argument("--propagate", dest="propagate", action="store_const", const=True,
+                      default=None, help="spread each map through the stride-16 feature "
+                                         "affinities (the default preset's)")
+    walk.add_argument("--no-propagate", dest="propagate", action="store_const", const=False,
+                      help="no affinity walk")
+    p.add_argument("--gamma", type=finite, default=None,
+                   help="raise each final map to this power relative to its maximum (the "
+                        "default preset's 2; 1: unchanged)")
     add_resolution_options(p)
 
 
@@ -350,7 +368,8 @@ def explainer_from_args(args: argparse.Namespace) -> Explainer:
                           subtract=not args.no_subtract, upsample=args.upsample,
                           min_contrast=args.min_contrast, max_side=max_side(args),
                           precision=args.precision, max_pixels=max_pixels(args),
-                          merge_lookalikes=args.merge_lookalikes)
+                          merge_lookalikes=args.merge_lookalikes, reduce=args.reduce,
+                          propagate=args.propagate, flip=args.flip, gamma=args.gamma)
 
 
 def display_from_args(args: argparse.Namespace) -> Display:

@@ -41,7 +41,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import torch
 
 from dcsm.adapters.base import ModelAdapter
 from dcsm.adapters.weights import weights_digest
+from dcsm.affinity import AUTO_LAYER
 from dcsm.baselines import InputGradient
 from dcsm.candidates import select
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
@@ -95,8 +96,12 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
     ref = full.scales[reference_scale(full.scales)]
     common = {"preset": full.preset, "backprop": full.rule, "alpha": full.alpha,
               "upsample": full.upsample, "batch": full.batch, "max_side": full.max_side,
-              "precision": full.precision}
+              "precision": full.precision, "reduce": full.reduce, "flip": full.flip,
+              "gamma": full.gamma, "propagate": full.propagate or False}
     layer = single_layer or full.layers[len(full.layers) // 2]
+    walk = full.propagate
+    # the single layer's variant walks through its own layer's features
+    single_walk = False if walk is None else replace(walk, layer=AUTO_LAYER)
     made: dict[str, DistinctSaliency | InputGradient] = {}
     for kind in kinds:
         if kind == "simonyan":
@@ -112,7 +117,8 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
                                           subtract=full.subtract, **common)  # type: ignore[arg-type]
         elif kind == "single_layer":
             made[kind] = DistinctSaliency(a, scales=full.scales, layers=[layer],
-                                          subtract=full.subtract, **common)  # type: ignore[arg-type]
+                                          subtract=full.subtract,
+                                          **{**common, "propagate": single_walk})  # type: ignore[arg-type]
         elif kind == "layers_only":
             made[kind] = DistinctSaliency(a, scales=[ref], layers=full.layers, subtract=False,
                                           **common)  # type: ignore[arg-type]
