@@ -38,7 +38,8 @@ leave no room for the other objects. With ``merge_lookalikes`` two classes are l
   are ImageNet-1k's; or
 * *(spatial, any model)* they contest the same locations of the class score map: with
   :math:`W_c` the locations where class :math:`c` is the most probable and :math:`T_2(x)` the
-  two most probable classes at :math:`x`, their runner-up share
+  two most probable classes at :math:`x` (none where several tie for second), their runner-up
+  share
 
   .. math::
 
@@ -215,8 +216,10 @@ class LookAlikes:
         self._second: torch.Tensor | None = None
         if location_probs is not None and location_probs.shape[0] >= 2:
             probs = location_probs.detach().float().cpu().flatten(1)  # (C, hw)
-            top = probs.topk(2, dim=0).indices
-            self._first, self._second = top[0], top[1]
+            values, top = probs.topk(min(3, probs.shape[0]), dim=0)
+            self._first, self._second = top[0], top[1].clone()
+            if values.shape[0] == 3:  # a second place shared by several classes is no one's
+                self._second[values[1] <= values[2]] = -1
             self._wins = torch.bincount(self._first, minlength=probs.shape[0])
 
     def same_kind(self, a: int, b: int) -> bool:
