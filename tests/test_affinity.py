@@ -220,3 +220,17 @@ def test_the_default_preset_flips_propagates_and_sharpens(tiny):
     assert (off.flip, off.gamma) == (False, 1.0)
     on = dcsm.DistinctSaliency(adapter, preset="paper", propagate=True)
     assert on.parameters()["propagate"] == Propagation().as_dict()
+
+
+def test_a_large_grid_is_pooled_to_the_cell_budget(monkeypatch):
+    """More than MAX_CELLS locations: the features are pooled to fit, and the walk equals the
+    walk on the pooled features."""
+    import dcsm.affinity as affinity
+
+    monkeypatch.setattr(affinity, "MAX_CELLS", 12)
+    f = torch.randn(1, 3, 8, 6)  # 48 cells: pooled by sqrt(48 / 12) = 2 to 4 x 3
+    maps = torch.rand(1, 2, 16, 12)
+    s = Propagation(steps=2, beta=2.0, radius=3)
+    got = affinity.random_walk(maps, f, s)
+    want = affinity.random_walk(maps, F.adaptive_avg_pool2d(f, (4, 3)), s)
+    torch.testing.assert_close(got, want)

@@ -17,7 +17,9 @@ affinity of two locations within ``radius`` of each other is
 each location takes the affinity-weighted mean of the map around it, t times. ``beta`` sharpens
 the affinities (only near-identical features exchange mass); the radius keeps the walk from
 jumping to a distant object that looks alike. The propagated map is brought back to the working
-resolution bilinearly and scaled to the original map's maximum.
+resolution bilinearly and scaled to the original map's maximum. A grid of more than
+:data:`MAX_CELLS` locations (a photo explained at its full resolution) is pooled to fit, which
+widens the radius in pixels accordingly.
 
 Which features: by default (:data:`AUTO_LAYER`) the deepest of the explainer's layers whose grid
 is at least as fine as a sixteenth of the input (stride 16 or less; the finest layer if none
@@ -40,6 +42,9 @@ AUTO_LAYER = "auto"
 """The :attr:`Propagation.layer` that lets :func:`affinity_features` choose."""
 #: The coarsest feature grid the automatic choice takes, and the grid it pools finer ones to.
 AFFINITY_STRIDE = 16
+#: The most locations the walk runs on (its matrix has this many squared entries: 64 MiB of
+#: float32 per image); a larger grid (a photo at its full resolution) is pooled to fit.
+MAX_CELLS = 4096
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,10 @@ def random_walk(maps: torch.Tensor, features: torch.Tensor, settings: Propagatio
                          f"{tuple(maps.shape)} and {tuple(features.shape)}")
     n, k, big_h, big_w = maps.shape
     h, w = features.shape[-2:]
+    if h * w > MAX_CELLS:
+        shrink = math.sqrt(h * w / MAX_CELLS)
+        h, w = max(1, int(h / shrink)), max(1, int(w / shrink))
+        features = F.adaptive_avg_pool2d(features, (h, w))
     small = F.adaptive_avg_pool2d(maps.float(), (h, w)).flatten(2)  # (N, K, hw)
     trans = transition_matrix(features, settings.beta, settings.radius)
     for _ in range(settings.steps):
