@@ -119,7 +119,8 @@ _METRICS = (*DEFAULT_METRICS, "ModelParameterRandomisation")
 
 _API_METHODS = ("dcsm", "simonyan", "guided", "gradcam")
 _DCSM_SETTINGS = ("preset", "scales", "layers", "backprop", "alpha", "subtract", "upsample",
-                  "batch", "min_contrast", "max_side", "precision")
+                  "batch", "min_contrast", "max_side", "precision", "merge_lookalikes",
+                  "reduce", "propagate", "flip", "gamma")
 _BASELINE_SETTINGS = ("layers", "max_side", "precision")
 _MODULE_OPTIONS = ("class_names", "preprocess", "multilabel", "input_size", "layouts")
 _CACHE_SIZE = 6
