@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -181,6 +182,20 @@ def tiny_adapter(net: nn.Module, classes: int | None = None, multilabel: bool = 
     )
 
 
+def narrow_checkpoint(folder: Path, classes: list[str]) -> str:
+    """A ``checkpoint:`` model saved in ``folder``: a very narrow small_vgg (seeded) with
+    ``classes``, a real checkpoint that runs fast."""
+    from dcsm.adapters.fcn import build_backbone
+    from dcsm.checkpoints import model_record, save_checkpoint
+
+    torch.manual_seed(0)
+    backbone = build_backbone("small_vgg", len(classes), config={
+        "widths": [4, 4, 6, 6, 8], "convs": [1, 1, 1, 1, 1], "fc": 8})
+    path = folder / "model.pt"
+    save_checkpoint(path, model_record(backbone, classes, history=[{"epoch": 1}]))
+    return f"checkpoint:{path}"
+
+
 def random_image(height: int = 20, width: int = 24, seed: int = 0) -> np.ndarray:
     """A smooth-ish random RGB uint8 image."""
     rng = np.random.default_rng(seed)
@@ -223,6 +238,7 @@ HELPERS = Helpers(
     TinyNet=TinyNet,
     adapter=tiny_adapter,
     image=random_image,
+    narrow_checkpoint=narrow_checkpoint,
     reference_forward=reference_forward,
     reference_class_grads=reference_class_grads,
     reference_input=reference_input,

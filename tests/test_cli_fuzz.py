@@ -89,17 +89,9 @@ FLAGS = ["--no-subtract", "--full-resolution", "--per-layer"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(tmp_path_factory, tiny):
     """A checkpoint of a very narrow small_vgg: a real ``checkpoint:`` model, fast to run."""
-    from dcsm.adapters.fcn import build_backbone
-    from dcsm.checkpoints import model_record, save_checkpoint
-
-    torch.manual_seed(0)
-    backbone = build_backbone("small_vgg", len(CLASSES), config={
-        "widths": [4, 4, 6, 6, 8], "convs": [1, 1, 1, 1, 1], "fc": 8})
-    path = tmp_path_factory.mktemp("fuzz-model") / "model.pt"
-    save_checkpoint(path, model_record(backbone, CLASSES, history=[{"epoch": 1}]))
-    return f"checkpoint:{path}"
+    return tiny.narrow_checkpoint(tmp_path_factory.mktemp("fuzz-model"), list(CLASSES))
 
 
 # ----------------------------------------------------------------------------- the inputs

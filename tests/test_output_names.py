@@ -57,17 +57,9 @@ def picture(path: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def odd_model(tmp_path_factory):
+def odd_model(tmp_path_factory, tiny):
     """A ``checkpoint:`` model (a very narrow small_vgg) whose classes have odd names."""
-    from dcsm.adapters.fcn import build_backbone
-    from dcsm.checkpoints import model_record, save_checkpoint
-
-    torch.manual_seed(0)
-    backbone = build_backbone("small_vgg", len(ODD_CLASSES), config={
-        "widths": [4, 4, 6, 6, 8], "convs": [1, 1, 1, 1, 1], "fc": 8})
-    path = tmp_path_factory.mktemp("odd-model") / "model.pt"
-    save_checkpoint(path, model_record(backbone, ODD_CLASSES, history=[{"epoch": 1}]))
-    return f"checkpoint:{path}"
+    return tiny.narrow_checkpoint(tmp_path_factory.mktemp("odd-model"), list(ODD_CLASSES))
 
 
 def broken_checkpoint(folder: Path, value: float) -> str:
