@@ -51,12 +51,12 @@ import torch
 from _machine import cpu_model, status_kib
 
 import dcsm
-from dcsm.adapters.base import ModelAdapter
-from dcsm.fusion import PaperFusion
-from dcsm.gradients import capture_layers, inference_state
-from dcsm.images import as_rgb_array, model_input
-from dcsm.layer_maps import layer_saliency
-from dcsm.presets import get_preset
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.fusion import PaperFusion
+from dcsm.pipeline.gradients import capture_layers, inference_state
+from dcsm.pipeline.images import as_rgb_array, model_input
+from dcsm.pipeline.layer_maps import layer_saliency
+from dcsm.pipeline.presets import get_preset
 
 IMAGE = Path(dcsm.__file__).parent / "data" / "chelsea_coffee.png"
 DEFAULT_CLASSES = "tabby,espresso,tiger cat"

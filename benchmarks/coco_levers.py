@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 import dcsm
-from dcsm.affinity import Propagation
 from dcsm.bench.masks import score_photo
 from dcsm.bench.methods import MapFunction, get_methods
 from dcsm.datasets.coco import load_coco
 from dcsm.datasets.realphotos import name_classes
+from dcsm.pipeline.affinity import Propagation
 
 BEFORE: dict[str, object] = {"flip": False, "propagate": False, "gamma": 1.0}
 #: name -> the tuned preset's settings changed (or a ``dcsm bench`` method key, in brackets).
@@ -55,7 +55,7 @@ VARIANTS: dict[str, dict[str, object] | str] = {
 METRICS = ("energy", "hit", "rank", "auc", "other", "iou")
 
 
-def build(adapter: dcsm.adapters.base.ModelAdapter, spec: dict[str, object] | str
+def build(adapter: dcsm.pipeline.adapters.base.ModelAdapter, spec: dict[str, object] | str
           ) -> MapFunction:
     """The map function of one variant."""
     if isinstance(spec, str):

@@ -67,9 +67,9 @@ from throughput import (
 )
 
 import dcsm
-from dcsm.fusion import PaperFusion
-from dcsm.images import scaled_input
-from dcsm.layer_maps import layer_saliency
+from dcsm.pipeline.fusion import PaperFusion
+from dcsm.pipeline.images import scaled_input
+from dcsm.pipeline.layer_maps import layer_saliency
 
 TARGET_BF16 = 100.0  # images per second, issue 10
 FORMATS = ("contiguous", "channels_last")

@@ -23,7 +23,7 @@ from dcsm.bench.gridpg import sample_grids, score_maps
 from dcsm.bench.methods import get_methods
 from dcsm.bench.photos import find_views, package_photos
 from dcsm.io import save_figure
-from dcsm.viz import overlay
+from dcsm.io.viz import overlay
 
 METHODS = ("dcsm-tuned", "dcsm-paper", "gradcam", "captum-saliency", "pgc-finercam",
            "torchcam-layercam")

@@ -8,7 +8,8 @@ computed: the candidates come from the forward pass alone) and reports
   (``merge_lookalikes=False``, as before) and merged (the default), and with merged counting
   a cell whose class went into a candidate's ``merged``;
 * for the spatial signal, every pair among the eight best-ranked classes of each grid: its
-  runner-up share (:meth:`dcsm.candidates.LookAlikes.share`) and whether the two classes' maps
+  runner-up share (:meth:`dcsm.pipeline.candidates.LookAlikes.share`) and whether the two classes'
+  maps
   lie in the same cell (the cell holding most of each class's probability mass) or in
   different cells, i.e. on different photos, which a look-alike rule must never merge;
 
@@ -29,12 +30,12 @@ import numpy as np
 import torch
 
 import dcsm
-from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.gridpg import Grid, sample_grids
 from dcsm.bench.photos import find_views, package_photos
-from dcsm.candidates import LOOKALIKE_SHARE, LookAlikes, Selection, map_ranking, select
-from dcsm.explainer import prepare
-from dcsm.images import DEFAULT_MAX_SIDE
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.candidates import LOOKALIKE_SHARE, LookAlikes, Selection, map_ranking, select
+from dcsm.pipeline.explainer import prepare
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 
 SETS = (("2x2, seed 0", 2, 0, 24), ("2x2, seed 1", 2, 1, 24), ("3x3, seed 0", 3, 0, 8))
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from dcsm.bench.masks import iou
 from dcsm.datasets.realphotos import load_real_photos
+from dcsm.io.viz import overlay
 from dcsm.segmentation import segment
-from dcsm.viz import overlay
 
 COLUMNS = ("photo, true mask outlined", "dcsm (tuned)", "Grad-CAM", "dcsm + CRF")
 

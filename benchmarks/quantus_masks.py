@@ -2,7 +2,7 @@
 judge).
 
 Every method explains every class of each photo that the model can name (VOC's and COCO's
-classes as groups of ImageNet classes, :mod:`dcsm.adapters.groups`), with the photo's other
+classes as groups of ImageNet classes, :mod:`dcsm.pipeline.adapters.groups`), with the photo's other
 present classes as the candidates (``--candidates auto``: dcsm's own automatic ones plus the
 target), and Quantus scores each (photo, class) pair (:func:`dcsm.integrations.quantus.
 evaluate_photos`): relevance mass and rank accuracy, AUC and the pointing game against the

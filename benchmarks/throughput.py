@@ -8,7 +8,7 @@ conv3_1..conv5_3; three candidate classes), on the bundled image resized to ``--
   one forward per scale shared by the classes, parameters frozen, graph from the lowest layer,
   the 1x1 classifier's backward replaced by its weight rows, at the scales after the first only
   the classifier rows of the three classes computed, and the class slots back-propagated as
-  ``batch="auto"`` chooses (:func:`dcsm.gradients.choose_batch_mode`).
+  ``batch="auto"`` chooses (:func:`dcsm.pipeline.gradients.choose_batch_mode`).
 * ``dcsm batch=loop`` / ``dcsm batch=vmap``: the same with the choice forced: one backward per
   class slot, or one backward for all slots (``torch.func.vmap`` over ``torch.autograd.grad``).
 * ``peer: one call per class``: what a pytorch-grad-cam or Captum user writes to get the same
@@ -105,14 +105,19 @@ from torch.overrides import TorchFunctionMode
 
 import dcsm
 from dcsm import gradients
-from dcsm._max_pool import FastMaxPool
-from dcsm.adapters.base import ModelAdapter
-from dcsm.contrast import subtract_others
-from dcsm.fusion import PaperFusion
-from dcsm.gradients import choose_batch_mode, class_head, forward_pass, iter_class_gradients
-from dcsm.images import model_input, reference_scale
-from dcsm.layer_maps import layer_saliency
-from dcsm.presets import get_preset
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.contrast import subtract_others
+from dcsm.pipeline.fusion import PaperFusion
+from dcsm.pipeline.gradients import (
+    choose_batch_mode,
+    class_head,
+    forward_pass,
+    iter_class_gradients,
+)
+from dcsm.pipeline.images import model_input, reference_scale
+from dcsm.pipeline.layer_maps import layer_saliency
+from dcsm.pipeline.presets import get_preset
+from dcsm.pipeline.speedups.max_pool import FastMaxPool
 
 IMAGE = Path(dcsm.__file__).parent / "data" / "chelsea_coffee.png"
 MODELS = ["efficientnet_lite0", "squeezenet1_1", "torchvision:vgg16"]
@@ -306,9 +311,10 @@ def dcsm_pytorch_kernels(case: Case, precision: str) -> np.ndarray:
 
 def repeated_grad_kernels(case: Case, precision: str) -> np.ndarray:
     """Diagnostic, not what a user writes: the strongest peer code with dcsm's CPU kernels, for
-    large convolutions (:class:`dcsm.gradients.MatmulConv`; it needs frozen parameters, which
+    large convolutions (:class:`dcsm.pipeline.gradients.MatmulConv`; it needs frozen parameters,
+    which
     ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
-    (:mod:`dcsm._max_pool`)."""
+    (:mod:`dcsm.pipeline.speedups.max_pool`)."""
     model = case.adapter.model
     model.eval()
     for p in model.parameters():
@@ -469,7 +475,7 @@ def reference(case: Case) -> Reference:
     head = sum(2 * h for h in head_macs)
     full = 3 * fwd  # forward + input and weight gradients
     # dcsm's forwards after the reference scale compute the classifier rows of the K classes
-    # only (dcsm.gradients.HeadRestriction).
+    # only (dcsm.pipeline.gradients.HeadRestriction).
     ref = reference_scale(case.scales)
     unused = sum(2 * h * (1 - k / case.adapter.score_channels)
                  for s, h in enumerate(head_macs) if s != ref)

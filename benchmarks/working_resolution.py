@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 import dcsm
-from dcsm.presets import DEFAULT_PRESET
+from dcsm.pipeline.presets import DEFAULT_PRESET
 
 PHONE_SIDE = 4032
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china.jpg", "flower.jpg")

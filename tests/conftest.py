@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcsm
-from dcsm.adapters.base import ModelAdapter, Preprocessing
+from dcsm.pipeline.adapters.base import ModelAdapter, Preprocessing
 
 # The suite runs on small CPU machines shared with other jobs; with more intra-op threads than
 # free cores, OpenMP's spinning threads made the larger tests up to ten times slower. The tests
@@ -185,8 +185,8 @@ def tiny_adapter(net: nn.Module, classes: int | None = None, multilabel: bool = 
 def narrow_checkpoint(folder: Path, classes: list[str]) -> str:
     """A ``checkpoint:`` model saved in ``folder``: a very narrow small_vgg (seeded) with
     ``classes``, a real checkpoint that runs fast."""
-    from dcsm.adapters.fcn import build_backbone
-    from dcsm.checkpoints import model_record, save_checkpoint
+    from dcsm.pipeline.adapters.checkpoint import model_record, save_checkpoint
+    from dcsm.pipeline.adapters.fcn import build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone("small_vgg", len(classes), config={

@@ -2,9 +2,9 @@
 
 The command line (``dcsm.cli``) sits on top; under it the data-set scale tools (``dcsm.batch``,
 ``dcsm.training``, ``dcsm.evaluation``, ``dcsm.bench``); under those the library (the API, the
-method's core, the adapters, segmentation, input and output). The imports are read from the
-source with ``ast`` (those inside functions included, ``if TYPE_CHECKING:`` blocks left out, as
-they never run), so a cycle that only closes at run time is found too.
+methods, segmentation, the method's stages in ``dcsm.pipeline``, input and output). The imports
+are read from the source with ``ast`` (those inside functions included, ``if TYPE_CHECKING:``
+blocks left out, as they never run), so a cycle that only closes at run time is found too.
 """
 
 from __future__ import annotations
@@ -159,8 +159,15 @@ def test_the_library_does_not_import_the_tools():
     assert _importers(lambda u: u not in TOOLS | {"cli"}, TOOLS) == []
 
 
-def test_the_adapters_import_no_training_evaluation_batch_or_bench():
-    assert _importers(lambda u: u == "adapters", TOOLS | {"cli", "datasets"}) == []
+def _imports_of(unit: str) -> set[str]:
+    return {_unit(t) for mod, targets in GRAPH.items() if _unit(mod) == unit for t in targets}
+
+
+def test_the_layers_of_the_library():
+    """errors < io < pipeline (the method's stages) < methods: each imports only those below."""
+    assert _imports_of("io") <= {"io", "errors"}
+    assert _imports_of("pipeline") <= {"pipeline", "io", "errors"}
+    assert _imports_of("methods") <= {"methods", "pipeline", "io", "errors"}
 
 
 def test_the_tools_do_not_import_each_other_in_a_circle():

@@ -11,18 +11,19 @@ The public API::
     out = dcsm.explain(model, batch, classes=[[1, 2], [3, 4]], layers=[model.layer4])
     out.maps  # (N, K, H, W) tensor on batch's device
 
-Pipeline modules, in the paper's order: :mod:`dcsm.adapters` (model adapters), :mod:`dcsm.rules`
-(back-propagation rules), :mod:`dcsm.gradients` (one forward, batched backward),
-:mod:`dcsm.layer_maps` (per-layer maps), :mod:`dcsm.contrast` (Eq. 2), :mod:`dcsm.fusion`
-(Eq. 3), :mod:`dcsm.explainer` (the method), :mod:`dcsm.baselines` (Simonyan et al., guided
-back-propagation, Grad-CAM), :mod:`dcsm.api` (``explain``, ``make_explainer``),
-:mod:`dcsm.segmentation` (dense CRF and GrabCut from the maps:
-``dcsm.segment(result)``).
+The method's stages, in the paper's order, are the modules of :mod:`dcsm.pipeline`; the
+explanation methods (dcsm and its baselines) are in :mod:`dcsm.methods`; input and output in
+:mod:`dcsm.io`; :mod:`dcsm.api` gives ``explain`` and ``make_explainer`` and
+:mod:`dcsm.segmentation` the dense CRF and GrabCut masks (``dcsm.segment(result)``).
 """
 
 from __future__ import annotations
 
-from dcsm.adapters import (
+from dcsm.api import METHODS, Explainer, explain, make_explainer
+from dcsm.errors import DcsmError, DcsmWarning
+from dcsm.io import load_image
+from dcsm.methods.baselines import GradCAM, InputGradient
+from dcsm.pipeline.adapters import (
     DEFAULT_MODEL,
     ModelAdapter,
     Preprocessing,
@@ -30,15 +31,11 @@ from dcsm.adapters import (
     list_models,
     load_model,
 )
-from dcsm.api import METHODS, Explainer, explain, make_explainer
-from dcsm.baselines import GradCAM, InputGradient
-from dcsm.candidates import Candidate
-from dcsm.errors import DcsmError, DcsmWarning
-from dcsm.explainer import DistinctSaliency
-from dcsm.io import load_image
-from dcsm.presets import PRESETS, Preset
-from dcsm.result import BatchResult, SaliencyResult
-from dcsm.rules import BackpropRule, GuidedRule, PlainRule
+from dcsm.pipeline.candidates import Candidate
+from dcsm.pipeline.explainer import DistinctSaliency
+from dcsm.pipeline.presets import PRESETS, Preset
+from dcsm.pipeline.result import BatchResult, SaliencyResult
+from dcsm.pipeline.rules import BackpropRule, GuidedRule, PlainRule
 from dcsm.segmentation import (
     SEGMENTERS,
     CRFParams,

@@ -13,16 +13,16 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from dcsm.adapters.base import LayerRef, ModelAdapter
-from dcsm.affinity import Propagation
-from dcsm.baselines import GradCAM, InputGradient
-from dcsm.candidates import ClassSpec
 from dcsm.errors import DcsmError
-from dcsm.explainer import DistinctSaliency
-from dcsm.images import DEFAULT_MAX_SIDE, ImageLike
 from dcsm.io import DEFAULT_MAX_PIXELS
-from dcsm.presets import DEFAULT_PRESET
-from dcsm.result import BatchResult, SaliencyResult
+from dcsm.methods.baselines import GradCAM, InputGradient
+from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter
+from dcsm.pipeline.affinity import Propagation
+from dcsm.pipeline.candidates import ClassSpec
+from dcsm.pipeline.explainer import DistinctSaliency
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE, ImageLike
+from dcsm.pipeline.presets import DEFAULT_PRESET
+from dcsm.pipeline.result import BatchResult, SaliencyResult
 
 METHODS: tuple[str, ...] = ("dcsm", "simonyan", "guided", "gradcam")
 _MODEL_OPTIONS = ("class_names", "preprocess", "multilabel", "input_size", "layouts")
@@ -74,7 +74,8 @@ def make_explainer(
 
     ``model`` is an adapter, a registry name or any classifier module; ``model_options``
     (``class_names``, ``preprocess``, ``multilabel``, ``input_size``, ``layouts``) describe a
-    plain module (:func:`dcsm.adapters.module.module_adapter`). ``merge_lookalikes``, ``reduce``,
+    plain module (:func:`dcsm.pipeline.adapters.module.module_adapter`). ``merge_lookalikes``,
+    ``reduce``,
     ``propagate``, ``flip`` and ``gamma`` are the dcsm method's (:class:`DistinctSaliency`).
     """
     unknown = sorted(set(model_options) - set(_MODEL_OPTIONS))

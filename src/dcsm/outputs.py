@@ -7,10 +7,10 @@ segmentation ``labels.png``, ``masks.npz`` and ``segmentation.png``. Without pic
 (``--no-pictures``) only the data: ``maps.npz``, ``summary.json``, ``labels.png`` and
 ``masks.npz``.
 
-Names (:mod:`dcsm.names`): ``<image>`` is the image's stem made a safe name, distinct without
-regard to case from the other images of the run (:func:`dcsm.names.output_names`); an npz key is
+Names (:mod:`dcsm.io.names`): ``<image>`` is the image's stem made a safe name, distinct without
+regard to case from the other images of the run (:func:`dcsm.io.names.output_names`); an npz key is
 the class name itself when that is a safe name, distinct without regard to case, else a safe
-name for it (:func:`dcsm.names.npz_keys`; ``masks.npz`` uses the same keys), and
+name for it (:func:`dcsm.io.names.npz_keys`; ``masks.npz`` uses the same keys), and
 ``summary.json``'s ``map_keys`` maps each key back to its class name (:func:`load_maps` reads
 the maps by class name); ``<class>`` is an ASCII stem (:func:`class_file_stems`) named in
 ``map_images``. An existing ``DIR/<image>/`` is replaced only when dcsm wrote it and nothing
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dcsm.images import FIGURE_SIDE, PREVIEW_SIDE, shrink_image, shrink_map
-from dcsm.result import SaliencyResult
+from dcsm.pipeline.images import FIGURE_SIDE, PREVIEW_SIDE, shrink_image, shrink_map
+from dcsm.pipeline.result import SaliencyResult
 
 if TYPE_CHECKING:
     from dcsm.segmentation import Segmentation
@@ -59,9 +59,9 @@ def class_file_stems(names: list[str]) -> dict[str, str]:
     """A distinct, safe file stem for each class name: :func:`dcsm.io.safe_filename`, made
     distinct without regard to case from the others and from the files dcsm writes
     (:data:`RESERVED_STEMS`: a class ``"Figure"`` gets ``Figure-2.png``, not ``figure.png``) by
-    :func:`dcsm.names.unique_names`."""
+    :func:`dcsm.io.names.unique_names`."""
     from dcsm.io import safe_filename
-    from dcsm.names import unique_names
+    from dcsm.io.names import unique_names
 
     return dict(zip(names, unique_names(names, RESERVED_STEMS, slug=safe_filename),
                     strict=True))
@@ -101,7 +101,8 @@ def output_dir(out: Path, name: str) -> Iterator[Path]:
     """The folder ``out/name`` of one image's outputs, written atomically
     (:func:`dcsm.io.atomic_dir`): yields the temporary folder to write into.
 
-    ``name`` must be a safe name (:func:`dcsm.names.safe_name`; :func:`dcsm.names.output_names`
+    ``name`` must be a safe name (:func:`dcsm.io.names.safe_name`;
+    :func:`dcsm.io.names.output_names`
     gives them), so the folder is a child of ``out``, never ``out`` itself or outside it. An
     existing ``out/name`` is replaced only when it is an earlier output
     (:func:`is_previous_output`); anything else stops with a :class:`DcsmError` before any work,
@@ -112,7 +113,7 @@ def output_dir(out: Path, name: str) -> Iterator[Path]:
         DcsmError: when ``out/name`` exists and is not an earlier output, or cannot be written.
     """
     from dcsm.io import atomic_dir
-    from dcsm.names import is_safe_name
+    from dcsm.io.names import is_safe_name
 
     if not is_safe_name(name):
         raise ValueError(f"{name!r} is not a safe output folder name")
@@ -159,13 +160,13 @@ class Display:
     opacity: float = 0.5
 
     def __post_init__(self) -> None:
-        from dcsm.viz import check_opacity, style_colormap
+        from dcsm.io.viz import check_opacity, style_colormap
 
         style_colormap(self.style, self.colormap)  # a one-line DcsmError when unknown
         check_opacity(self.opacity)
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of the :mod:`dcsm.viz` figure builders."""
+        """Keyword arguments of the :mod:`dcsm.io.viz` figure builders."""
         return {"style": self.style, "cmap": self.colormap, "alpha": self.opacity}
 
 
@@ -208,7 +209,7 @@ def _write_pictures(result: SaliencyResult, directory: Path, display: Display
                     ) -> dict[str, str]:
     """``<class>.png``, ``figure.png`` and (per-layer maps) ``layers.png``; the class files."""
     from dcsm.io import save_figure, save_png
-    from dcsm.viz import layers_figure, map_picture, maps_figure
+    from dcsm.io.viz import layers_figure, map_picture, maps_figure
 
     stems = class_file_stems(list(result.maps))
     picture = shrink_image(result.image, PREVIEW_SIDE)

@@ -15,8 +15,8 @@ and a single image file is taken as a list of one. A new source is a function
 ``(spec, exclude) -> list[InputItem] | None`` registered with :func:`register_source`: it returns
 None for a spec it does not handle, and is tried before the built-in ones.
 
-Output names follow ``dcsm explain`` (:func:`dcsm.names.output_names`): ``DIR/<image stem>/``,
-the stem made a safe name (:func:`dcsm.names.safe_name`). Stems shared by several inputs
+Output names follow ``dcsm explain`` (:func:`dcsm.io.names.output_names`): ``DIR/<image stem>/``,
+the stem made a safe name (:func:`dcsm.io.names.safe_name`). Stems shared by several inputs
 (``a/cat.jpg`` and ``b/cat.jpg``; compared case-insensitively) are replaced, for those inputs
 only, by the key with its folders joined by ``__`` (``a__cat``, ``b__cat``), then, if still
 shared (``cat.jpg`` and ``cat.png`` in one folder), with the suffix kept (``a__cat_jpg``), then
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcsm.errors import DcsmError
-from dcsm.names import output_names
+from dcsm.io.names import output_names
 
 #: Suffixes (lower case) a folder walk takes as images.
 IMAGE_SUFFIXES = frozenset({
@@ -118,7 +118,7 @@ def _builtin(spec: str, exclude: Path | None) -> list[InputItem]:
 
 def assign_names(items: Iterable[InputItem]) -> list[InputItem]:
     """Sort by key and give each item its output directory name
-    (:func:`dcsm.names.output_names` of the sorted keys; module docstring)."""
+    (:func:`dcsm.io.names.output_names` of the sorted keys; module docstring)."""
     ordered = sorted(items, key=lambda it: it.key)
     names = output_names([it.key for it in ordered])
     return [InputItem(it.key, it.path, n) for it, n in zip(ordered, names, strict=True)]

@@ -1,6 +1,6 @@
 """The manifest of a batch run: which settings, which images done, which failed and why.
 
-It lives in ``DIR/.dcsm-batch/`` and is built on :mod:`dcsm.records`:
+It lives in ``DIR/.dcsm-batch/`` and is built on :mod:`dcsm.io.records`:
 
 * ``settings.json``: the settings every output of ``DIR`` was made with and their fingerprint
   (the first 16 hex digits of the SHA-256 of the settings as canonical JSON). A run whose
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcsm.records import Journal, check_settings, fingerprint, read_records
+from dcsm.io.records import Journal, check_settings, fingerprint, read_records
 
 __all__ = ["MANIFEST_DIR", "Manifest", "State", "fingerprint", "read_records"]
 

@@ -37,19 +37,19 @@ from typing import Any
 
 import torch
 
-from dcsm.adapters.weights import weights_digest
 from dcsm.api import Explainer
 from dcsm.batch.inputs import InputItem
 from dcsm.batch.loader import Loaded, iterate
 from dcsm.batch.manifest import Manifest
 from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
-from dcsm.candidates import UnevenCandidates, parse_classes
 from dcsm.errors import DcsmError, first_line
-from dcsm.images import image_input, working_size
 from dcsm.io import DEFAULT_MAX_PIXELS, remove_path
+from dcsm.pipeline.adapters.weights import weights_digest
+from dcsm.pipeline.candidates import UnevenCandidates, parse_classes
+from dcsm.pipeline.images import image_input, working_size
+from dcsm.pipeline.result import SaliencyResult
 from dcsm.processes import follow_parent
-from dcsm.result import SaliencyResult
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
 

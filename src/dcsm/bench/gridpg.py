@@ -3,7 +3,8 @@ r"""The grid pointing game (Rao, Böhle and Schiele, CVPR 2022) on real photos.
 An ``n x n`` grid holds ``n^2`` views of different photos (see :mod:`dcsm.bench.photos`), each
 recognised alone by the model with probability at least ``tau`` and all of different classes.
 For the class of each cell, a method's map over the whole grid is scored by
-:func:`dcsm.metrics.grid_pointing_game`: the share of its positive mass inside that cell (chance
+:func:`dcsm.bench.scores.grid_pointing_game`: the share of its positive mass inside that cell
+(chance
 :math:`1/n^2`). A method that gives no map for a cell's class (dcsm with automatically chosen
 candidates that miss it) scores 0 there.
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import (
     CANDIDATE_MODES,
     DEFAULT_MODES,
@@ -32,8 +32,9 @@ from dcsm.bench.methods import (
     MethodSpec,
 )
 from dcsm.bench.photos import Photo, View, find_views
+from dcsm.bench.scores import grid_pointing_game, summarize
 from dcsm.errors import DcsmError
-from dcsm.metrics import grid_pointing_game, summarize
+from dcsm.pipeline.adapters.base import ModelAdapter
 
 
 @dataclass(frozen=True)

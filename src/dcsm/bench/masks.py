@@ -4,7 +4,8 @@ The photos are the five bundled ones (:func:`dcsm.datasets.realphotos.load_real_
 whole data set on disk, streamed one photo at a time (:mod:`dcsm.datasets.coco`,
 :func:`dcsm.datasets.realphotos.voc_entries`). For each photo and each method, the method is
 given **every** class of the photo that the model can name (VOC's or COCO's classes as groups of
-ImageNet classes, :mod:`dcsm.adapters.groups`; ``person`` has no ImageNet group) in one call
+ImageNet classes, :mod:`dcsm.pipeline.adapters.groups`; ``person`` has no ImageNet group) in one
+call
 (the peers batch them) and returns one map per class. Each (photo, class) pair is scored by
 :func:`score_photo`, void pixels (VOC's borders, COCO's crowd regions) left out throughout:
 
@@ -14,13 +15,13 @@ ImageNet classes, :mod:`dcsm.adapters.groups`; ``person`` has no ImageNet group)
 * the **pointing game** (Zhang et al. 2016): whether the map's maximum lies within 15 pixels of
   the mask;
 * **relevance rank accuracy** (Arras et al. 2022): the share of the mask among the K pixels the
-  map ranks highest, K the mask's size (:func:`dcsm.metrics.relevance_rank_accuracy`);
-* the **AUC** of the map as a score for mask membership (:func:`dcsm.metrics.mask_auc`);
+  map ranks highest, K the mask's size (:func:`dcsm.bench.scores.relevance_rank_accuracy`);
+* the **AUC** of the map as a score for mask membership (:func:`dcsm.bench.scores.mask_auc`);
 * **class specificity**: the share of the map's positive mass on the *other* present classes'
-  masks, outside its own (:func:`dcsm.metrics.mass_on_others`; every other annotated class
+  masks, outside its own (:func:`dcsm.bench.scores.mass_on_others`; every other annotated class
   counts, named by the model or not; lower is better), and the mean **SSIM** between the
   class's map and each other explained class's map of the photo
-  (:func:`dcsm.metrics.map_similarity`; lower is better: the maps are distinct);
+  (:func:`dcsm.bench.scores.map_similarity`; lower is better: the maps are distinct);
 * the **segmentation IoU**: the maps of all the photo's classes are segmented together (the dense
   CRF, :mod:`dcsm.segmentation.crf`, or GrabCut for Simonyan et al.'s baseline, as in the paper)
   and the class's mask compared with the true one.
@@ -34,7 +35,7 @@ photo (:data:`SMALL_SHARE`) is summarised apart (``summary_small``, ``per_class_
 headline numbers (``summary``, ``per_class``) are those of the pairs of at least 1 %.
 
 **Resumable runs.** With ``records`` (a folder), each photo's scores are appended, as it
-finishes, to ``records/masks-records.jsonl`` (:class:`dcsm.records.Journal`) with the
+finishes, to ``records/masks-records.jsonl`` (:class:`dcsm.io.records.Journal`) with the
 fingerprint of the settings (data set, model, methods, segmenters, metric settings; kept in
 ``records/masks-settings.json``): a rerun skips the photos already done, a run with other
 settings stops with an error (unless ``force``), and the report is built from the records, so
@@ -70,12 +71,8 @@ from typing import Any
 
 import numpy as np
 
-from dcsm.adapters.base import ModelAdapter
 from dcsm.bench.methods import MethodSpec
-from dcsm.datasets.realphotos import MaskedPhoto, PhotoClasses, PhotoEntry, name_classes
-from dcsm.errors import DcsmError, first_line
-from dcsm.io import safe_filename, write_atomic
-from dcsm.metrics import (
+from dcsm.bench.scores import (
     energy_pointing_game,
     map_similarities,
     mask_auc,
@@ -84,6 +81,10 @@ from dcsm.metrics import (
     relevance_rank_accuracy,
     summarize,
 )
+from dcsm.datasets.realphotos import MaskedPhoto, PhotoClasses, PhotoEntry, name_classes
+from dcsm.errors import DcsmError, first_line
+from dcsm.io import safe_filename, write_atomic
+from dcsm.pipeline.adapters.base import ModelAdapter
 
 __all__ = ["DEFAULT_MASK_METHODS", "METRICS", "RECORDS_FILE", "SETTINGS_FILE", "SMALL_SHARE",
            "PhotoClasses", "build_report", "iou", "markdown_table", "masks_benchmark",
@@ -403,7 +404,7 @@ class _Records:
     """The journal of a resumable run (see the module's notes)."""
 
     def __init__(self, folder: Path, settings: Mapping[str, Any], force: bool) -> None:
-        from dcsm.records import Journal, check_settings, read_records
+        from dcsm.io.records import Journal, check_settings, read_records
 
         self.path = Path(folder) / RECORDS_FILE
         records = [r for r in read_records(self.path) if r.get("event") in ("photo", "failed")]

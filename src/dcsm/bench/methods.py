@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError
+from dcsm.pipeline.adapters.base import ModelAdapter
 
 MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
 Candidates = Literal["oracle", "target", "auto"]
@@ -111,7 +111,7 @@ def _result_maps(result: object, classes: Sequence[int]) -> dict[int, np.ndarray
 @torch.no_grad()
 def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
     """The ``k`` most probable classes of the image as a whole (pooled scores at scale 1)."""
-    from dcsm.images import model_input
+    from dcsm.pipeline.images import model_input
 
     scores = adapter.pool(adapter.model(model_input(adapter, image, 1.0)))[0]
     return scores.topk(min(k, scores.numel())).indices.tolist()
@@ -138,7 +138,7 @@ def dcsm_method(preset: str, subtract: bool = True) -> Callable[[ModelAdapter, C
     candidate rule (``target``), or chosen by that rule (``auto``)."""
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
-        from dcsm.explainer import DistinctSaliency
+        from dcsm.pipeline.explainer import DistinctSaliency
 
         explainer = DistinctSaliency(adapter, preset=preset, subtract=subtract)
         by_size: dict[int, DistinctSaliency] = {}

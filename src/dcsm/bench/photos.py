@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError
-from dcsm.images import as_rgb_array
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.images import as_rgb_array
 
 #: Crop sizes, as fractions of the photo's short side.
 ZOOMS: tuple[float, ...] = (1.0, 0.75, 0.5)

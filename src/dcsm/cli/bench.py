@@ -80,8 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "and 50%% zoom)")
     gp.set_defaults(handler=run)
 
-    from dcsm.adapters import DEFAULT_MODEL
     from dcsm.bench.masks import DEFAULT_MASK_METHODS
+    from dcsm.pipeline.adapters import DEFAULT_MODEL
 
     mk = kinds.add_parser(
         "masks", help="real photos with real masks (bundled, or a COCO or VOC data set): "
@@ -152,11 +152,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark the options describe; returns the exit status."""
-    from dcsm.adapters import load_model
     from dcsm.bench.gridpg import gridpg, plan_runs
     from dcsm.bench.methods import get_methods
     from dcsm.bench.photos import file_photos, package_photos
     from dcsm.bench.report import markdown_table, write_report
+    from dcsm.pipeline.adapters import load_model
 
     if not 0.0 <= args.tau <= 1.0:
         raise DcsmError(f"--tau must lie in [0, 1], got {args.tau}")
@@ -227,12 +227,12 @@ def run_masks(args: argparse.Namespace) -> int:
     """Run the real-photo benchmark; returns the exit status."""
     import sys
 
-    from dcsm.adapters import load_model
     from dcsm.batch.progress import Progress
     from dcsm.batch.shard import Rank, pick_device
     from dcsm.bench.masks import DEFAULT_MASK_METHODS, markdown_table, masks_benchmark
     from dcsm.bench.methods import get_methods
     from dcsm.io import save_json, write_atomic
+    from dcsm.pipeline.adapters import load_model
 
     methods = get_methods(args.methods) if args.methods else [
         m for m in get_methods(None) if m.key in DEFAULT_MASK_METHODS]

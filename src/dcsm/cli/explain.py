@@ -1,7 +1,7 @@
 """``dcsm explain``, ``dcsm segment`` and ``dcsm figure``: one image or a few, one code path.
 
 ``dcsm explain IMAGE... --out DIR`` writes, for each image, ``DIR/<image stem>/`` (the stem made
-a safe name, :mod:`dcsm.names`; an existing folder replaced only when it is an earlier output of
+a safe name, :mod:`dcsm.io.names`; an existing folder replaced only when it is an earlier output of
 dcsm): ``maps.npz`` (one float32 (H, W) map in [0, 1] per class, keyed by class name or, for a
 name unsafe as a file name, by the key ``summary.json``'s ``map_keys`` names), ``summary.json``,
 ``<class>.png`` (the map over the image), ``figure.png`` (the image and every map side by side)
@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from dcsm.api import Explainer
-    from dcsm.candidates import Candidate
-    from dcsm.result import SaliencyResult
+    from dcsm.pipeline.candidates import Candidate
+    from dcsm.pipeline.result import SaliencyResult
     from dcsm.segmentation import Segmentation
 
 
@@ -102,7 +102,7 @@ def _images_and_model(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- the shared path
 def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     """Each image's output directory name under ``--out``, in order: the safe name of its stem,
-    distinct without regard to case (:func:`dcsm.names.output_names`, as ``dcsm batch`` names
+    distinct without regard to case (:func:`dcsm.io.names.output_names`, as ``dcsm batch`` names
     them, from the paths relative to the images' common folder: ``a/cat.png`` and
     ``b/Cat.png`` become ``a__cat`` and ``b__Cat``).
 
@@ -115,7 +115,7 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     import os
 
     from dcsm.io import refuse_replacing
-    from dcsm.names import output_names
+    from dcsm.io.names import output_names
     from dcsm.outputs import is_previous_output
 
     # keys relative to the images' common folder: shared stems are told apart by the folders

@@ -19,11 +19,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print one line per model: its name and what it is; or per class of ``--labels``."""
     if getattr(args, "labels", None):
-        from dcsm.adapters.groups import describe
+        from dcsm.pipeline.adapters.groups import describe
 
         rows = describe(args.labels)
     else:
-        from dcsm.adapters import list_models
+        from dcsm.pipeline.adapters import list_models
 
         rows = list_models()
     width = max(len(name) for name, _ in rows)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from dcsm.api import Explainer
     from dcsm.outputs import Display
 
-#: The label sets ``--labels`` accepts (:mod:`dcsm.adapters.groups`; kept here so that the
+#: The label sets ``--labels`` accepts (:mod:`dcsm.pipeline.adapters.groups`; kept here so that the
 #: parser imports no torch).
 LABELS: tuple[str, ...] = ("imagenet", "voc", "coco")
 
@@ -101,7 +101,7 @@ opacity = number(float, lambda v: 0 <= v <= 1, "an opacity from 0 to 1")
 def colormap(text: str) -> str:
     """A matplotlib colormap name (checked when the options are parsed)."""
     from dcsm.errors import DcsmError
-    from dcsm.viz import check_colormap
+    from dcsm.io.viz import check_colormap
 
     try:
         return check_colormap(text)
@@ -112,7 +112,7 @@ def colormap(text: str) -> str:
 # ----------------------------------------------------------------------------- option groups
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options that choose and place the model."""
-    from dcsm.adapters import DEFAULT_MODEL
+    from dcsm.pipeline.adapters import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="model name (see `dcsm models`), default %(default)s")
@@ -128,8 +128,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of the saliency method and of candidate selection."""
     from dcsm.api import METHODS
-    from dcsm.layer_maps import CHANNEL_REDUCTIONS, UPSAMPLE_ORDERS
-    from dcsm.presets import DEFAULT_PRESET, PRESETS
+    from dcsm.pipeline.layer_maps import CHANNEL_REDUCTIONS, UPSAMPLE_ORDERS
+    from dcsm.pipeline.presets import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--classes", default="auto",
                    help="'auto' (from the model's scores) or comma-separated names or indices")
@@ -186,8 +186,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def add_resolution_options(p: argparse.ArgumentParser) -> None:
     """The working resolution and the numeric precision."""
-    from dcsm.images import DEFAULT_MAX_SIDE
     from dcsm.io import DEFAULT_MAX_PIXELS
+    from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 
     res = p.add_mutually_exclusive_group()
     res.add_argument("--max-side", type=number(int, lambda v: v >= 32, "an integer >= 32"),
@@ -358,8 +358,8 @@ def labels_from_args(args: argparse.Namespace) -> str | None:
 
 def explainer_from_args(args: argparse.Namespace) -> Explainer:
     """Load the model and build the explainer the options describe."""
-    from dcsm.adapters import load_model
     from dcsm.api import make_explainer
+    from dcsm.pipeline.adapters import load_model
 
     adapter = load_model(args.model, weights=args.weights, device=args.device,
                          labels=labels_from_args(args))

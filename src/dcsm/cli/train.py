@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if data is None:
         if not args.resume:
             raise DcsmError("dcsm train needs --data (a folder holding VOCdevkit/VOC2012)")
-        from dcsm.checkpoints import LAST, load_checkpoint
+        from dcsm.pipeline.adapters.checkpoint import LAST, load_checkpoint
 
         data = load_checkpoint(args.out / LAST).get("data")
     train(data, args.out, config, options, resume=args.resume, sbd=args.sbd)

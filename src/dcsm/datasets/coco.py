@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dcsm.adapters.groups import COCO_CLASSES
 from dcsm.datasets.realphotos import MaskedPhoto, PhotoEntry, PhotoObject
 from dcsm.datasets.voc import VOID
 from dcsm.errors import DcsmError, first_line
+from dcsm.pipeline.adapters.groups import COCO_CLASSES
 
 __all__ = ["ALIASES", "CocoDataset", "CocoImage", "annotation_path", "canonical_name",
            "coco_entries", "decode_segmentation", "load_coco", "rle_counts", "rle_decode"]

@@ -26,7 +26,7 @@ contrast only acts where several candidates are; ``images.jsonl`` has one line p
 labels, candidates and each method's mIoU on that image alone).
 
 **Resumable.** :func:`evaluate` records every image in ``.dcsm-evaluate/records.jsonl`` (a
-:class:`dcsm.records.Journal`) once its label images are written: its candidates, each method's
+:class:`dcsm.io.records.Journal`) once its label images are written: its candidates, each method's
 confusion matrix (the non-zero cells) and time; ``.dcsm-evaluate/settings.json`` holds the
 settings' fingerprint. A rerun skips what is done and the metrics are computed from the records,
 so a run killed at image 1400 of 1449 goes on from there and ends with the same numbers as an
@@ -48,16 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcsm.adapters.base import ModelAdapter
-from dcsm.adapters.weights import weights_digest
-from dcsm.affinity import AUTO_LAYER
-from dcsm.baselines import InputGradient
-from dcsm.candidates import select
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
-from dcsm.explainer import DistinctSaliency
-from dcsm.images import model_input, reference_scale
+from dcsm.methods.baselines import InputGradient
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.adapters.weights import weights_digest
+from dcsm.pipeline.affinity import AUTO_LAYER
+from dcsm.pipeline.candidates import select
+from dcsm.pipeline.explainer import DistinctSaliency
+from dcsm.pipeline.images import model_input, reference_scale
 
 
 @dataclass(frozen=True)
@@ -395,7 +395,7 @@ def _prepare_out(out: Path, settings: dict[str, Any], force: bool) -> str:
     """Check that ``out`` is new, empty, or an evaluation with these settings (with ``force``,
     one with other settings is cleared); the settings' fingerprint."""
     from dcsm.io import remove_path
-    from dcsm.records import check_settings, fingerprint
+    from dcsm.io.records import check_settings, fingerprint
 
     records = out / RECORDS_DIR
     if out.exists() and not out.is_dir():
@@ -426,7 +426,7 @@ def _prepare_out(out: Path, settings: dict[str, Any], force: bool) -> str:
 
 def _done(out: Path, plan: _Plan, fp: str) -> dict[str, dict[str, Any]]:
     """The records of images already evaluated with these settings whose files are there."""
-    from dcsm.records import read_records
+    from dcsm.io.records import read_records
 
     done: dict[str, dict[str, Any]] = {}
     for rec in read_records(out / RECORDS_DIR / "records.jsonl"):
@@ -541,7 +541,7 @@ def evaluate(
     the run goes on; a failure to write (a full disk) stops it with a DcsmError. Returns the
     metrics written to ``metrics.json``.
     """
-    from dcsm.records import Journal
+    from dcsm.io.records import Journal
 
     log = log or (lambda text: print(text, flush=True))
     out = Path(out)

@@ -14,7 +14,7 @@ at the input's size.
   a label set such as ``labels="voc"``). :func:`explain_func` builds its explainer around the
   module it is handed, so an MPRT copy is explained with its randomised weights; explainers are
   kept for the last few modules (by identity, with the settings). A plain classifier module
-  (``(N, C)`` logits) works too, described as for :func:`dcsm.adapters.as_adapter`
+  (``(N, C)`` logits) works too, described as for :func:`dcsm.pipeline.adapters.as_adapter`
   (``layers`` as names or dotted paths: a module object would name a layer of the original,
   not of Quantus's copy).
 * **The method**: ``method="dcsm"`` (default) with dcsm's settings (``preset``, ``scales``,
@@ -90,9 +90,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcsm.adapters.base import ModelAdapter
 from dcsm.errors import DcsmError, first_line
-from dcsm.explainer import DistinctSaliency
+from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.explainer import DistinctSaliency
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -138,7 +138,7 @@ def require_quantus() -> ModuleType:
 # --------------------------------------------------------------------------- the model
 def _rebind(adapter: ModelAdapter, net: nn.Module) -> ModelAdapter:
     """A shallow copy of ``adapter`` whose model is ``net`` (a grouped adapter's base too)."""
-    from dcsm.adapters.groups import GroupedAdapter, GroupedScoreMap
+    from dcsm.pipeline.adapters.groups import GroupedAdapter, GroupedScoreMap
 
     out = copy.copy(adapter)
     out.model = net
@@ -182,14 +182,15 @@ class ClassScores(nn.Module):
 def quantus_model(model: ModelAdapter | nn.Module | str, **options: Any) -> ClassScores:
     """The module to hand Quantus for a dcsm model: an adapter, a registry name (with
     ``labels="voc"`` or ``"coco"`` for a data set's classes) or a classifier module described by
-    ``options`` as for :func:`dcsm.adapters.as_adapter`. A :class:`ClassScores` is returned as is.
+    ``options`` as for :func:`dcsm.pipeline.adapters.as_adapter`. A :class:`ClassScores` is
+    returned as is.
     """
     if isinstance(model, ClassScores):
         if options:
             raise DcsmError(f"option(s) {', '.join(sorted(options))} given for a model that is "
                             "already wrapped for Quantus")
         return model
-    from dcsm.adapters import as_adapter
+    from dcsm.pipeline.adapters import as_adapter
 
     return ClassScores(as_adapter(model, **options))
 
@@ -231,7 +232,7 @@ def _adapter_of(model: object, options: Mapping[str, Any]) -> ModelAdapter:
                             "is a dcsm model")
         return model.adapter if isinstance(model, ClassScores) else model
     if isinstance(model, nn.Module):
-        from dcsm.adapters import as_adapter
+        from dcsm.pipeline.adapters import as_adapter
 
         return _cached(model, "adapter" + _settings_key("", options),
                        lambda: as_adapter(model, **options))
@@ -281,8 +282,8 @@ class _CandidateProbe(DistinctSaliency):
 
 def _probe(adapter: ModelAdapter, settings: Mapping[str, Any]) -> _CandidateProbe:
     """A probe choosing candidates as dcsm with ``settings`` would."""
-    from dcsm.images import reference_scale
-    from dcsm.presets import DEFAULT_PRESET, get_preset
+    from dcsm.pipeline.images import reference_scale
+    from dcsm.pipeline.presets import DEFAULT_PRESET, get_preset
 
     keep = {k: v for k, v in settings.items() if k in ("preset", "scales", "layers", "max_side")}
     preset = get_preset(keep.get("preset", DEFAULT_PRESET))
@@ -295,7 +296,7 @@ def _probe(adapter: ModelAdapter, settings: Mapping[str, Any]) -> _CandidateProb
 def _automatic(adapter: ModelAdapter, x: torch.Tensor,
                settings: Mapping[str, Any]) -> list[list[int]]:
     """Each image's automatic candidates under ``settings`` (dcsm's default ones if none)."""
-    from dcsm.candidates import UnevenCandidates
+    from dcsm.pipeline.candidates import UnevenCandidates
 
     probe = _cached(adapter.model, "probe" + _settings_key("", settings),
                     lambda: _probe(adapter, settings))
@@ -741,10 +742,10 @@ class _Models:
         if callable(model) and not isinstance(model, ModelAdapter | str | nn.Module):
             return model(label_set)
         if self.base is None:
-            from dcsm.adapters import as_adapter
+            from dcsm.pipeline.adapters import as_adapter
 
             self.base = as_adapter(model)  # type: ignore[arg-type]
-        from dcsm.adapters.groups import IMAGENET_CLASSES, grouped_adapter
+        from dcsm.pipeline.adapters.groups import IMAGENET_CLASSES, grouped_adapter
 
         if self.base.num_classes == IMAGENET_CLASSES or label_set == "imagenet":
             return grouped_adapter(self.base, label_set)

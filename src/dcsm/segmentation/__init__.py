@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import (
+from dcsm.io import MIN_SIDE
+from dcsm.pipeline.images import (
     DEFAULT_MAX_SIDE,
     FIGURE_SIDE,
     ImageLike,
@@ -40,7 +41,6 @@ from dcsm.images import (
     shrink_image,
     shrink_map,
 )
-from dcsm.io import MIN_SIDE
 from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
 from dcsm.segmentation.crf import (
     CRFParams,

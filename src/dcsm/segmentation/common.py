@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import ImageLike, as_rgb_array
-from dcsm.result import SaliencyResult
+from dcsm.pipeline.images import ImageLike, as_rgb_array
+from dcsm.pipeline.result import SaliencyResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -91,7 +91,7 @@ class Segmentation:
 
     def _repr_png_(self) -> bytes:
         """The notebook's PNG of the segmentation: its labels in VOC colours, with a legend."""
-        from dcsm.viz import figure_to_png
+        from dcsm.io.viz import figure_to_png
 
         return figure_to_png(self.figure())
 

@@ -76,7 +76,7 @@ from typing import Literal
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import ImageLike
+from dcsm.pipeline.images import ImageLike
 from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, masks_from_labels
 
 #: Probabilities are clipped at this value before the logarithm of the unary.

@@ -1,8 +1,8 @@
 """Figures of segmentations: labels over the image with a legend, and the paper's Fig. 1.
 
-Like :mod:`dcsm.viz`, only matplotlib's object API is used (no ``pyplot``); the builders accept
+Like :mod:`dcsm.io.viz`, only matplotlib's object API is used (no ``pyplot``); the builders accept
 ``figure=`` to draw into a figure made elsewhere (``pyplot`` in
-:meth:`dcsm.segmentation.Segmentation.show`). Maps in Fig. 1 are drawn in :mod:`dcsm.viz`'s
+:meth:`dcsm.segmentation.Segmentation.show`). Maps in Fig. 1 are drawn in :mod:`dcsm.io.viz`'s
 styles: over the photo through a colormap (viridis by default) with a colour bar, or grey and
 alone (``style="paper"``).
 """
@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from dcsm.errors import DcsmError
-from dcsm.segmentation.palette import colorize_labels, label_overlay, voc_palette
-from dcsm.viz import (
+from dcsm.io.viz import (
     DEFAULT_OPACITY,
     blank_figure,
     check_opacity,
@@ -29,6 +28,7 @@ from dcsm.viz import (
     overlay,
     style_colormap,
 )
+from dcsm.segmentation.palette import colorize_labels, label_overlay, voc_palette
 
 if TYPE_CHECKING:
     from dcsm.segmentation.common import Segmentation
@@ -139,7 +139,7 @@ def figure_one(
         distinct: class name -> distinct map.
         crf: :func:`~dcsm.segmentation.segment_crf` of ``distinct``.
         distinct_label: how the distinct maps are named in the titles.
-        style: ``"overlay"`` or ``"paper"`` (:data:`dcsm.viz.STYLES`).
+        style: ``"overlay"`` or ``"paper"`` (:data:`dcsm.io.viz.STYLES`).
         cmap: the maps' colormap (default: the style's own).
         alpha: the maps' opacity over the image, in [0, 1].
         colorbar: draw a colour bar in the ``overlay`` style.

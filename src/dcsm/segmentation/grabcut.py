@@ -36,7 +36,7 @@ from types import ModuleType
 import numpy as np
 
 from dcsm.errors import DcsmError
-from dcsm.images import ImageLike
+from dcsm.pipeline.images import ImageLike
 from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, masks_from_labels
 
 #: Components of OpenCV's GrabCut colour GMMs.

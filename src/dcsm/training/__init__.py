@@ -1,11 +1,13 @@
 """Multi-label training of fully convolutional classifiers (the paper's set-up).
 
 * :mod:`dcsm.training.models`: the backbones (``vgg16``, ``small_vgg``; defined in
-  :mod:`dcsm.adapters.fcn`) as class-score-map networks with VGG-style layer names, and their
+  :mod:`dcsm.pipeline.adapters.fcn`) as class-score-map networks with VGG-style layer names, and
+  their
   optimiser groups.
 * :mod:`dcsm.training.data`: reproducible batches with random resizing and flips.
 * :mod:`dcsm.training.trainer`: :func:`train` (sigmoid BCE on globally max-pooled scores,
-  atomic resumable checkpoints in :mod:`dcsm.checkpoints`' format, validation mAP, mixed
+  atomic resumable checkpoints in :mod:`dcsm.pipeline.adapters.checkpoint`' format, validation mAP,
+  mixed
   precision on a GPU).
 
 The ``dcsm data`` and ``dcsm train`` commands are in :mod:`dcsm.cli`.

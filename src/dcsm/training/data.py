@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dcsm.adapters.base import Preprocessing
 from dcsm.datasets.voc import LabelledImage
-from dcsm.images import scaled_size
 from dcsm.io import load_image
+from dcsm.pipeline.adapters.base import Preprocessing
+from dcsm.pipeline.images import scaled_size
 
 #: One planned sample: (image index, square side or 0 for the image as it is, flip).
 Key = tuple[int, int, bool]

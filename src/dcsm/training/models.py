@@ -1,6 +1,7 @@
 """The backbones ``dcsm train`` fine-tunes or trains, and their optimiser groups.
 
-The architectures themselves (``vgg16``, ``small_vgg``) are defined in :mod:`dcsm.adapters.fcn`,
+The architectures themselves (``vgg16``, ``small_vgg``) are defined in
+:mod:`dcsm.pipeline.adapters.fcn`,
 next to the adapter that explains a trained checkpoint; they are re-exported here.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dcsm.adapters.fcn import (
+from dcsm.pipeline.adapters.fcn import (
     BACKBONES,
     HEAD_ALIASES,
     SMALL_DEFAULTS,

@@ -32,7 +32,8 @@ the epoch, so an interrupted and resumed run gives the same weights as an uninte
 validation split): the weights and what explaining needs (class names, preprocessing,
 architecture), loadable as ``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). It is first
 written when the first epoch completes: a run stopped before that has no model to offer
-(``checkpoint:`` says so). The file format is :mod:`dcsm.checkpoints`'s. ``DIR/history.json``
+(``checkpoint:`` says so). The file format is :mod:`dcsm.pipeline.adapters.checkpoint`'s.
+``DIR/history.json``
 lists per epoch the training loss, the validation loss, mAP and per-class AP, the learning rate
 and the time.
 A run holds ``DIR/.dcsm-train.lock`` (an advisory lock, released however the process ends), so a
@@ -61,7 +62,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcsm.checkpoints import (
+from dcsm.datasets.voc import LabelledImage, VOCDataset
+from dcsm.errors import DcsmError, first_line
+from dcsm.evaluation.metrics import average_precision
+from dcsm.io import save_json
+from dcsm.pipeline.adapters.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     LAST,
@@ -70,10 +75,6 @@ from dcsm.checkpoints import (
     model_record,
     save_checkpoint,
 )
-from dcsm.datasets.voc import LabelledImage, VOCDataset
-from dcsm.errors import DcsmError, first_line
-from dcsm.evaluation.metrics import average_precision
-from dcsm.io import save_json
 from dcsm.processes import ParentWatch, Terminated
 from dcsm.training.data import LabelledImages, ResizePlan, epoch_batches, size_batches
 from dcsm.training.models import Backbone, build_backbone, parameter_groups
@@ -183,7 +184,7 @@ class RunOptions:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> torch.device:
-    from dcsm.adapters import resolve_device
+    from dcsm.pipeline.adapters import resolve_device
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -336,7 +337,7 @@ def _make_out(out: Path) -> None:
 def _hold(out: Path) -> Iterator[None]:
     """Hold ``out/.dcsm-train.lock`` for the block: an advisory lock (POSIX), released however
     the process ends; DcsmError when another run holds it."""
-    from dcsm.records import Journal
+    from dcsm.io.records import Journal
 
     # A journal that is never written: its open() takes the lock, or says who holds it.
     lock = Journal(out / RUN_LOCK, busy=f"another dcsm train run is using '{out}'")
@@ -411,7 +412,8 @@ class _Run:
         return self.per_epoch * self.epochs
 
     def record(self, kind: str) -> dict[str, Any]:
-        """The checkpoint record of the current weights (:mod:`dcsm.checkpoints`)."""
+        """The checkpoint record of the current weights
+        (:mod:`dcsm.pipeline.adapters.checkpoint`)."""
         base = model_record(self.backbone, self.data.class_names, self.history, self.best_map)
         base["train_config"] = asdict(self.config)
         base["data"] = str(self.data.root)

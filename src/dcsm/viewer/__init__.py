@@ -2,7 +2,7 @@
 
 * :mod:`dcsm.viewer.logic`: what the page does, as plain functions and the :class:`Viewer`
   (the model, loaded once; explainers built once per setting), on the library's own code
-  (:mod:`dcsm.api`, :mod:`dcsm.segmentation`, :mod:`dcsm.io`, :mod:`dcsm.viz`). No web
+  (:mod:`dcsm.api`, :mod:`dcsm.segmentation`, :mod:`dcsm.io`, :mod:`dcsm.io.viz`). No web
   framework is needed to import or test it.
 * :mod:`dcsm.viewer.app`: the page's handlers (plain functions too) and :func:`launch`, which
   starts Streamlit's server (the optional extra ``viewer``:

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import dcsm
-from dcsm.candidates import Candidate
 from dcsm.errors import DcsmError
-from dcsm.images import DEFAULT_MAX_SIDE
+from dcsm.pipeline.candidates import Candidate
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 
 if TYPE_CHECKING:
-    from dcsm.adapters.base import ModelAdapter
     from dcsm.api import Explainer
-    from dcsm.result import SaliencyResult
+    from dcsm.pipeline.adapters.base import ModelAdapter
+    from dcsm.pipeline.result import SaliencyResult
     from dcsm.segmentation import Segmentation
 
 #: The image the page starts with (chelsea and coffee side by side).
@@ -120,7 +120,7 @@ class Viewer:
                   device: str = "cpu", labels: str | None = None) -> Viewer:
         """A viewer of a registry model (``--model``, default the default model; ``--weights``,
         ``--device``, ``--labels``: the class set, as :func:`dcsm.load_model` takes them)."""
-        from dcsm.adapters import DEFAULT_MODEL
+        from dcsm.pipeline.adapters import DEFAULT_MODEL
 
         options = {} if labels is None else {"labels": labels}
         return cls(dcsm.load_model(model or DEFAULT_MODEL, weights=weights, device=device,
@@ -144,7 +144,7 @@ class Viewer:
     def layer_choices(self) -> list[str]:
         """The layers the page offers: the model's named layers, in the model's order, then any
         of its default set or of a preset's set for it not named."""
-        from dcsm.presets import PRESETS
+        from dcsm.pipeline.presets import PRESETS
 
         names = list(self.adapter.layer_aliases)
         for layer in [*self.default_layers, *(n for p in PRESETS for n in self.preset_layers(p))]:
@@ -155,7 +155,7 @@ class Viewer:
     def preset_layers(self, preset: str | None = None) -> list[str]:
         """The layers a dcsm preset reads on this model (its own set for some models, else the
         model's default set)."""
-        from dcsm.presets import get_preset
+        from dcsm.pipeline.presets import get_preset
 
         chosen = get_preset(preset or default_preset())
         return list(chosen.layers_for(self.model_name) or self.default_layers)
@@ -197,9 +197,9 @@ class Viewer:
         resolution), with their probabilities."""
         import torch
 
-        from dcsm.candidates import image_scores
-        from dcsm.images import image_input, scaled_input, working_size
-        from dcsm.state import inference_state
+        from dcsm.pipeline.candidates import image_scores
+        from dcsm.pipeline.images import image_input, scaled_input, working_size
+        from dcsm.pipeline.state import inference_state
 
         size = working_size(image.shape[0], image.shape[1], DEFAULT_MAX_SIDE)
         x = scaled_input(self.adapter, image_input(self.adapter, image, size), 1.0)
@@ -237,7 +237,7 @@ class Viewer:
 
 # ----------------------------------------------------------------------------- what is shown
 def _small(analysis: Analysis) -> np.ndarray:
-    from dcsm.images import shrink_image
+    from dcsm.pipeline.images import shrink_image
 
     return shrink_image(analysis.result.image, VIEW_SIDE)
 
@@ -245,8 +245,8 @@ def _small(analysis: Analysis) -> np.ndarray:
 def class_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "viridis") -> str:
     """Each class's map over the photo (``<img alt=class>`` captioned ``class score``), in a
     ``div`` with id ``class-maps``."""
-    from dcsm.images import shrink_map
-    from dcsm.viz import check_colormap, check_opacity, html_gallery, overlay
+    from dcsm.io.viz import check_colormap, check_opacity, html_gallery, overlay
+    from dcsm.pipeline.images import shrink_map
 
     alpha, cmap = check_opacity(opacity), check_colormap(cmap)
     small = _small(analysis)
@@ -261,8 +261,8 @@ def class_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
 def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "viridis") -> str:
     """Every single-layer map over the photo, one row per class (``<img alt="class / layer">``),
     in a ``div`` with id ``layer-maps``; a sentence where the method has none."""
-    from dcsm.images import shrink_image, shrink_map
-    from dcsm.viz import check_colormap, check_opacity, html_gallery, overlay
+    from dcsm.io.viz import check_colormap, check_opacity, html_gallery, overlay
+    from dcsm.pipeline.images import shrink_image, shrink_map
 
     per_layer = analysis.result.layer_maps
     if not per_layer:
@@ -282,8 +282,8 @@ def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
 def segmentation_html(analysis: Analysis) -> str:
     """The labels over the photo (VOC colours, background darkened) with a legend of colours
     and pixel counts, in a ``div`` with id ``segmentation``."""
+    from dcsm.io.viz import html_gallery
     from dcsm.segmentation import label_overlay, resize_labels, voc_palette
-    from dcsm.viz import html_gallery
 
     seg = analysis.segmentation
     if seg is None:

@@ -28,10 +28,10 @@ def main() -> None:
     import streamlit as st
 
     from dcsm.api import METHODS
-    from dcsm.presets import PRESETS
+    from dcsm.io.viz import SUGGESTED_COLORMAPS
+    from dcsm.pipeline.presets import PRESETS
     from dcsm.viewer import app
     from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS, default_preset
-    from dcsm.viz import SUGGESTED_COLORMAPS
 
     st.set_page_config(page_title="dcsm viewer", layout="wide")
     viewer = app.current_viewer() or st.cache_resource(_load_viewer)(

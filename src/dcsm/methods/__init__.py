@@ -1,0 +1,1 @@
+"""The explanation methods: dcsm and the baselines it is compared with."""
