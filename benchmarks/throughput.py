@@ -104,7 +104,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import dcsm
-from dcsm import gradients
+from dcsm.pipeline import gradients
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.contrast import subtract_others
 from dcsm.pipeline.fusion import PaperFusion

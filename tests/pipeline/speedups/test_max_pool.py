@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcsm
-from dcsm import gradients
+from dcsm.pipeline import gradients
 from dcsm.pipeline.speedups.max_pool import FastMaxPool, _ChannelsLastMaxPool
 
 CONFIGS = [  # kernel, stride, padding, dilation, ceil_mode
