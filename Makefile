@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 	@echo "maps and figures written to out/demo/chelsea_coffee/"
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 
 # The documentation site (mkdocs.yml, docs/) into build/site/; --strict: a broken link, a missing
 # page or an API reference that does not resolve fails the build, and with it `make test`.

@@ -269,3 +269,13 @@ def test_readme_starts_with_the_two_setup_commands():
 def test_every_check_is_used():
     codes = [b.code for b in blocks() if not b.marked]
     assert [key for key in [*CHECKS, *SH_CHECKS] if not any(key in c for c in codes)] == []
+
+
+def test_readme_links_point_at_files():
+    # mkdocs checks the site's links; the README is not part of the site, so its own links
+    # (GitHub shows them) are checked here: every relative link names a file of the checkout.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+://", t)]
+    assert len(local) > 10
+    assert [t for t in local if not (ROOT / t).exists()] == []
