@@ -24,10 +24,13 @@ ROLE = re.compile(r":(?P<role>func|class|meth|attr|data|mod|exc|obj|math):`(?P<t
 
 def _resolve(target: str, obj: griffe.Object | None) -> str:
     """``target`` as a full path: as given, or within the first scope around ``obj`` with it."""
+    first, _, rest = target.partition(".")
     scope = obj
     while scope is not None:
-        if target.split(".")[0] in scope.members:
-            return f"{scope.path}.{target}"
+        member = scope.members.get(first)
+        if member is not None:  # an imported name: where it is defined (and documented)
+            path = member.target_path if member.is_alias else member.path
+            return f"{path}.{rest}" if rest else path
         scope = scope.parent
     return target
 
@@ -38,7 +41,7 @@ def _replace(match: re.Match[str], obj: griffe.Object | None = None) -> str:
         return f"`{target}`"
     short = target.startswith("~")
     written = target = target.lstrip("~.")
-    if not target.startswith("dcsm"):
+    if not target.startswith("dcsm."):
         target = _resolve(target, obj)
     title = written.rsplit(".", 1)[-1] if short else written
     title = html.escape(title + ("()" if role in ("func", "meth") and "(" not in title else ""))
