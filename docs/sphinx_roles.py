@@ -75,6 +75,8 @@ def _math_blocks(lines: list[str]) -> list[str]:
             i += 1
         while body and not body[-1].strip():
             body.pop()
+        while body and not body[0].strip():
+            body.pop(0)
         least = min((_indent(b) for b in body if b.strip()), default=0)
         pad = " " * indent
         out += ["", f"{pad}```text", *(pad + b[least:] for b in body), f"{pad}```", ""]

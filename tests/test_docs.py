@@ -20,6 +20,7 @@ Any other fence, or a block that is neither run, checked nor marked, fails the t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -291,3 +292,21 @@ def test_api_reference_covers_every_module():
                      for p in sorted((ROOT / "docs" / "reference").glob("*.md")))
     listed = set(re.findall(r"^::: (\S+)", text, flags=re.M))
     assert sorted(modules - listed) == []
+
+
+def test_sphinx_roles_become_optional_cross_references():
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs" / "sphinx_roles.py")
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    assert roles.convert("See :func:`dcsm.explain` and :class:`~dcsm.pipeline.result.X`.") == (
+        'See <autoref identifier="dcsm.explain" optional><code>dcsm.explain()</code></autoref>'
+        ' and <autoref identifier="dcsm.pipeline.result.X" optional><code>X</code></autoref>.')
+    assert roles.convert(":math:`M_c` is\n\n.. math::\n\n    a = b\n      + c\n\nafter") == (
+        "`M_c` is\n\n\n```text\na = b\n  + c\n```\n\nafter")
+    assert roles.convert("Example::\n\n    x = 1") == "Example:\n\n    x = 1"
+    # several parameters in one entry: one entry each, where they are the object's parameters
+    grouped = "Args:\n    a, b,\n        c: the size.\n    d: other."
+    assert roles._grouped_parameters(grouped.splitlines(), {"a", "b", "c", "d"}) == [
+        "Args:", "    a: the size.", "    b: as ``a``.", "    c: as ``a``.", "    d: other."]
+    assert roles._grouped_parameters(grouped.splitlines(), {"d"}) == grouped.splitlines()
