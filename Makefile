@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 # Pinned for reproducible installs; pyproject.toml keeps looser ranges for users.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[test,viewer]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test,viewer,docs]' $(TORCH_PINS)
 	# Quantus without its opencv-python, which would overwrite opencv-python-headless's cv2
 	$(BIN)/pip install --quiet --no-deps quantus==0.6.0 cachetools
 	touch $@
@@ -21,9 +21,15 @@ demo: $(BIN)/.installed
 	@echo "maps and figures written to out/demo/chelsea_coffee/"
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+
+# The documentation site (mkdocs.yml, docs/) into build/site/; --strict: a broken link, a missing
+# page or an API reference that does not resolve fails the build, and with it `make test`.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: $(BIN)/.installed lint
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -6,7 +6,7 @@ with the left half and of the espresso mask with the right half, and the share o
 inside its own half (1 = no leak into the other object). The cat fills its half; the cup and
 saucer do not fill theirs (red cloth in the corners), so a perfect espresso mask scores below 1.
 GrabCut rows give the label masks (overlaps resolved) and, in brackets, the share of each
-class's own GrabCut region in its half. Regenerates the README table:
+class's own GrabCut region in its half. Regenerates the table of docs/segmentation.md ("Measured"):
 
     python benchmarks/segmentation_iou.py
 """

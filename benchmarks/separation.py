@@ -2,7 +2,7 @@
 
 For each model and method, the share of the cat map's mass in the left half and of the espresso
 map's mass in the right half of the bundled 448 x 224 image (1.0 = perfectly separated,
-0.5 = no separation). Regenerates the table in the README:
+0.5 = no separation). Regenerates the table in docs/benchmarks.md ("Class separation"):
 
     python benchmarks/separation.py
 """

@@ -115,7 +115,7 @@ def test_masks_lie_in_their_halves(outputs):
     print(f"\nCRF on dcsm maps:        {crf}\nGrabCut on Simonyan maps: {grabcut}")
     # CRF on the default (sparse) distinct maps with Otsu's background: each mask entirely in
     # its own half (measured 1.000 and 1.000), covering the most salient parts of each object
-    # (IoU with its half 0.46 and 0.27; README, "Segmentation")
+    # (IoU with its half 0.46 and 0.27; docs/segmentation.md, "Measured")
     assert crf["cat_in_left"] > 0.98 and crf["espresso_in_right"] > 0.98
     assert crf["cat_iou"] > 0.4 and crf["espresso_iou"] > 0.2
     # GrabCut on Simonyan's maps is mostly right too, but its cat label also takes part of

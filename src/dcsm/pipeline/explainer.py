@@ -362,8 +362,7 @@ class DistinctSaliency(_Explainer):
             never
             merged. Default: the preset's (on for ``tuned``, off for ``paper`` and ``released``).
         max_side: the working resolution's long side (default 512, :mod:`dcsm.pipeline.images`);
-        None
-            for the full resolution (memory checked first, :meth:`estimate_memory`).
+            None for the full resolution (memory checked first, :meth:`estimate_memory`).
         max_pixels: the most pixels (width x height) an image (path, PIL image or array) may
             have, checked from a file's header before decoding (default 50 million,
             :data:`dcsm.io.DEFAULT_MAX_PIXELS`; None: no limit).
