@@ -29,7 +29,7 @@ from dcsm.bench.gridpg import (
     sample_grids,
     score_maps,
 )
-from dcsm.bench.methods import METHODS, MethodSpec, contrast_sets, get_methods
+from dcsm.bench.methods import METHODS, BenchMethod, contrast_sets, get_methods
 from dcsm.bench.photos import (
     Photo,
     View,
@@ -164,8 +164,8 @@ def test_score_maps_known_scores_and_missing_classes():
         score_maps({10: np.ones((3, 4))}, [10], 1, (4, 4))
 
 
-def fake_spec(key: str, contrastive: bool, maker) -> MethodSpec:
-    return MethodSpec(key, key.upper(), "test", contrastive, "numpy", lambda adapter, mode:
+def fake_spec(key: str, contrastive: bool, maker) -> BenchMethod:
+    return BenchMethod(key, key.upper(), "test", contrastive, "numpy", lambda adapter, mode:
                       maker(mode))
 
 
@@ -228,7 +228,7 @@ def colour_grid() -> Grid:
                       for k, (n, rgb) in enumerate(COLOURS.items())], 2)
 
 
-def scores_of(spec: MethodSpec, adapter, grid, mode="oracle"):
+def scores_of(spec: BenchMethod, adapter, grid, mode="oracle"):
     maps = spec.build(adapter, mode)(grid.image, grid.classes)
     for m in maps.values():
         assert m.shape == grid.image.shape[:2]

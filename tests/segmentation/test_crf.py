@@ -148,7 +148,7 @@ def test_read_only_inputs(two_objects):
     for m in maps.values():
         m.setflags(write=False)
     for method in ("crf", "grabcut"):
-        seg = segment(saliency_result(frozen, maps), method=method)
+        seg = segment(saliency_result(frozen, maps), segmenter=method)
         assert seg.labels.shape == (96, 128)
     assert iou(segment(maps, frozen).masks["disk"], truth["disk"]) > 0.9
 
@@ -363,7 +363,7 @@ def test_segment_takes_a_result_in_candidate_order(two_objects):
                                      "bilateral_srgb": 13.0, "bilateral_compat": 10.0,
                                      "background": "otsu", "bg_threshold": 0.2,
                                      "normalize": True, "sharpness": 10.0}
-    gc = dcsm.segment(result, method="grabcut", iterations=2)
+    gc = dcsm.segment(result, segmenter="grabcut", iterations=2)
     assert gc.method == "grabcut" and gc.parameters["iterations"] == 2
 
 
@@ -493,7 +493,7 @@ def test_a_thin_strip_is_segmented_at_a_working_size_it_fits():
     strip = rng.integers(0, 256, (5000, 8, 3), dtype=np.uint8)
     maps = {"a": rng.random((5000, 8)).astype(np.float32)}
     for method in ("crf", "grabcut"):
-        seg = dcsm.segment(maps, strip, method=method, max_side=64)  # not squeezed to 1 px
+        seg = dcsm.segment(maps, strip, segmenter=method, max_side=64)  # not squeezed to 1 px
         assert seg.labels.shape == (5000, 8)
     wide = rng.integers(0, 256, (100, 5000, 3), dtype=np.uint8)
     seg = dcsm.segment({"a": rng.random((100, 5000)).astype(np.float32)}, wide, max_side=64)

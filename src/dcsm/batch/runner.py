@@ -227,7 +227,7 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
     if options.segmenter is not None:
         from dcsm.segmentation import segment
 
-        seg = segment(result, method=options.segmenter, max_side=options.max_side,
+        seg = segment(result, segmenter=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
     with output_dir(out, name) as tmp:
         write_explanation(result, tmp, path, seg, pictures=options.pictures)

@@ -51,7 +51,7 @@ import torch
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
-from dcsm.methods.baselines import InputGradient
+from dcsm.methods.simonyan import InputGradient
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.adapters.weights import weights_digest
 from dcsm.pipeline.affinity import AUTO_LAYER
@@ -346,7 +346,7 @@ def _evaluate_image(plan: _Plan, image_id: str
                     maps_cache[method.maps] = (result, time.perf_counter() - started)
                 result, map_seconds = maps_cache[method.maps]
                 started = time.perf_counter()
-                seg = segment(result, method=method.segmenter, max_side=plan.max_side,
+                seg = segment(result, segmenter=method.segmenter, max_side=plan.max_side,
                               **plan.params[method.segmenter])  # type: ignore[arg-type]
                 seconds[m] = map_seconds + time.perf_counter() - started
                 pred = lut[seg.labels]
