@@ -159,6 +159,13 @@ def get(name: str, explainers: bool = False) -> MethodSpec:
     return spec
 
 
+def find(name: str, explainers: bool = False) -> MethodSpec | None:
+    """The method ``name``, or None where there is none (``explainers``: or it has no
+    explainer)."""
+    spec = _REGISTRY.get(name)
+    return None if spec is None or (explainers and spec.explainer is None) else spec
+
+
 def names(explainers: bool = False) -> tuple[str, ...]:
     """Every registered method's name, in registration order (``explainers``: those that
     build an explainer)."""
@@ -171,5 +178,5 @@ def specs(explainers: bool = False) -> tuple[MethodSpec, ...]:
     return tuple(s for s in _REGISTRY.values() if not explainers or s.explainer is not None)
 
 
-__all__ = ["DEFAULT_METHOD", "Layers", "MapBuilder", "MethodSpec", "get", "names", "register",
-           "specs", "unregister"]
+__all__ = ["DEFAULT_METHOD", "Layers", "MapBuilder", "MethodSpec", "find", "get", "names",
+           "register", "specs", "unregister"]
