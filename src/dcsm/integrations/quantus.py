@@ -19,8 +19,10 @@ at the input's size.
   not of Quantus's copy).
 * **The method**: ``method="dcsm"`` (default) with dcsm's settings (``preset``, ``scales``,
   ``layers``, ``alpha``, ``subtract``, ``backprop``, ``upsample``, ``min_contrast``,
-  ``max_side``, ``precision``, ``batch``); dcsm's baselines ``"simonyan"``, ``"guided"`` and
-  ``"gradcam"`` (``layers``, ``max_side``, ``precision``); or any peer of the benchmarks by its
+  ``max_side``, ``precision``, ``batch``...); dcsm's baselines ``"simonyan"``, ``"guided"`` and
+  ``"gradcam"`` (``layers``, ``max_side``, ``precision``, ``batch``): each registered method
+  with an explainer takes the settings of its :class:`dcsm.methods.registry.MethodSpec`, and
+  ``layers``; or any peer of the benchmarks by its
   key in :data:`dcsm.bench.methods.METHODS` (``"pgc-gradcam"``, ``"captum-saliency"``,
   ``"torchcam-layercam"``...), run through the same wrapper as ``dcsm bench``. The peers'
   wrappers take 8-bit photos: the inputs are turned back into pixels by inverting the adapter's
@@ -429,7 +431,8 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor,
         device: Quantus's device argument; the maps are computed where the model is.
         kwargs: the method's settings (dcsm: ``preset``, ``scales``, ``layers``, ``alpha``,
             ``subtract``, ``backprop``, ``upsample``, ``min_contrast``, ``max_side``,
-            ``precision``, ``batch``; the baselines: ``layers``, ``max_side``, ``precision``)
+            ``precision``, ``batch``; the baselines: ``layers``, ``max_side``, ``precision``,
+            ``batch``)
             and, for a plain module, its description (``class_names``, ``preprocess``,
             ``multilabel``, ``input_size``, ``layouts``).
 
