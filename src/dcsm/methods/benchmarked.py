@@ -70,17 +70,19 @@ DCSM_VARIANTS: tuple[BenchMethod, ...] = (
 )
 
 
+#: The table last built, and the registered methods it was built from.
+_built: dict[tuple[MethodSpec, ...], tuple[BenchMethod, ...]] = {}
+
+
 def bench_methods() -> tuple[BenchMethod, ...]:
     """The benchmarks' methods, in table order: dcsm's variants, then every registered method
-    that gives maps (one registered later included)."""
-    global _TABLE
+    that gives maps (one registered later included). The same objects while the registry stays
+    the same."""
     registered = tuple(s for s in specs() if s.maps is not None)
-    if _TABLE is None or tuple(_TABLE[1]) != registered:
-        _TABLE = ((*DCSM_VARIANTS, *(BenchMethod.of(s) for s in registered)), registered)
-    return _TABLE[0]
-
-
-_TABLE: tuple[tuple[BenchMethod, ...], tuple[MethodSpec, ...]] | None = None
+    if registered not in _built:
+        _built.clear()
+        _built[registered] = (*DCSM_VARIANTS, *(BenchMethod.of(s) for s in registered))
+    return _built[registered]
 
 
 def method_keys() -> list[str]:
