@@ -34,7 +34,7 @@ class GradCAM(SingleScale):
                  batch: BatchMode = "loop", max_side: int | None = DEFAULT_MAX_SIDE,
                  precision: str = "float32", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  **model_options: object) -> None:
-        super().__init__(model, batch, max_side, precision, max_pixels, **model_options)
+        super().__init__(model, batch, max_side, precision, max_pixels, None, **model_options)
         adapter = self.adapter
         chosen = layer or adapter.gradcam_layer or (adapter.default_layers or [None])[-1]
         if chosen is None:
