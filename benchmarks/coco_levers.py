@@ -93,7 +93,7 @@ def evaluate(folder: str, split: str, limit: int, model: str, names: Sequence[st
             seconds[n] += time.perf_counter() - start
             maps = {c: np.asarray(by_index[i], np.float32)
                     for c, i in zip(named.named, named.indices, strict=True) if i in by_index}
-            masks = segment(dict(maps), photo.image, method="crf").masks if crf and maps \
+            masks = segment(dict(maps), photo.image, segmenter="crf").masks if crf and maps \
                 else ({} if crf else None)
             rows[n] += [r for r in score_photo(maps, photo, masks, classes=named.named)
                         if not r["small"]]

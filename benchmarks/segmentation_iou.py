@@ -51,10 +51,10 @@ def main() -> None:
             "CRF on dcsm maps (every default)": dcsm.segment(tuned),
             "dcsm maps, unaries only (0 CRF steps)": dcsm.segment(tuned, iterations=0),
             "CRF on dcsm maps, earlier unaries": dcsm.segment(tuned, **EARLIER),
-            "GrabCut on dcsm maps": dcsm.segment(tuned, method="grabcut"),
+            "GrabCut on dcsm maps": dcsm.segment(tuned, segmenter="grabcut"),
             "CRF on paper-preset maps": dcsm.segment(paper),
             "CRF on paper-preset maps, earlier unaries": dcsm.segment(paper, **EARLIER),
-            "GrabCut on Simonyan maps (baseline)": dcsm.segment(simonyan, method="grabcut"),
+            "GrabCut on Simonyan maps (baseline)": dcsm.segment(simonyan, segmenter="grabcut"),
             "CRF on Simonyan maps": dcsm.segment(simonyan),
         }
         for label, seg in runs.items():

@@ -12,7 +12,8 @@ The public API::
     out.maps  # (N, K, H, W) tensor on batch's device
 
 The method's stages, in the paper's order, are the modules of :mod:`dcsm.pipeline`; the
-explanation methods (dcsm and its baselines) are in :mod:`dcsm.methods`; input and output in
+explanation methods (dcsm, its baselines and the benchmarks' peers) are in the registry of
+:mod:`dcsm.methods`, every explainer an :class:`Explainer`; input and output in
 :mod:`dcsm.io`; :mod:`dcsm.api` gives ``explain`` and ``make_explainer`` and
 :mod:`dcsm.segmentation` the dense CRF and GrabCut masks (``dcsm.segment(result)``).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dcsm.api import METHODS, Explainer, explain, make_explainer
 from dcsm.errors import DcsmError, DcsmWarning
 from dcsm.io import load_image
-from dcsm.methods.baselines import GradCAM, InputGradient
+from dcsm.methods import GradCAM, InputGradient
 from dcsm.pipeline.adapters import (
     DEFAULT_MODEL,
     ModelAdapter,

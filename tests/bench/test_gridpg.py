@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 import dcsm
-from dcsm.bench import methods as bench_methods
 from dcsm.bench.gridpg import (
     Grid,
     compose,
@@ -29,7 +28,7 @@ from dcsm.bench.gridpg import (
     sample_grids,
     score_maps,
 )
-from dcsm.bench.methods import METHODS, MethodSpec, contrast_sets, get_methods
+from dcsm.bench.methods import METHODS, BenchMethod, contrast_sets, get_methods
 from dcsm.bench.photos import (
     Photo,
     View,
@@ -41,6 +40,7 @@ from dcsm.bench.photos import (
 from dcsm.bench.report import box_plot, markdown_table, write_report
 from dcsm.cli import main
 from dcsm.errors import DcsmError
+from dcsm.methods import maps as method_maps
 from dcsm.pipeline.adapters.base import ModelAdapter, Preprocessing
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "dark": (0, 0, 0)}
@@ -164,8 +164,8 @@ def test_score_maps_known_scores_and_missing_classes():
         score_maps({10: np.ones((3, 4))}, [10], 1, (4, 4))
 
 
-def fake_spec(key: str, contrastive: bool, maker) -> MethodSpec:
-    return MethodSpec(key, key.upper(), "test", contrastive, "numpy", lambda adapter, mode:
+def fake_spec(key: str, contrastive: bool, maker) -> BenchMethod:
+    return BenchMethod(key, key.upper(), "test", contrastive, "numpy", lambda adapter, mode:
                       maker(mode))
 
 
@@ -228,7 +228,7 @@ def colour_grid() -> Grid:
                       for k, (n, rgb) in enumerate(COLOURS.items())], 2)
 
 
-def scores_of(spec: MethodSpec, adapter, grid, mode="oracle"):
+def scores_of(spec: BenchMethod, adapter, grid, mode="oracle"):
     maps = spec.build(adapter, mode)(grid.image, grid.classes)
     for m in maps.values():
         assert m.shape == grid.image.shape[:2]
@@ -248,7 +248,7 @@ def test_dcsm_methods_on_the_colour_model(colour, colour_grid):
 
 
 def test_contrast_sets_per_candidate_mode(monkeypatch, colour):
-    monkeypatch.setattr(bench_methods, "pooled_ranking", lambda adapter, image, k: [9, 1, 2, 8, 3])
+    monkeypatch.setattr(method_maps, "pooled_ranking", lambda adapter, image, k: [9, 1, 2, 8, 3])
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     classes = [1, 2, 3, 4]
     assert contrast_sets(colour, image, classes, "oracle") == {

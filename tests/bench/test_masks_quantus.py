@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from dcsm.bench.masks import masks_benchmark
-from dcsm.bench.methods import MethodSpec, get_methods
+from dcsm.bench.methods import BenchMethod, get_methods
 from dcsm.datasets.coco import CocoDataset
 from dcsm.errors import DcsmError
 from dcsm.pipeline.adapters import as_adapter
@@ -298,7 +298,7 @@ def test_bad_quantus_options(tmp_path, capsys):
 def test_quantus_judges_registered_methods_only(tmp_path, quantus):
     root = write_coco(tmp_path / "d")
     spec = get_methods(["gradcam"])[0]
-    impostor = MethodSpec("gradcam", "mine", "test", False, "dcsm", spec.build)
+    impostor = BenchMethod("gradcam", "mine", "test", False, "dcsm", spec.build)
     entries = CocoDataset(root, "val").entries()
     with pytest.raises(DcsmError, match="'gradcam' is not one of them"):
         masks_benchmark(lambda s: tiny_adapter(), entries, [impostor], quantus=["AUC"],

@@ -294,7 +294,7 @@ class _Named:
 
 
 def _method(key: str, channel: int, calls: list[str], stop: dict | None = None):
-    from dcsm.bench.methods import MethodSpec
+    from dcsm.bench.methods import BenchMethod
 
     def build(adapter, mode):
         def run(image, classes):
@@ -304,7 +304,7 @@ def _method(key: str, channel: int, calls: list[str], stop: dict | None = None):
             return {c: image[..., channel].astype(np.float32) * (1 + c) / 510 for c in classes}
         return run
 
-    return MethodSpec(key, key.upper(), "test", False, "dcsm", build)
+    return BenchMethod(key, key.upper(), "test", False, "dcsm", build)
 
 
 def _without_seconds(report: dict) -> dict:

@@ -158,14 +158,14 @@ def test_name_classes_splits_what_the_model_cannot_name():
 
 # ----------------------------------------------------------------------------- the benchmark
 def _spec(key: str, make_maps):
-    from dcsm.bench.methods import MethodSpec
+    from dcsm.bench.methods import BenchMethod
 
     def build(adapter, mode):
         def run(image, classes):
             return {c: make_maps(image, adapter.class_names[c]) for c in classes}
         return run
 
-    return MethodSpec(key, key, "test", False, "dcsm", build)
+    return BenchMethod(key, key, "test", False, "dcsm", build)
 
 
 def test_masks_benchmark_scores_known_maps(tmp_path):

@@ -8,6 +8,7 @@ to the whole object and drops a detached look-alike patch.
 from __future__ import annotations
 
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -148,7 +149,7 @@ def test_read_only_inputs(two_objects):
     for m in maps.values():
         m.setflags(write=False)
     for method in ("crf", "grabcut"):
-        seg = segment(saliency_result(frozen, maps), method=method)
+        seg = segment(saliency_result(frozen, maps), segmenter=method)
         assert seg.labels.shape == (96, 128)
     assert iou(segment(maps, frozen).masks["disk"], truth["disk"]) > 0.9
 
@@ -363,13 +364,13 @@ def test_segment_takes_a_result_in_candidate_order(two_objects):
                                      "bilateral_srgb": 13.0, "bilateral_compat": 10.0,
                                      "background": "otsu", "bg_threshold": 0.2,
                                      "normalize": True, "sharpness": 10.0}
-    gc = dcsm.segment(result, method="grabcut", iterations=2)
+    gc = dcsm.segment(result, segmenter="grabcut", iterations=2)
     assert gc.method == "grabcut" and gc.parameters["iterations"] == 2
 
 
 BAD_CALLS = {
-    "unknown method": (dict(method="watershed"), "watershed"),
-    "unknown parameter": (dict(method="crf", fg_quantile=0.9), "fg_quantile"),
+    "unknown method": (dict(segmenter="watershed"), "watershed"),
+    "unknown parameter": (dict(segmenter="crf", fg_quantile=0.9), "fg_quantile"),
     "zero power": (dict(bg_power=0), "bg_power"),
     "unknown background": (dict(background="mean"), "background rule"),
     "otsu typo": (dict(background="Otsu"), "otsu"),
@@ -380,9 +381,9 @@ BAD_CALLS = {
     "negative compat": (dict(bilateral_compat=-1), "bilateral_compat"),
     "negative iterations": (dict(iterations=-1), "iterations"),
     "float iterations": (dict(iterations=2.5), "iterations"),
-    "quantile order": (dict(method="grabcut", fg_quantile=0.3, bg_quantile=0.5), "below"),
-    "quantile range": (dict(method="grabcut", fg_quantile=1.0), "fg_quantile"),
-    "grabcut zero iterations": (dict(method="grabcut", iterations=0), "iterations"),
+    "quantile order": (dict(segmenter="grabcut", fg_quantile=0.3, bg_quantile=0.5), "below"),
+    "quantile range": (dict(segmenter="grabcut", fg_quantile=1.0), "fg_quantile"),
+    "grabcut zero iterations": (dict(segmenter="grabcut", iterations=0), "iterations"),
 }
 
 
@@ -392,6 +393,25 @@ def test_bad_parameters_raise_dcsm_error(two_objects, case):
     kwargs, needle = BAD_CALLS[case]
     with pytest.raises(dcsm.DcsmError, match=needle):
         segment(maps, img, **kwargs)
+
+
+def test_the_segmenter_s_old_keyword_still_works_with_a_warning(two_objects):
+    img, maps, _ = two_objects
+    for name in ("crf", "grabcut"):
+        new = segment(maps, img, segmenter=name, max_side=64)
+        with pytest.warns(DeprecationWarning, match="segmenter="):
+            old = segment(maps, img, method=name, max_side=64)
+        assert old.method == new.method == name and old.parameters == new.parameters
+        np.testing.assert_array_equal(old.labels, new.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new keyword and the default warn nothing
+        assert segment(maps, img, max_side=64).method == "crf"
+        assert segment(maps, img, "grabcut", max_side=64).method == "grabcut"
+    with pytest.raises(dcsm.DcsmError, match="give the segmenter once"):
+        segment(maps, img, segmenter="crf", method="crf")
+    with pytest.raises(dcsm.DcsmError, match="unknown segmenter 'watershed'"), \
+            pytest.warns(DeprecationWarning):
+        segment(maps, img, method="watershed")
 
 
 def test_bad_maps_raise_dcsm_error(two_objects):
@@ -493,7 +513,7 @@ def test_a_thin_strip_is_segmented_at_a_working_size_it_fits():
     strip = rng.integers(0, 256, (5000, 8, 3), dtype=np.uint8)
     maps = {"a": rng.random((5000, 8)).astype(np.float32)}
     for method in ("crf", "grabcut"):
-        seg = dcsm.segment(maps, strip, method=method, max_side=64)  # not squeezed to 1 px
+        seg = dcsm.segment(maps, strip, segmenter=method, max_side=64)  # not squeezed to 1 px
         assert seg.labels.shape == (5000, 8)
     wide = rng.integers(0, 256, (100, 5000, 3), dtype=np.uint8)
     seg = dcsm.segment({"a": rng.random((100, 5000)).astype(np.float32)}, wide, max_side=64)

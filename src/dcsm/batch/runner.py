@@ -166,7 +166,7 @@ def explain_group(explainer: Explainer, images: list[Any], options: BatchOptions
     if len(images) == 1:
         return [explain_one(explainer, images[0], options)]
     adapter = explainer.adapter
-    max_side = getattr(explainer, "max_side", None)
+    max_side = explainer.max_side
     size = working_size(images[0].shape[0], images[0].shape[1], max_side)
     x = torch.cat([image_input(adapter, im, size) for im in images])
     try:
@@ -227,7 +227,7 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
     if options.segmenter is not None:
         from dcsm.segmentation import segment
 
-        seg = segment(result, method=options.segmenter, max_side=options.max_side,
+        seg = segment(result, segmenter=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
     with output_dir(out, name) as tmp:
         write_explanation(result, tmp, path, seg, pictures=options.pictures)
@@ -424,7 +424,7 @@ def run(
 
         try:
             for group in batches(samples, options.batch_size,
-                                 getattr(explainer, "max_side", None)):
+                                 explainer.max_side):
                 results: list[SaliencyResult | None] = [None] * len(group)
                 group_error: str | None = None
                 readable = [g for g in group if g.image is not None]

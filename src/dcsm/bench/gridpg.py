@@ -27,9 +27,9 @@ from dcsm.bench.methods import (
     CANDIDATE_MODES,
     DEFAULT_MODES,
     DEFAULT_MODES_3X3,
+    BenchMethod,
     Candidates,
     MapFunction,
-    MethodSpec,
 )
 from dcsm.bench.photos import Photo, View, find_views
 from dcsm.bench.scores import grid_pointing_game, summarize
@@ -122,7 +122,7 @@ def score_maps(maps: dict[int, np.ndarray], classes: Sequence[int], n: int,
 class Run:
     """One row of the results: a method with one candidate mode (None: it does not matter)."""
 
-    spec: MethodSpec
+    spec: BenchMethod
     mode: Candidates | None
     function: MapFunction | None = None
 
@@ -137,7 +137,7 @@ class Run:
         return self.spec.label if self.mode is None else f"{self.spec.label}, {self.mode}"
 
 
-def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODES) -> list[Run]:
+def plan_runs(methods: Sequence[BenchMethod], modes: Sequence[str] = DEFAULT_MODES) -> list[Run]:
     """One run per method, or per method and candidate mode for contrastive methods."""
     bad = [m for m in modes if m not in CANDIDATE_MODES]
     if bad or not modes:
@@ -154,7 +154,7 @@ def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODE
 def run_benchmark(
     adapter: ModelAdapter,
     grids: Sequence[Grid],
-    methods: Sequence[MethodSpec],
+    methods: Sequence[BenchMethod],
     modes: Sequence[str] = DEFAULT_MODES,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, object]]:
@@ -213,7 +213,7 @@ def gridpg(
     cell: int = 224,
     seed: int = 0,
     crops: bool = True,
-    methods: Sequence[MethodSpec] | None = None,
+    methods: Sequence[BenchMethod] | None = None,
     modes: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:

@@ -71,7 +71,6 @@ from typing import Any
 
 import numpy as np
 
-from dcsm.bench.methods import MethodSpec
 from dcsm.bench.scores import (
     energy_pointing_game,
     map_similarities,
@@ -84,6 +83,7 @@ from dcsm.bench.scores import (
 from dcsm.datasets.realphotos import MaskedPhoto, PhotoClasses, PhotoEntry, name_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.io import safe_filename, write_atomic
+from dcsm.methods.benchmarked import BenchMethod, bench_methods
 from dcsm.pipeline.adapters.base import ModelAdapter
 
 __all__ = ["DEFAULT_MASK_METHODS", "METRICS", "RECORDS_FILE", "SETTINGS_FILE", "SMALL_SHARE",
@@ -131,8 +131,10 @@ _QUANTUS_NOTES["ModelParameterRandomisation"] = _QUANTUS_NOTES["MPRT"]
 
 def segmenter_for(method: str) -> str:
     """The segmenter a method's maps go to: GrabCut for Simonyan et al.'s gradients (their
-    paper's choice, the paper's baseline), the dense CRF for every other map."""
-    return "grabcut" if method in ("simonyan", "captum-saliency") else "crf"
+    paper's choice, the paper's baseline), the dense CRF for every other map: the
+    ``segmenter`` of the benchmark's method (:mod:`dcsm.methods.benchmarked`; ``crf`` for a
+    method not in its table)."""
+    return next((m.segmenter for m in bench_methods() if m.key == method), "crf")
 
 
 def iou(prediction: np.ndarray, truth: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -228,22 +230,21 @@ def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,
     from dcsm.segmentation import segment
 
     kind = segmenter_for(method)
-    seg = segment(dict(maps), image, method=kind, **(crf if kind == "crf" else grabcut))
+    seg = segment(dict(maps), image, segmenter=kind, **(crf if kind == "crf" else grabcut))
     return seg.masks
 
 
-def quantus_plan(metrics: Sequence[str], methods: Sequence[MethodSpec],
+def quantus_plan(metrics: Sequence[str], methods: Sequence[BenchMethod],
                  max_pairs: int | None = None) -> dict[str, Any]:
     """The Quantus part of a run's settings (its fingerprint and report), checked before any
     work: DcsmError when ``quantus`` is not installed (naming the extra), for an unknown metric,
     a method the integration cannot call (one not in :data:`dcsm.bench.methods.METHODS`) or
     ``max_pairs`` under 1."""
-    from dcsm.bench.methods import METHODS
     from dcsm.integrations.quantus import check_metrics, require_quantus
 
     names = check_metrics(metrics)
     quantus = require_quantus()
-    registered = {m.key: m for m in METHODS}
+    registered = {m.key: m for m in bench_methods()}
     for spec in methods:
         if registered.get(spec.key) is not spec:
             raise DcsmError(f"Quantus judges the benchmark's own methods; '{spec.key}' is not "
@@ -278,7 +279,7 @@ _PAIR_KEYS = ("class", "pixels", "share", "small")
 class _Runner:
     """Models and map functions, made on first use per label set; one photo at a time."""
 
-    def __init__(self, adapters: Callable[[str], ModelAdapter], methods: Sequence[MethodSpec],
+    def __init__(self, adapters: Callable[[str], ModelAdapter], methods: Sequence[BenchMethod],
                  crf: Mapping[str, Any], grabcut: Mapping[str, Any], maps_dir: Path | None,
                  progress: Callable[[str], None] | None,
                  quantus: Mapping[str, Any] | None = None) -> None:
@@ -294,12 +295,12 @@ class _Runner:
             self.models[label_set] = self.adapters(label_set)
         return self.models[label_set]
 
-    def function(self, spec: MethodSpec, label_set: str) -> Callable[..., dict[int, np.ndarray]]:
+    def function(self, spec: BenchMethod, label_set: str) -> Callable[..., dict[int, np.ndarray]]:
         if (spec.key, label_set) not in self.functions:
             self.functions[spec.key, label_set] = spec.build(self.model(label_set), "oracle")
         return self.functions[spec.key, label_set]
 
-    def judge(self, spec: MethodSpec, photo: MaskedPhoto, classes: Sequence[str],
+    def judge(self, spec: BenchMethod, photo: MaskedPhoto, classes: Sequence[str],
               maps: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Quantus's scores of one method's ``maps`` for the photo's first ``classes``."""
         from dcsm.integrations.quantus import evaluate_photos
@@ -422,7 +423,7 @@ class _Records:
 def masks_benchmark(
     adapters: Callable[[str], ModelAdapter],
     photos: Iterable[MaskedPhoto | PhotoEntry],
-    methods: Sequence[MethodSpec],
+    methods: Sequence[BenchMethod],
     crf: Mapping[str, Any] | None = None,
     grabcut: Mapping[str, Any] | None = None,
     maps_dir: Path | None = None,
@@ -547,7 +548,7 @@ def _per_class(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {c: {"pairs": len(v), **_summaries(v)} for c, v in sorted(by_class.items())}
 
 
-def _quantus_part(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodSpec],
+def _quantus_part(records: Sequence[Mapping[str, Any]], methods: Sequence[BenchMethod],
                   quantus: Mapping[str, Any], large: Sequence[int], small: Sequence[int]
                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The report's ``quantus`` entry and each method's Quantus part (see :func:`build_report`);
@@ -591,7 +592,7 @@ def _quantus_summary(scores: Sequence[Mapping[str, Any] | None], positions: Sequ
     return {name: summarize([s[name] for s in kept]) for name in metrics}
 
 
-def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[MethodSpec],
+def build_report(records: Sequence[Mapping[str, Any]], methods: Sequence[BenchMethod],
                  small_share: float = SMALL_SHARE,
                  quantus: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report from the photos' records, in the order given.

@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from dcsm.datasets.voc import VOCDataset
     from dcsm.errors import DcsmError
     from dcsm.evaluation.compare import DEFAULT_METHODS, evaluate
+    from dcsm.methods.registry import DEFAULT_METHOD
 
     if args.model is None:
         raise DcsmError("dcsm evaluate needs --model, e.g. checkpoint:runs/synthetic")
-    if args.method != "dcsm" or args.no_subtract or args.classes.strip().lower() != "auto":
+    if args.method != DEFAULT_METHOD or args.no_subtract or args.classes.strip().lower() != "auto":
         raise DcsmError("dcsm evaluate runs every method itself (--methods); --method, "
                         "--no-subtract and --classes do not apply (candidates: the model's or "
                         "--oracle-labels)")

@@ -173,7 +173,7 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
         result = explain_one(explainer, image, args)
         seg = None
         if segmenter is not None:
-            seg = segment(result, method=segmenter, max_side=max_side(args), **params)
+            seg = segment(result, segmenter=segmenter, max_side=max_side(args), **params)
         final = args.out / stem
         with output_dir(args.out, stem) as tmp:
             write_explanation(result, tmp, path, seg, display, pictures=args.pictures)
@@ -240,8 +240,8 @@ def run_figure(args: argparse.Namespace) -> int:
     simonyan = make_explainer(explainer.adapter, "simonyan", max_side=max_side(args),
                               precision=args.precision, max_pixels=max_pixels(args)).explain(
         image, classes=[c.index for c in distinct.candidates])
-    crf = segment(distinct, method="crf", max_side=max_side(args), **crf_params)
-    grabcut = segment(simonyan, method="grabcut", max_side=max_side(args), **grabcut_params)
+    crf = segment(distinct, segmenter="crf", max_side=max_side(args), **crf_params)
+    grabcut = segment(simonyan, segmenter="grabcut", max_side=max_side(args), **grabcut_params)
     fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method,
                      **display.options())
     save_figure(args.out, fig, dpi=args.dpi)

@@ -127,7 +127,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of the saliency method and of candidate selection."""
-    from dcsm.api import METHODS
+    from dcsm.methods.registry import DEFAULT_METHOD
+    from dcsm.methods.registry import names as method_names
     from dcsm.pipeline.layer_maps import CHANNEL_REDUCTIONS, UPSAMPLE_ORDERS
     from dcsm.pipeline.presets import DEFAULT_PRESET, PRESETS
 
@@ -149,7 +150,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                             "preset's, on for tuned)")
     merge.add_argument("--no-merge-lookalikes", dest="merge_lookalikes", action="store_const",
                        const=False, help="keep look-alike auto candidates apart")
-    p.add_argument("--method", choices=METHODS, default="dcsm")
+    p.add_argument("--method", choices=method_names(explainers=True), default=DEFAULT_METHOD)
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help="method settings (default %(default)s; paper: the paper's text; "
                         "released: the authors' code)")

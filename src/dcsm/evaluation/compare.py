@@ -51,10 +51,11 @@ import torch
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
-from dcsm.methods.baselines import InputGradient
+from dcsm.methods.registry import find as find_method
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.adapters.weights import weights_digest
 from dcsm.pipeline.affinity import AUTO_LAYER
+from dcsm.pipeline.base import Explainer
 from dcsm.pipeline.candidates import select
 from dcsm.pipeline.explainer import DistinctSaliency
 from dcsm.pipeline.images import model_input, reference_scale
@@ -66,7 +67,7 @@ class Method:
 
     name: str
     title: str
-    maps: str  # "simonyan" or a dcsm variant: "full", "no_subtract", "single_scale", ...
+    maps: str  # a registered method ("simonyan") or a dcsm variant: "full", "no_subtract", ...
     segmenter: str  # "crf" or "grabcut"
 
 
@@ -90,8 +91,10 @@ BASELINE = "simonyan_grabcut"
 
 
 def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | None
-                   ) -> dict[str, DistinctSaliency | InputGradient]:
-    """The explainer of each kind of maps, all derived from the full method's settings."""
+                   ) -> dict[str, Explainer]:
+    """The explainer of each kind of maps, all derived from the full method's settings: a
+    registered method (``simonyan``, :mod:`dcsm.methods.registry`) at the full method's working
+    resolution and precision, or a variant of the full method."""
     a = full.adapter
     ref = full.scales[reference_scale(full.scales)]
     common = {"preset": full.preset, "backprop": full.rule, "alpha": full.alpha,
@@ -102,11 +105,11 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
     walk = full.propagate
     # the single layer's variant walks through its own layer's features
     single_walk = False if walk is None else replace(walk, layer=AUTO_LAYER)
-    made: dict[str, DistinctSaliency | InputGradient] = {}
+    made: dict[str, Explainer] = {}
     for kind in kinds:
-        if kind == "simonyan":
-            made[kind] = InputGradient(a, "plain", max_side=full.max_side,
-                                       precision=full.precision)
+        other = find_method(kind, explainers=True)
+        if other is not None:
+            made[kind] = other.build(a, {"max_side": full.max_side, "precision": full.precision})
         elif kind == "full":
             made[kind] = full
         elif kind == "no_subtract":
@@ -194,7 +197,7 @@ class _Plan:
     ids: list[str]
     methods: list[str]
     primary: str
-    explainers: dict[str, DistinctSaliency | InputGradient]
+    explainers: dict[str, Explainer]
     params: dict[str, dict[str, object]]
     mapping: dict[int, int]  # adapter class index -> data set label
     oracle: bool
@@ -346,7 +349,7 @@ def _evaluate_image(plan: _Plan, image_id: str
                     maps_cache[method.maps] = (result, time.perf_counter() - started)
                 result, map_seconds = maps_cache[method.maps]
                 started = time.perf_counter()
-                seg = segment(result, method=method.segmenter, max_side=plan.max_side,
+                seg = segment(result, segmenter=method.segmenter, max_side=plan.max_side,
                               **plan.params[method.segmenter])  # type: ignore[arg-type]
                 seconds[m] = map_seconds + time.perf_counter() - started
                 pred = lut[seg.labels]

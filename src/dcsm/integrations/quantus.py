@@ -19,8 +19,10 @@ at the input's size.
   not of Quantus's copy).
 * **The method**: ``method="dcsm"`` (default) with dcsm's settings (``preset``, ``scales``,
   ``layers``, ``alpha``, ``subtract``, ``backprop``, ``upsample``, ``min_contrast``,
-  ``max_side``, ``precision``, ``batch``); dcsm's baselines ``"simonyan"``, ``"guided"`` and
-  ``"gradcam"`` (``layers``, ``max_side``, ``precision``); or any peer of the benchmarks by its
+  ``max_side``, ``precision``, ``batch``...); dcsm's baselines ``"simonyan"``, ``"guided"`` and
+  ``"gradcam"`` (``layers``, ``max_side``, ``precision``, ``batch``): each registered method
+  with an explainer takes the settings of its :class:`dcsm.methods.registry.MethodSpec`, and
+  ``layers``; or any peer of the benchmarks by its
   key in :data:`dcsm.bench.methods.METHODS` (``"pgc-gradcam"``, ``"captum-saliency"``,
   ``"torchcam-layercam"``...), run through the same wrapper as ``dcsm bench``. The peers'
   wrappers take 8-bit photos: the inputs are turned back into pixels by inverting the adapter's
@@ -91,7 +93,10 @@ import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, first_line
+from dcsm.methods.benchmarked import get_methods
+from dcsm.methods.registry import MethodSpec, find
 from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.base import Explainer
 from dcsm.pipeline.explainer import DistinctSaliency
 
 __all__ = [
@@ -117,11 +122,6 @@ LOCALISATION_METRICS: tuple[str, ...] = (
 DEFAULT_METRICS: tuple[str, ...] = (*LOCALISATION_METRICS, "RandomLogit", "MPRT")
 _METRICS = (*DEFAULT_METRICS, "ModelParameterRandomisation")
 
-_API_METHODS = ("dcsm", "simonyan", "guided", "gradcam")
-_DCSM_SETTINGS = ("preset", "scales", "layers", "backprop", "alpha", "subtract", "upsample",
-                  "batch", "min_contrast", "max_side", "precision", "merge_lookalikes",
-                  "reduce", "propagate", "flip", "gamma")
-_BASELINE_SETTINGS = ("layers", "max_side", "precision")
 _MODULE_OPTIONS = ("class_names", "preprocess", "multilabel", "input_size", "layouts")
 _CACHE_SIZE = 6
 
@@ -386,23 +386,20 @@ def _pixels(adapter: ModelAdapter, x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
-def _explainer(adapter: ModelAdapter, owner: object, method: str,
-               settings: Mapping[str, Any]) -> Any:
-    def build() -> Any:
-        if method == "dcsm":
-            return DistinctSaliency(adapter, **settings)
-        from dcsm.api import make_explainer
-
-        return make_explainer(adapter, method, **settings)
-
-    return _cached(owner, _settings_key(method, settings), build)
+def _explainer(adapter: ModelAdapter, owner: object, spec: MethodSpec,
+               settings: Mapping[str, Any]) -> Explainer:
+    return _cached(owner, _settings_key(spec.name, settings),
+                   lambda: spec.build(adapter, settings))
 
 
 def _split(method: str, kwargs: Mapping[str, Any]
            ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the method's settings, the plain module's options); DcsmError for anything else."""
-    allowed = (_DCSM_SETTINGS if method == "dcsm" else
-               _BASELINE_SETTINGS if method in _API_METHODS else ())
+    """(the method's settings, the plain module's options); DcsmError for anything else.
+
+    A method with an explainer takes its registered settings (:mod:`dcsm.methods.registry`)
+    and ``layers`` (a plain module's too); a benchmark method a plain module's options only."""
+    spec = find(method, explainers=True)
+    allowed = () if spec is None else spec.settings | {"layers"}
     settings = {k: v for k, v in kwargs.items() if k in allowed}
     options = {k: v for k, v in kwargs.items() if k in _MODULE_OPTIONS}
     unknown = sorted(set(kwargs) - set(settings) - set(options))
@@ -425,7 +422,8 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor,
             copy of one, or a classifier module returning ``(N, C)`` logits.
         inputs: preprocessed images ``(N, 3, H, W)`` (or one ``(3, H, W)``).
         targets: the class of each image ``(N,)`` (one class for all).
-        method: ``"dcsm"``, ``"simonyan"``, ``"guided"``, ``"gradcam"`` or a key of
+        method: ``"dcsm"``, ``"simonyan"``, ``"guided"``, ``"gradcam"`` (a registered method
+            with an explainer, :mod:`dcsm.methods.registry`) or a key of
             :data:`dcsm.bench.methods.METHODS` (module docstring).
         candidates: the classes each target is contrasted with: None (each image's automatic
             candidates plus the target), a list of class lists aligned with ``inputs``, or a
@@ -433,7 +431,8 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor,
         device: Quantus's device argument; the maps are computed where the model is.
         kwargs: the method's settings (dcsm: ``preset``, ``scales``, ``layers``, ``alpha``,
             ``subtract``, ``backprop``, ``upsample``, ``min_contrast``, ``max_side``,
-            ``precision``, ``batch``; the baselines: ``layers``, ``max_side``, ``precision``)
+            ``precision``, ``batch``; the baselines: ``layers``, ``max_side``, ``precision``,
+            ``batch``)
             and, for a plain module, its description (``class_names``, ``preprocess``,
             ``multilabel``, ``input_size``, ``layouts``).
 
@@ -442,12 +441,13 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor,
     """
     del device
     x_np, y = _as_batch(inputs, targets)
-    if method in _API_METHODS:
+    spec = find(method, explainers=True)
+    if spec is not None:
         settings, options = _split(method, kwargs)
         adapter = _adapter_of(model, options)
         x = torch.from_numpy(x_np)
-        explainer = _explainer(adapter, model, method, settings)
-        if method != "dcsm":  # no contrast: each target alone, the whole batch at once
+        explainer = _explainer(adapter, model, spec, settings)
+        if not spec.contrastive:  # no contrast: each target alone, the whole batch at once
             maps = explainer.explain(x, classes=[[t] for t in y]).maps[:, 0]
             return maps.float().cpu().numpy()[:, None].astype(np.float32)
         lists = _candidate_lists(adapter, candidates, x_np, x, y, settings)
@@ -466,9 +466,8 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor,
 
 def _peer_explain(model: nn.Module, x_np: np.ndarray, y: list[int], method: str,
                   candidates: object, kwargs: Mapping[str, Any]) -> np.ndarray:
-    """A benchmark method (:mod:`dcsm.bench.methods`) through its own wrapper, image by image."""
-    from dcsm.bench.methods import get_methods
-
+    """A benchmark method (:mod:`dcsm.methods.benchmarked`) through its own wrapper, image by
+    image."""
     (spec,) = get_methods([method])
     _, options = _split(method, kwargs)
     adapter = _adapter_of(model, options)
@@ -621,9 +620,7 @@ def evaluate_photos(
         raise DcsmError(f"batch_size must be at least 1, got {batch_size}")
     if max_pairs is not None and max_pairs < 1:
         raise DcsmError(f"max_pairs must be at least 1, got {max_pairs}")
-    if method not in _API_METHODS:
-        from dcsm.bench.methods import get_methods
-
+    if find(method, explainers=True) is None:
         get_methods([method])  # an unknown or unavailable method fails here
     settings = dict(settings or {})
     _split(method, settings)  # unknown settings fail before any work

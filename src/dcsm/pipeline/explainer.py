@@ -31,21 +31,17 @@ Examples::
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, DcsmWarning
-from dcsm.io import check_max_pixels
-from dcsm.pipeline.adapters import as_adapter
 from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.pipeline.affinity import AUTO_LAYER, Propagation, affinity_features, random_walk
+from dcsm.pipeline.base import Explainer
 from dcsm.pipeline.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.pipeline.gradients import (
@@ -62,14 +58,10 @@ from dcsm.pipeline.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
-    as_rgb_array,
-    check_max_side,
-    image_input,
     reference_scale,
-    resize_tensor,
     scaled_input,
-    working_size,
 )
+from dcsm.pipeline.inputs import Prepared, check_scales
 from dcsm.pipeline.layer_maps import (
     CHANNEL_REDUCTIONS,
     UPSAMPLE_ORDERS,
@@ -82,240 +74,10 @@ from dcsm.pipeline.layer_maps import (
 from dcsm.pipeline.layouts import LayoutSpec, resolve_layout, to_grid
 from dcsm.pipeline.presets import DEFAULT_PRESET, Preset, get_preset
 from dcsm.pipeline.result import BatchResult, SaliencyResult
-from dcsm.pipeline.rules import BackpropRule, GuidedRule, get_rule, warn_if_unguided
-
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from dcsm.pipeline.rules import BackpropRule, get_rule
 
 
-def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    """Validated scale ratios."""
-    out = tuple(float(s) for s in scales)
-    if not out:
-        raise DcsmError("at least one scale is needed")
-    if any(not np.isfinite(s) or s <= 0 or s > 8 for s in out):
-        raise DcsmError(f"scales must lie in (0, 8], got {list(out)}")
-    return out
-
-
-def check_precision(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision name."""
-    if precision not in PRECISIONS:
-        raise DcsmError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
-
-
-@dataclass
-class Prepared:
-    """An input ready for the model: the working-resolution tensor and how to return maps.
-
-    ``x`` is ``(N, 3, h, w)`` on the model's device; maps are computed at ``(h, w)`` and resized
-    to ``out_size``; ``image`` is the RGB array of a single image (None for tensors).
-    """
-
-    x: torch.Tensor
-    out_size: tuple[int, int]
-    image: np.ndarray | None
-    out_device: torch.device
-
-
-def prepare(adapter: ModelAdapter, image: ImageLike | torch.Tensor,
-            max_side: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Prepared:
-    """Turn an image (path, array, PIL) or a preprocessed tensor (N, 3, H, W) into model input.
-
-    Images are read by :func:`dcsm.pipeline.images.as_rgb_array` (at most ``max_pixels`` pixels) and
-    resized to the working resolution (:mod:`dcsm.pipeline.images`) before preprocessing; tensors
-    are
-    taken as preprocessed and resized the same way.
-    """
-    if isinstance(image, torch.Tensor):
-        x = image.unsqueeze(0) if image.ndim == 3 else image
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
-            raise DcsmError(f"a tensor input must be (N, 3, H, W) or (3, H, W), got "
-                            f"{tuple(image.shape)}")
-        if not x.is_floating_point():
-            raise DcsmError(f"a tensor input must be preprocessed floats, got {x.dtype}")
-        if min(x.shape[-2:]) < 8:
-            raise DcsmError(f"tensor images must be at least 8x8, got {tuple(x.shape[-2:])}")
-        if not torch.isfinite(x).all():
-            raise DcsmError("the input tensor holds NaN or infinite values")
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        work = working_size(*size, max_side)
-        moved = x.detach().to(adapter.device, torch.float32)
-        return Prepared(resize_tensor(moved, work), size, None, x.device)
-    img = as_rgb_array(image, max_pixels)
-    size = (img.shape[0], img.shape[1])
-    x = image_input(adapter, img, working_size(*size, max_side))
-    return Prepared(x, size, img, torch.device("cpu"))
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a computation on ``device`` (None where it cannot be told)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu" and os.path.exists("/proc/meminfo"):
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return None
-
-
-@contextlib.contextmanager
-def _count_saved() -> Iterator[list[int]]:
-    """Sum the bytes autograd saves for the backward during the block."""
-    total = [0]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield total
-
-
-class _Explainer:
-    """What every method shares: the model, the working resolution, inputs and outputs."""
-
-    method = "baseline"
-
-    def __init__(self, model: ModelAdapter | nn.Module | str, max_side: int | None,
-                 precision: str, model_options: Mapping[str, object],
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.adapter = as_adapter(model, **model_options)  # type: ignore[arg-type]
-        self.max_side = check_max_side(max_side)
-        self.max_pixels = check_max_pixels(max_pixels)
-        self.precision = precision
-        self.autocast = check_precision(precision)
-
-    def _scales(self) -> tuple[float, ...]:
-        return (1.0,)
-
-    def _layers(self) -> list[str]:
-        return []
-
-    def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json``."""
-        return {"max_side": self.max_side, "precision": self.precision}
-
-    def estimate_memory(self, height: int, width: int, classes: int = 2, batch: int = 1) -> int:
-        """Bytes one explanation of a ``height x width`` image will need at its peak, about.
-
-        Measured, not guessed: forward passes at 96 x 96 and 192 x 192 pixels count the bytes
-        autograd saves for the backward; a line through the two (a part that grows with the
-        pixels, and one that does not) gives the bytes at the working size and the largest
-        scale. Added: the gradients of one backward (as much again), the per-layer and fused
-        maps, and the input.
-        """
-        h, w = working_size(height, width, self.max_side)
-        measured = []
-        for side in (96, 192):
-            probe = torch.zeros((1, 3, side, side), device=self.adapter.device)
-            probe_in = scaled_input(self.adapter, probe, 1.0)
-            with _count_saved() as saved:
-                fp = forward_pass(self.adapter, probe_in, self._layers(), get_rule("plain"),
-                                  input_grad=not self._layers(), autocast=self.autocast)
-            del fp
-            measured.append((probe_in.shape[-2] * probe_in.shape[-1], saved[0]))
-        (p0, b0), (p1, b1) = measured
-        per_pixel = max(0.0, (b1 - b0) / max(1, p1 - p0))
-        fixed = max(0.0, b1 - per_pixel * p1)
-        if self.adapter.input_size is not None:
-            big_px = float(p1)
-            per_pixel, fixed = 0.0, float(b1)
-        else:
-            big = max(self._scales())
-            big_px = max(h * big, self.adapter.min_input) * max(w * big, self.adapter.min_input)
-        graph = 2.0 * (fixed + per_pixel * big_px) * batch
-        maps = 4.0 * batch * classes * h * w * (len(self._layers()) + 4)
-        return int(graph + maps + 4 * 3 * h * w * batch * 2)
-
-    def _check_memory(self, prepared: Prepared, classes: int) -> None:
-        if self.max_side is not None:
-            return
-        h, w = prepared.x.shape[-2:]
-        need = self.estimate_memory(int(h), int(w), max(classes, 2), prepared.x.shape[0])
-        free = available_memory(self.adapter.device)
-        if free is not None and need > free:
-            raise DcsmError(
-                f"explaining {int(h)}x{int(w)} pixels at full resolution needs about "
-                f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available; use a working "
-                f"resolution (max_side, --max-side; default {DEFAULT_MAX_SIDE})")
-
-    def _run(self, prepared: Prepared, classes: ClassSpec, top_k: int | None,
-             threshold: float | None, per_layer: bool
-             ) -> tuple[torch.Tensor, list[Selection], dict[str, torch.Tensor] | None]:
-        raise NotImplementedError
-
-    def explain(
-        self,
-        image: ImageLike | torch.Tensor,
-        classes: ClassSpec = None,
-        top_k: int | None = None,
-        threshold: float | None = None,
-        per_layer: bool = False,
-    ) -> SaliencyResult | BatchResult:
-        """Maps of the candidate classes of ``image``.
-
-        ``image``: a path, an RGB/grey array, a PIL image (returns a :class:`SaliencyResult`
-        with numpy maps), or a preprocessed float tensor ``(N, 3, H, W)`` (returns a
-        :class:`BatchResult` whose maps are an ``(N, K, H, W)`` tensor on the tensor's device).
-        ``classes``: None or ``"auto"`` (chosen from the model's scores,
-        :mod:`dcsm.pipeline.candidates`),
-        class names or indices for every image, one list per image, or an ``(N, K)`` tensor.
-        """
-        prepared = prepare(self.adapter, image, self.max_side, self.max_pixels)
-        self._check_memory(prepared, 4)
-        maps, selections, layers = self._run(prepared, classes, top_k, threshold, per_layer)
-        rule = getattr(self, "rule", None)
-        if isinstance(rule, GuidedRule) and rule.last_intercepted == 0:
-            warn_if_unguided(0, self.adapter.name)
-        k = len(selections[0].selected)
-        maps = upsample(maps[:, :k].float(), prepared.out_size).clamp(0, 1)
-        names = [[c.name for c in s.selected] for s in selections]
-        self._warn_empty(maps, selections)
-        if layers is not None:
-            layers = {name: upsample(m[:, :k].float(), prepared.out_size).clamp(0, 1)
-                      for name, m in layers.items()}
-        if prepared.image is None:
-            return BatchResult(
-                maps=maps.to(prepared.out_device),
-                classes=torch.tensor([[c.index for c in s.selected] for s in selections]),
-                scores=torch.tensor([[c.score for c in s.selected] for s in selections]),
-                class_names=names, method=self.method, model=self.adapter.name,
-                parameters=self.parameters(),
-                contrast=torch.tensor([[c.index for c in s.contrast] for s in selections]),
-                contrast_names=[[c.name for c in s.contrast] for s in selections],
-                contrast_scores=torch.tensor([[c.score for c in s.contrast]
-                                              for s in selections]),
-                merged=[[c.merged for c in s.selected] for s in selections],
-                contrast_merged=[[c.merged for c in s.contrast] for s in selections],
-                layer_maps=None if layers is None else {
-                    name: m.to(prepared.out_device) for name, m in layers.items()},
-            )
-        fused = maps[0].cpu().numpy()
-        result = SaliencyResult(
-            image=prepared.image,
-            maps={name: fused[j].astype(np.float32) for j, name in enumerate(names[0])},
-            candidates=selections[0].selected,
-            method=self.method,
-            model=self.adapter.name,
-            parameters=self.parameters(),
-            contrast=selections[0].contrast,
-        )
-        if layers is not None:
-            result.layer_maps = {
-                name: {layer: m[0, j].cpu().numpy() for layer, m in layers.items()}
-                for j, name in enumerate(names[0])
-            }
-        return result
-
-    def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
-        """Tell the user when a contrasted map is zero everywhere (look-alike classes)."""
-
-
-class DistinctSaliency(_Explainer):
+class DistinctSaliency(Explainer):
     """The distinct class saliency method, configured once and applied to many images.
 
     Args:
@@ -404,7 +166,8 @@ class DistinctSaliency(_Explainer):
     ) -> None:
         super().__init__(model, max_side, precision, {
             "layers": layers, "class_names": class_names, "preprocess": preprocess,
-            "multilabel": multilabel, "input_size": input_size, "layouts": layouts}, max_pixels)
+            "multilabel": multilabel, "input_size": input_size, "layouts": layouts}, max_pixels,
+            get_rule(backprop))
         adapter = self.adapter
         self.preset = get_preset(preset)
         self.scales = check_scales(self.preset.scales if scales is None else scales)
@@ -423,7 +186,6 @@ class DistinctSaliency(_Explainer):
                             "'dotted.path', ...], the deeper intermediate layers of the network")
         self.layers = [adapter.layer_name(layer) for layer in layers]
         adapter.resolve_layers(self.layers)  # fail early on unknown or repeated layers
-        self.rule = get_rule(backprop)
         self.alpha = float(self.preset.alpha if alpha is None else alpha)
         if not np.isfinite(self.alpha) or self.alpha <= 0:
             raise DcsmError(f"alpha must be a positive number, got {alpha}")
@@ -465,6 +227,21 @@ class DistinctSaliency(_Explainer):
         if not isinstance(merge, bool):
             raise DcsmError(f"merge_lookalikes must be True or False, got {merge_lookalikes!r}")
         self.merge_lookalikes = merge
+
+    rule: BackpropRule
+
+    def explain(
+        self,
+        image: ImageLike | torch.Tensor,
+        classes: ClassSpec = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        per_layer: bool = False,
+    ) -> SaliencyResult | BatchResult:
+        """The distinct class saliency maps of ``image``'s candidate classes (the arguments:
+        :meth:`dcsm.Explainer.explain`); ``per_layer`` also gives each layer's fused maps."""
+        prepared = self.prepare_input(image)
+        return self.result(prepared, *self._run(prepared, classes, top_k, threshold, per_layer))
 
     def _scales(self) -> tuple[float, ...]:
         return self.scales

@@ -20,12 +20,13 @@ Example::
     seg.labels                                       # (H, W) uint8: 0, 1 (tabby), 2 (espresso)
     seg.masks["tabby"]                               # (H, W) bool
     simonyan = dcsm.explain(adapter, result.image, method="simonyan", classes=["tabby", "espresso"])
-    baseline = dcsm.segment(simonyan, method="grabcut")
+    baseline = dcsm.segment(simonyan, segmenter="grabcut")
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,11 @@ SEGMENTERS: tuple[str, ...] = ("crf", "grabcut")
 def segment(
     source: MapSource,
     image: ImageLike | None = None,
-    method: str = "crf",
+    segmenter: str | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
     **params: Any,
 ) -> Segmentation:
-    """Segment with ``method`` ``"crf"`` (:func:`segment_crf`) or ``"grabcut"``
+    """Segment with ``segmenter`` ``"crf"`` (:func:`segment_crf`, the default) or ``"grabcut"``
     (:func:`segment_grabcut`); ``params`` are that function's keyword arguments.
 
     Images larger than ``max_side`` on their long side (the working resolution, 512 by default;
@@ -111,24 +112,37 @@ def segment(
     ``probabilities`` stay at the working size. The dense CRF's kernels are in pixels, so this
     also keeps their reach the same relative to the objects.
 
+    The segmenter's old keyword, ``method=``, still works, with a :class:`DeprecationWarning`.
+
     Raises:
-        DcsmError: for an unknown method or parameter, or a bad value.
+        DcsmError: for an unknown segmenter or parameter, a bad value, or both ``segmenter``
+            and ``method`` given.
     """
+    if "method" in params:
+        old = params.pop("method")
+        if segmenter is not None:
+            raise DcsmError("give the segmenter once: segmenter= (method= is its old name)")
+        warnings.warn("dcsm.segment(method=...) is deprecated: use segmenter=...",
+                      DeprecationWarning, stacklevel=2)
+        segmenter = old
+    if segmenter is None:
+        segmenter = "crf"
     check_max_side(max_side)
     img, names, stack = maps_and_image(source, image)
     side = _working_side(img.shape[0], img.shape[1], max_side)
     if side is not None:
         small = shrink_image(img, side)
         maps = {n: shrink_map(m, side) for n, m in zip(names, stack, strict=True)}
-        seg = segment(maps, small, method, None, **params)
+        seg = segment(maps, small, segmenter, None, **params)
         return _enlarge(seg, (img.shape[0], img.shape[1]))
-    if method not in SEGMENTERS:
-        raise DcsmError(f"unknown segmenter '{method}'; known: {', '.join(SEGMENTERS)}")
-    known = list((CRFParams if method == "crf" else GrabCutParams).__dataclass_fields__)
+    if segmenter not in SEGMENTERS:
+        raise DcsmError(f"unknown segmenter '{segmenter}'; known: {', '.join(SEGMENTERS)}")
+    known = list((CRFParams if segmenter == "crf" else GrabCutParams).__dataclass_fields__)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise DcsmError(f"unknown {method} parameter '{unknown[0]}'; known: {', '.join(known)}")
-    if method == "crf":
+        raise DcsmError(f"unknown {segmenter} parameter '{unknown[0]}'; known: "
+                        f"{', '.join(known)}")
+    if segmenter == "crf":
         return segment_crf(source, image, **params)
     return segment_grabcut(source, image, **params)
 

@@ -22,12 +22,14 @@ import numpy as np
 
 import dcsm
 from dcsm.errors import DcsmError
+from dcsm.methods.registry import DEFAULT_METHOD
+from dcsm.methods.registry import get as get_method
 from dcsm.pipeline.candidates import Candidate
 from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 
 if TYPE_CHECKING:
-    from dcsm.api import Explainer
     from dcsm.pipeline.adapters.base import ModelAdapter
+    from dcsm.pipeline.base import Explainer
     from dcsm.pipeline.result import SaliencyResult
     from dcsm.segmentation import Segmentation
 
@@ -46,7 +48,8 @@ class Settings:
     """What the page's controls ask for.
 
     Attributes:
-        method: ``dcsm``, ``simonyan``, ``guided`` or ``gradcam`` (:data:`dcsm.api.METHODS`).
+        method: ``dcsm``, ``simonyan``, ``guided`` or ``gradcam`` (:data:`dcsm.api.METHODS`,
+            the methods of :mod:`dcsm.methods.registry` that have an explainer).
         preset: the dcsm preset (``paper``, ``released``, ``tuned``); None for the library's
             default (:func:`default_preset`); the baselines have none.
         layers: the layers the maps are read at; None, or the preset's layers for the model
@@ -57,7 +60,7 @@ class Settings:
         segmenter: ``crf``, ``grabcut`` or ``none``.
     """
 
-    method: str = "dcsm"
+    method: str = DEFAULT_METHOD
     preset: str | None = None
     layers: tuple[str, ...] | None = None
     classes: tuple[str, ...] = ()
@@ -165,12 +168,13 @@ class Viewer:
         (Grad-CAM: for the model's or the preset's default set, so that it reads its own
         layer), and for the input-gradient baselines, which read none."""
         layers = settings.layers
-        if settings.method in ("simonyan", "guided") or layers is None:
+        spec = get_method(settings.method)
+        if spec.layers == "none" or layers is None:
             return None
         if not layers:
             raise DcsmError("choose at least one layer")
         defaults = [set(self.preset_layers(settings.preset))]
-        if settings.method == "gradcam":
+        if spec.layers == "one":
             defaults.append(set(self.default_layers))
         if set(layers) in defaults:
             return None
@@ -181,12 +185,13 @@ class Viewer:
         from dcsm.api import make_explainer
 
         layers = self.layers_for(settings)
-        preset = (settings.preset or default_preset()) if settings.method == "dcsm" else ""
+        takes_preset = get_method(settings.method).takes_preset
+        preset = (settings.preset or default_preset()) if takes_preset else ""
         key = (settings.method, preset, layers)
         if key not in self._explainers:
             options: dict[str, object] = {"layers": list(layers) if layers else None,
                                           "max_side": DEFAULT_MAX_SIDE}
-            if settings.method == "dcsm":
+            if takes_preset:
                 options["preset"] = preset
             self._explainers[key] = make_explainer(self.adapter, settings.method,
                                                    **options)  # type: ignore[arg-type]
@@ -227,9 +232,9 @@ class Viewer:
             explainer = self.explainer(settings)
             classes = list(settings.classes) if settings.classes else "auto"
             result = explainer.explain(image, classes=classes, top_k=int(settings.top_k),
-                                       per_layer=settings.method == "dcsm")
+                                       per_layer=get_method(settings.method).per_layer)
             seg = None if settings.segmenter == "none" else segment(
-                result, method=settings.segmenter)  # type: ignore[arg-type]
+                result, segmenter=settings.segmenter)  # type: ignore[arg-type]
             seconds = time.perf_counter() - start
             top = self.top_classes(image)
         return Analysis(result, seg, top, seconds, settings)  # type: ignore[arg-type]

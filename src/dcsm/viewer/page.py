@@ -27,8 +27,8 @@ def main() -> None:
     """Draw the page."""
     import streamlit as st
 
-    from dcsm.api import METHODS
     from dcsm.io.viz import SUGGESTED_COLORMAPS
+    from dcsm.methods.registry import names as method_names
     from dcsm.pipeline.presets import PRESETS
     from dcsm.viewer import app
     from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS, default_preset
@@ -56,7 +56,8 @@ def main() -> None:
         classes = st.multiselect("Classes (empty: the model's top classes)",
                                  viewer.class_names, key="classes")
         top_k = st.slider("Top classes (when none picked)", 1, 5, 2, key="top_k")
-        method = st.radio("Method", list(METHODS), horizontal=True, key="method")
+        method = st.radio("Method", list(method_names(explainers=True)), horizontal=True,
+                          key="method")
         if "preset" not in state:
             state["preset"] = default_preset()
         if "layers" not in state:

@@ -363,7 +363,7 @@ def test_large_images_run_at_the_working_resolution(tiny):
     # a full-resolution run is estimated first, and refused when it would not fit
     full = dcsm.DistinctSaliency(adapter, scales=[1.0, 1.5], max_side=None)
     assert full.estimate_memory(1500, 2100) > 8 * explainer.estimate_memory(1500, 2100)
-    import dcsm.pipeline.explainer as ex
+    import dcsm.pipeline.speedups.memory as ex
 
     original = ex.available_memory
     ex.available_memory = lambda device: 10_000
@@ -381,9 +381,9 @@ def test_memory_estimate_is_of_the_right_size(tiny):
     net = tiny.TinyNet(classes=4, seed=3)
     explainer = dcsm.DistinctSaliency(tiny.adapter(net), scales=[1.0], max_side=None)
     estimate = explainer.estimate_memory(300, 400, classes=2)
-    from dcsm.pipeline.explainer import _count_saved
     from dcsm.pipeline.gradients import forward_pass
     from dcsm.pipeline.rules import get_rule
+    from dcsm.pipeline.speedups.memory import count_saved as _count_saved
 
     with _count_saved() as saved:
         fp = forward_pass(explainer.adapter, torch.zeros(1, 3, 300, 400), explainer.layers,
