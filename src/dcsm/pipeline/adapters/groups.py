@@ -36,13 +36,12 @@ probabilities as the base model gives them: :math:`P_G = \sum_{m \in G} \mathrm{
 z)_m` with :math:`\bar z` the base adapter's pooled logits (mean over locations for the ImageNet
 models: the classifier's own output). For the rules that read the map per location (``any_scale``,
 ``score_map`` in :mod:`dcsm.pipeline.candidates`) the probability at a location is the sum of the
-members'
-probabilities there. For a sigmoid (multi-label) base model the members are independent yes/no
-scores and a group is present when any member is: :math:`P_G = 1 - \prod_m (1 - \sigma(z_m))`.
-These values are exact, not a function of the group maps alone (the pooling of a log-sum-exp is
-not the log-sum-exp of the pooled logits), so the grouped model's score map carries the base
-model's logits after the group maps (:class:`GroupedScoreMap`): channels ``0 .. G-1`` are the
-groups' score maps, the ones that are explained; channels ``G .. G+999`` are the base logits,
+members' probabilities there. For a sigmoid (multi-label) base model the members are independent
+yes/no scores and a group is present when any member is: :math:`P_G = 1 - \prod_m (1 -
+\sigma(z_m))`. These values are exact, not a function of the group maps alone (the pooling of a
+log-sum-exp is not the log-sum-exp of the pooled logits), so the grouped model's score map carries
+the base model's logits after the group maps (:class:`GroupedScoreMap`): channels ``0 .. G-1`` are
+the groups' score maps, the ones that are explained; channels ``G .. G+999`` are the base logits,
 read by :meth:`GroupedAdapter.pool` and :meth:`GroupedAdapter.probabilities` only.
 
 **What ImageNet cannot name.** ``person``: ImageNet-1k has no class for a person as such. Its

@@ -17,9 +17,8 @@ score.
 Heads that flatten a fixed-size feature map (torchvision's VGG and AlexNet: ``fc6`` sees a 7 x 7
 window) cannot run on other sizes as the paper does, so those two are converted to their fully
 convolutional form (:mod:`dcsm.pipeline.adapters.torchvision_models`), which returns the original
-logits at
-224 x 224. A module whose forward only accepts one input size is declared with ``input_size``:
-every image is then resized to it, at one scale.
+logits at 224 x 224. A module whose forward only accepts one input size is declared with
+``input_size``: every image is then resized to it, at one scale.
 
 Defaults: torchvision's ImageNet normalisation (in [0, 1] units: mean 0.485, 0.456, 0.406, std
 0.229, 0.224, 0.225) for images given as files, arrays or PIL images (a tensor is taken as

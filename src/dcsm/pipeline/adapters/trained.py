@@ -9,9 +9,8 @@ score map; default layers ``conv3_1`` ... ``conv5_3`` (VGG-16) or ``conv3_1`` ..
 (``small_vgg``).
 
 The file format is described in :mod:`dcsm.pipeline.adapters.checkpoint`. A checkpoint whose
-weights have not
-completed an epoch of training (the ``last.pt`` of a run interrupted in its first epoch) is
-refused.
+weights have not completed an epoch of training (the ``last.pt`` of a run interrupted in its first
+epoch) is refused.
 """
 
 from __future__ import annotations
