@@ -67,7 +67,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -372,18 +372,20 @@ def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | i
     if not isinstance(classes, Iterable):  # one index; a float or a bool is an error
         return [[check_class_key(classes)]] * n
     items = list(classes)
-    if items and all(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
-        if len(items) != n:
-            raise DcsmError(f"{len(items)} class lists given for {n} images")
-        lengths = {len(c) for c in items}  # type: ignore[arg-type]
+    lists = [c for c in items if isinstance(c, Sequence) and not isinstance(c, str | bytes)]
+    if items and len(lists) == len(items):
+        if len(lists) != n:
+            raise DcsmError(f"{len(lists)} class lists given for {n} images")
+        lengths = {len(c) for c in lists}
         if len(lengths) != 1:
             raise DcsmError("every image of a batch needs the same number of classes, got "
-                            + ", ".join(str(len(c)) for c in items))  # type: ignore[arg-type]
-        return [list(c) for c in items]  # type: ignore[arg-type]
-    if any(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
+                            + ", ".join(str(len(c)) for c in lists))
+        return [list(c) for c in lists]
+    if lists:
         raise DcsmError("classes mix names with lists: give one list for every image or a "
                         "list per image")
-    return [items] * n  # type: ignore[list-item]
+    # No list among the entries: one list of class keys (each checked where it is resolved).
+    return [cast("list[str | int]", items)] * n
 
 
 class UnevenCandidates(DcsmError):

@@ -195,6 +195,16 @@ class BatchResult:
     def __len__(self) -> int:
         return int(self.maps.shape[0])
 
+    def _contrast_names(self) -> list[list[str]]:
+        if self.contrast_names is None:
+            raise ValueError("a batch result with contrast classes needs their names")
+        return self.contrast_names
+
+    def _contrast_scores(self) -> torch.Tensor:
+        if self.contrast_scores is None:
+            raise ValueError("a batch result with contrast classes needs their scores")
+        return self.contrast_scores
+
     def results(self, images: list[np.ndarray]) -> list[SaliencyResult]:
         """One :class:`SaliencyResult` per image, its maps brought to that image's size.
 
@@ -222,9 +232,8 @@ class BatchResult:
                 self.contrast_merged[n]
             contrast = [] if self.contrast is None else [
                 Candidate(int(i), name, float(score), tuple(m)) for i, name, score, m in zip(
-                    self.contrast[n].tolist(), self.contrast_names[n],  # type: ignore[index]
-                    self.contrast_scores[n].tolist(),  # type: ignore[union-attr]
-                    contrast_merged, strict=True)]
+                    self.contrast[n].tolist(), self._contrast_names()[n],
+                    self._contrast_scores()[n].tolist(), contrast_merged, strict=True)]
             result = SaliencyResult(image=image, maps=dict(zip(names, maps, strict=True)),
                                     candidates=self.candidates(n), method=self.method,
                                     model=self.model, parameters=dict(self.parameters),

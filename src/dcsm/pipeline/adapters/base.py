@@ -14,7 +14,7 @@ multi-label (sigmoid) or single-label (softmax).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -67,9 +67,14 @@ class Preprocessing:
             raise DcsmError("mean and std need three values, one per colour channel")
         if any(not np.isfinite(v) or v <= 0 for v in std):
             raise DcsmError(f"std must be positive, got {list(std)}")
-        return cls(mean=tuple(float(m) * 255 for m in mean),  # type: ignore[arg-type]
-                   std=tuple(float(v) * 255 for v in std),  # type: ignore[arg-type]
-                   channel_order=channel_order)
+        return cls(mean=float_triple(float(m) * 255 for m in mean),
+                   std=float_triple(float(v) * 255 for v in std), channel_order=channel_order)
+
+
+def float_triple(values: Iterable[float]) -> tuple[float, float, float]:
+    """Three values (one per colour channel) as floats; ValueError for another count."""
+    first, second, third = (float(v) for v in values)
+    return first, second, third
 
 
 def unique_class_names(names: Sequence[str]) -> list[str]:
@@ -180,7 +185,7 @@ class ModelAdapter:
         if isinstance(name, nn.Module):
             for path, module in self.model.named_modules():
                 if module is name and path:
-                    return path
+                    return str(path)
             raise DcsmError(f"layer {type(name).__name__} given as a module is not part of "
                             f"model {self.name}" + (" (its classifier was converted to "
                             "convolutions: name the layer instead)" if self.layer_aliases else ""))

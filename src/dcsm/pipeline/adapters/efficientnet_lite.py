@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +62,16 @@ _VARIANTS = {
 class EfficientNetLiteFCN(nn.Module):
     """EfficientNet-Lite as a fully convolutional classifier returning a score map."""
 
+    net: Any  # efficientnet_lite_pytorch.EfficientNet, a package without annotations
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w) score map."""
-        features = self.net.extract_features(x)
-        fc = self.net._fc
+        features: torch.Tensor = self.net.extract_features(x)
+        fc: nn.Linear = self.net._fc
         return F.conv2d(features, fc.weight[:, :, None, None], fc.bias)
 
 
@@ -96,7 +99,7 @@ def build_efficientnet_lite(name: str, weights: str | Path | None = None) -> nn.
     from efficientnet_lite_pytorch import EfficientNet
 
     variant = _variant(name)
-    net = EfficientNet.from_name(variant.arch, image_size=None)
+    net: nn.Module = EfficientNet.from_name(variant.arch, image_size=None)
     path = Path(weights) if weights is not None else _default_weights(variant)
     load_into(net, load_state_dict(path), str(path))
     return net.eval()

