@@ -142,7 +142,7 @@ def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODE
     bad = [m for m in modes if m not in CANDIDATE_MODES]
     if bad or not modes:
         raise DcsmError(f"candidate modes must be among {', '.join(CANDIDATE_MODES)}")
-    runs = []
+    runs: list[Run] = []
     for spec in methods:
         if spec.contrastive:
             runs.extend(Run(spec, mode) for mode in modes)  # type: ignore[arg-type]

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from dcsm.datasets.voc import VOCDataset
     from dcsm.errors import DcsmError
     from dcsm.evaluation.compare import DEFAULT_METHODS, evaluate
+    from dcsm.pipeline.explainer import DistinctSaliency
 
     if args.model is None:
         raise DcsmError("dcsm evaluate needs --model, e.g. checkpoint:runs/synthetic")
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     crf = crf_params_from_args(args)
     grabcut = grabcut_params_from_args(args)
     full = explainer_from_args(args)
+    if not isinstance(full, DistinctSaliency):  # --method dcsm, checked above
+        raise DcsmError(f"dcsm evaluate needs the dcsm method, got {type(full).__name__}")
     metrics = evaluate(data, args.split, full, args.out,
                        methods=args.methods or DEFAULT_METHODS, oracle=args.oracle_labels,
                        threshold=args.threshold, top_k=args.top_k, crf=crf, grabcut=grabcut,

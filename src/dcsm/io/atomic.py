@@ -179,7 +179,7 @@ def atomic_dir(final: Path, replace: Callable[[Path], bool] | None = None) -> It
         remove_path(trash)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write a file through a temporary name, then move it to ``path`` in one step.
 
     ``write`` is called with a hidden temporary path in the same directory as ``path`` and

@@ -56,11 +56,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dcsm.datasets.voc import LabelledImage, VOCDataset
 from dcsm.errors import DcsmError, first_line
@@ -140,8 +141,8 @@ class TrainConfig:
             raise DcsmError(f"unknown backbone '{self.backbone}'; known: "
                             f"{', '.join(_BACKBONE_DEFAULTS)}")
         defaults = _BACKBONE_DEFAULTS[self.backbone]
-        filled = replace(self, **{k: v for k, v in defaults.items()
-                                  if getattr(self, k) is None})
+        missing: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        filled = replace(self, **missing)
         filled.check()
         return filled
 
@@ -452,19 +453,29 @@ def _build(out: Path, config: TrainConfig, data: VOCDataset, runtime: _Runtime,
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, data.num_classes, config.weights)
     backbone.model.to(runtime.device)
-    groups = parameter_groups(backbone, float(config.lr), float(config.pretrained_lr_factor),
-                              float(config.weight_decay))
+    lr = _filled(config.lr, "lr")
+    groups = parameter_groups(backbone, lr, _filled(config.pretrained_lr_factor,
+                                                    "pretrained_lr_factor"),
+                              _filled(config.weight_decay, "weight_decay"))
     for g in groups:
         g["base_lr"] = g["lr"]
     if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=float(config.lr),
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr,
                                                            momentum=config.momentum)
     else:
-        optimizer = torch.optim.Adam(groups, lr=float(config.lr))
+        optimizer = torch.optim.Adam(groups, lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
-    sets = [LabelledImages(items, data.num_classes, backbone.preprocess, backbone.min_input)
-            for items in (train_items, val_items)]
-    return _Run(out, config, data, backbone, optimizer, scaler, runtime, *sets)
+    train_set, val_set = (
+        LabelledImages(items, data.num_classes, backbone.preprocess, backbone.min_input)
+        for items in (train_items, val_items))
+    return _Run(out, config, data, backbone, optimizer, scaler, runtime, train_set, val_set)
+
+
+def _filled(value: float | None, name: str) -> float:
+    """A setting that :meth:`TrainConfig.for_backbone` has filled in, as a float."""
+    if value is None:
+        raise DcsmError(f"training setting {name} is not set (TrainConfig.for_backbone fills it)")
+    return float(value)
 
 
 def _check_sizes(run: _Run) -> None:
@@ -628,11 +639,9 @@ def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = N
         return TrainResult(out, run.epoch, run.iteration, run.best_map, run.history, finished)
 
 
-def _bar(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202 - tqdm or None
+def _bar(enabled: bool, total: int, initial: int, desc: str) -> tqdm[NoReturn] | None:
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True,
                 leave=False)
 

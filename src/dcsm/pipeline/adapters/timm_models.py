@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, first_line
+from dcsm.optional import require
 from dcsm.pipeline.adapters.base import IMAGENET_TORCHVISION, ModelAdapter, Preprocessing
 from dcsm.pipeline.adapters.imagenet import imagenet_class_names
 from dcsm.pipeline.adapters.weights import load_into, load_state_dict
@@ -82,12 +83,8 @@ PROBE_SIZE = (128, 160)
 
 
 # --------------------------------------------------------------------------- building
-def _timm() -> Any:  # noqa: ANN401
-    try:
-        import timm
-    except ImportError as exc:
-        raise DcsmError("timm models need the timm package: pip install timm") from exc
-    return timm
+def _timm() -> Any:  # noqa: ANN401 - the timm module
+    return require("timm", "a timm: model")
 
 
 def _classifier_key(cfg: Any) -> str | None:  # noqa: ANN401
