@@ -115,7 +115,8 @@ def score_maps(maps: dict[int, np.ndarray], classes: Sequence[int], n: int,
         if m is not None and tuple(m.shape) != tuple(shape):
             raise DcsmError(f"a map has shape {tuple(m.shape)}, expected {tuple(shape)}")
     scores = grid_pointing_game([np.zeros(shape) if m is None else m for m in full], n)
-    return [0.0 if m is None else float(s) for m, s in zip(full, scores, strict=True)]  # type: ignore[arg-type]  # noqa: E501
+    return [0.0 if m is None or s is None else float(s)
+            for m, s in zip(full, scores, strict=True)]
 
 
 @dataclass
@@ -137,6 +138,15 @@ class Run:
         return self.spec.label if self.mode is None else f"{self.spec.label}, {self.mode}"
 
 
+_MODES: dict[str, Candidates] = {"oracle": "oracle", "target": "target", "auto": "auto"}
+
+
+def _mode(name: str) -> Candidates:
+    if name in _MODES:
+        return _MODES[name]
+    raise DcsmError(f"candidate modes must be among {', '.join(CANDIDATE_MODES)}")
+
+
 def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODES) -> list[Run]:
     """One run per method, or per method and candidate mode for contrastive methods."""
     bad = [m for m in modes if m not in CANDIDATE_MODES]
@@ -145,7 +155,7 @@ def plan_runs(methods: Sequence[MethodSpec], modes: Sequence[str] = DEFAULT_MODE
     runs: list[Run] = []
     for spec in methods:
         if spec.contrastive:
-            runs.extend(Run(spec, mode) for mode in modes)  # type: ignore[arg-type]
+            runs.extend(Run(spec, _mode(mode)) for mode in modes)
         else:
             runs.append(Run(spec, None))
     return runs

@@ -341,7 +341,10 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
     counts = {"train": config.train, "val": config.val}
     manifest: dict[str, object] = {
         "generator": "dcsm synthetic", "version": FORMAT_VERSION, **asdict(config),
-        "classes": list(CLASSES), "images": {}, "images_per_class": {}}
+        "classes": list(CLASSES)}
+    images: dict[str, int] = {}
+    images_per_class: dict[str, dict[str, int]] = {}
+    manifest |= {"images": images, "images_per_class": images_per_class}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -369,8 +372,8 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
                 ids[split].append(name)
                 if bar is not None:
                     bar.update(1)
-            manifest["images"][split] = n  # type: ignore[index]
-            manifest["images_per_class"][split] = per_class  # type: ignore[index]
+            images[split] = n
+            images_per_class[split] = per_class
         sets = voc / "ImageSets" / "Segmentation"
         for split, names in (*ids.items(), ("trainval", ids["train"] + ids["val"])):
             (sets / f"{split}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")

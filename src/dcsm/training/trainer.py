@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -161,12 +161,14 @@ class TrainConfig:
                             "momentum in [0, 1)")
         if (self.weight_decay or 0) < 0:
             raise DcsmError("weight decay must not be negative")
-        if self.min_size > self.max_size:  # type: ignore[operator]
+        if _filled(self.min_size, "min_size") > _filled(self.max_size, "max_size"):
             raise DcsmError(f"min-size {self.min_size} is above max-size {self.max_size}")
 
     def plan(self) -> ResizePlan:
         """The random-resizing plan."""
-        return ResizePlan(int(self.min_size), int(self.max_size), int(self.size_step))  # type: ignore[arg-type]
+        return ResizePlan(int(_filled(self.min_size, "min_size")),
+                          int(_filled(self.max_size, "max_size")),
+                          int(_filled(self.size_step, "size_step")))
 
 
 @dataclass(frozen=True)
@@ -395,12 +397,12 @@ class _Run:
     @property
     def batch_size(self) -> int:
         """Images per batch."""
-        return int(self.config.batch_size)  # type: ignore[arg-type]
+        return int(_filled(self.config.batch_size, "batch_size"))
 
     @property
     def epochs(self) -> int:
         """Epochs in all."""
-        return int(self.config.epochs)  # type: ignore[arg-type]
+        return int(_filled(self.config.epochs, "epochs"))
 
     @property
     def per_epoch(self) -> int:
@@ -453,10 +455,10 @@ def _build(out: Path, config: TrainConfig, data: VOCDataset, runtime: _Runtime,
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, data.num_classes, config.weights)
     backbone.model.to(runtime.device)
-    lr = _filled(config.lr, "lr")
-    groups = parameter_groups(backbone, lr, _filled(config.pretrained_lr_factor,
-                                                    "pretrained_lr_factor"),
-                              _filled(config.weight_decay, "weight_decay"))
+    lr = float(_filled(config.lr, "lr"))
+    groups = parameter_groups(backbone, lr, float(_filled(config.pretrained_lr_factor,
+                                                          "pretrained_lr_factor")),
+                              float(_filled(config.weight_decay, "weight_decay")))
     for g in groups:
         g["base_lr"] = g["lr"]
     if config.optimizer == "sgd":
@@ -471,11 +473,14 @@ def _build(out: Path, config: TrainConfig, data: VOCDataset, runtime: _Runtime,
     return _Run(out, config, data, backbone, optimizer, scaler, runtime, train_set, val_set)
 
 
-def _filled(value: float | None, name: str) -> float:
-    """A setting that :meth:`TrainConfig.for_backbone` has filled in, as a float."""
+_Setting = TypeVar("_Setting", int, float)
+
+
+def _filled(value: _Setting | None, name: str) -> _Setting:
+    """A setting that :meth:`TrainConfig.for_backbone` has filled in."""
     if value is None:
         raise DcsmError(f"training setting {name} is not set (TrainConfig.for_backbone fills it)")
-    return float(value)
+    return value
 
 
 def _check_sizes(run: _Run) -> None:
