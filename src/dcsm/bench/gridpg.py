@@ -30,6 +30,7 @@ from dcsm.bench.methods import (
     Candidates,
     MapFunction,
     MethodSpec,
+    get_methods,
 )
 from dcsm.bench.photos import Photo, View, find_views
 from dcsm.bench.scores import grid_pointing_game, summarize
@@ -231,8 +232,6 @@ def gridpg(
 
     ``modes`` defaults to oracle, target and auto on 2x2 grids, oracle and auto on larger ones.
     """
-    from dcsm.bench.methods import get_methods
-
     if n < 2:
         raise DcsmError(f"--grid must be at least 2, got {n}")
     if cell < adapter.min_input:

@@ -51,6 +51,7 @@ from PIL import Image
 from dcsm.datasets.realphotos import MaskedPhoto, PhotoEntry, PhotoObject
 from dcsm.datasets.voc import VOID
 from dcsm.errors import DcsmError, first_line
+from dcsm.io import load_image
 from dcsm.optional import require
 from dcsm.pipeline.adapters.groups import COCO_CLASSES
 
@@ -373,8 +374,6 @@ class CocoDataset:
             DcsmError: the image is missing, unreadable or not the annotated size, the size is
                 beyond the limits, or a segmentation does not fit it.
         """
-        from dcsm.io import load_image
-
         h, w = image.height, image.width
         limit = Image.MAX_IMAGE_PIXELS
         if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or (limit is not None and h * w > limit):

@@ -73,6 +73,8 @@ import torch
 
 from dcsm.errors import DcsmError
 from dcsm.pipeline.adapters.base import ModelAdapter, check_class_key
+from dcsm.pipeline.adapters.groups import LABEL_SETS
+from dcsm.pipeline.adapters.imagenet import imagenet_class_names
 
 CandidateRule = Literal["reference_scale", "any_scale", "score_map"]
 CANDIDATE_RULES: tuple[str, ...] = ("reference_scale", "any_scale", "score_map")
@@ -177,8 +179,6 @@ def map_ranking(location_probs: torch.Tensor) -> list[int]:
 @functools.cache
 def _imagenet_kinds() -> dict[int, frozenset[str]]:
     """ImageNet-1k index -> the VOC and COCO classes of several members whose group holds it."""
-    from dcsm.pipeline.adapters.groups import LABEL_SETS
-
     kinds: dict[int, set[str]] = {}
     for labels in LABEL_SETS.values():
         for name, members in labels.groups.items():
@@ -192,8 +192,6 @@ def semantic_kinds(adapter: ModelAdapter) -> Mapping[int, frozenset[str]] | None
     """For a model whose classes are ImageNet-1k's (by name), each class index -> the PASCAL VOC
     and COCO classes (of several ImageNet members) that hold it
     (:mod:`dcsm.pipeline.adapters.groups`); None for any other label set."""
-    from dcsm.pipeline.adapters.imagenet import imagenet_class_names
-
     if adapter.num_classes != 1000 or tuple(adapter.class_names) != imagenet_class_names():
         return None
     return _imagenet_kinds()

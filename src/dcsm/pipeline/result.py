@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dcsm.errors import DcsmError
+from dcsm.io.names import npz_keys
 from dcsm.pipeline.candidates import Candidate
+from dcsm.pipeline.images import FIGURE_SIDE, shrink_image, shrink_map
 
+# dcsm.io.viz and matplotlib.pyplot are imported by the methods that draw: `import dcsm` does
+# not load matplotlib (a quarter of its import time).
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -51,8 +57,6 @@ class SaliencyResult:
         (:func:`dcsm.io.names.npz_keys`: the class name itself unless it is not a safe file name or
         differs only in case from another).
         """
-        from dcsm.io.names import npz_keys
-
         return {
             "model": self.model,
             "method": self.method,
@@ -106,14 +110,11 @@ class SaliencyResult:
         default) with a colour bar; ``"paper"`` draws grey maps side by side. ``figure``: draw
         into this figure instead of a new Agg-backed one.
         """
-        from dcsm.pipeline.images import FIGURE_SIDE
-
         return self._figure(FIGURE_SIDE, style=style, cmap=cmap, alpha=alpha, figure=figure)
 
     def _figure(self, side: int, **options: Any) -> Figure:  # noqa: ANN401
         """:func:`dcsm.io.viz.maps_figure` of the image and maps shrunk to ``side`` pixels."""
         from dcsm.io.viz import maps_figure
-        from dcsm.pipeline.images import shrink_image, shrink_map
 
         small = shrink_image(self.image, side)
         maps = {n: shrink_map(m, side) for n, m in self.maps.items()}
@@ -140,10 +141,7 @@ class SaliencyResult:
         """The notebook's HTML of the result: a line naming the model and method, then the
         image and each class's map over it (:meth:`overlay`, viridis, opacity 0.5) as embedded
         PNGs at most :data:`DISPLAY_SIDE` pixels a side, captioned with the class and score."""
-        import html
-
         from dcsm.io.viz import html_gallery, overlay
-        from dcsm.pipeline.images import shrink_image, shrink_map
 
         small = shrink_image(self.image, DISPLAY_SIDE)
         scores = {c.name: c.score for c in self.candidates}
@@ -211,8 +209,6 @@ class BatchResult:
         ``images[n]`` is image n as an RGB uint8 array, at its own (full) size; the batch was
         explained at a working resolution of the same aspect.
         """
-        import torch.nn.functional as F
-
         if len(images) != len(self):
             raise ValueError(f"{len(images)} images for a batch of {len(self)}")
         out = []
