@@ -47,11 +47,13 @@ several data-loader workers; on a CPU in float32 in the main process, unless tol
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -67,6 +69,8 @@ from dcsm.datasets.voc import LabelledImage, VOCDataset
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import average_precision
 from dcsm.io import save_json
+from dcsm.io.records import Journal
+from dcsm.pipeline.adapters import resolve_device
 from dcsm.pipeline.adapters.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -187,8 +191,6 @@ class RunOptions:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> torch.device:
-    from dcsm.pipeline.adapters import resolve_device
-
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_device(name)
@@ -204,8 +206,6 @@ def _graceful_interrupt() -> Iterator[dict[str, Any]]:
     a second one interrupts at once (:class:`KeyboardInterrupt`, :class:`Terminated` for
     SIGTERM)."""
     flag: dict[str, Any] = {"stop": False, "signal": None}
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -234,8 +234,6 @@ def _stop(interrupt: dict[str, Any]) -> KeyboardInterrupt:
 
 def _labels_cache(out: Path, data: VOCDataset, split: str) -> list[LabelledImage]:
     """Image-level labels of a split, read once and kept in ``out/labels.json``."""
-    import json
-
     cache = out / "labels.json"
     key = f"{data.root.resolve()}::{split}"
     stored: dict[str, Any] = {}
@@ -340,8 +338,6 @@ def _make_out(out: Path) -> None:
 def _hold(out: Path) -> Iterator[None]:
     """Hold ``out/.dcsm-train.lock`` for the block: an advisory lock (POSIX), released however
     the process ends; DcsmError when another run holds it."""
-    from dcsm.io.records import Journal
-
     # A journal that is never written: its open() takes the lock, or says who holds it.
     lock = Journal(out / RUN_LOCK, busy=f"another dcsm train run is using '{out}'")
     lock.open()

