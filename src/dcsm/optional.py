@@ -40,8 +40,10 @@ def install_hint(module: str) -> str:
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import the optional ``module``, or raise a one-line :class:`DcsmError` saying that
-    ``purpose`` needs it and which extra installs it."""
+    """Import the optional ``module``, or raise a one-line :class:`DcsmError`.
+
+    The error says that ``purpose`` needs the package and which extra installs it.
+    """
     top = module.partition(".")[0]
     if top not in EXTRAS:
         raise ValueError(f"{module} is not one of dcsm's optional dependencies")

@@ -84,8 +84,9 @@ class SaliencyResult:
                         f"{', '.join(self.maps) or 'none'}")
 
     def overlay(self, cls: str | int, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
-        """Class ``cls``'s map over the image: an ``(H, W, 3)`` uint8 array the image's size,
-        :func:`dcsm.io.viz.overlay` with opacity ``alpha`` and colormap ``cmap``.
+        """Class ``cls``'s map over the image: an ``(H, W, 3)`` uint8 array the image's size.
+
+        Drawn by :func:`dcsm.io.viz.overlay` with opacity ``alpha`` and colormap ``cmap``.
 
         ``cls`` is a class name (a key of ``maps``) or the model's index of a candidate.
 
@@ -103,8 +104,10 @@ class SaliencyResult:
 
     def figure(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5,
                figure: Figure | None = None) -> Figure:
-        """The image and each class's map, titled with its score (:func:`dcsm.io.viz.maps_figure`),
-        the image drawn at most :data:`~dcsm.pipeline.images.FIGURE_SIDE` pixels a side.
+        """The image and each class's map, titled with its score.
+
+        Drawn by :func:`dcsm.io.viz.maps_figure`, the image at most
+        :data:`~dcsm.pipeline.images.FIGURE_SIDE` pixels a side.
 
         ``style`` ``"overlay"`` draws each map over the image through ``cmap`` (viridis by
         default) with a colour bar; ``"paper"`` draws grey maps side by side. ``figure``: draw
@@ -122,8 +125,10 @@ class SaliencyResult:
                            **options)
 
     def show(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5) -> None:
-        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it (in a notebook, inline;
-        elsewhere, in pyplot's window)."""
+        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it.
+
+        In a notebook the figure shows inline; elsewhere, in pyplot's window.
+        """
         import matplotlib.pyplot as plt
 
         fig = plt.figure()
@@ -131,16 +136,22 @@ class SaliencyResult:
         plt.show()
 
     def _repr_png_(self) -> bytes:
-        """The notebook's PNG of the result: :meth:`figure` (the image, each class's map over
-        it with its score, a colour bar) at most :data:`DISPLAY_SIDE` pixels a panel."""
+        """The notebook's PNG of the result.
+
+        It is :meth:`figure` (the image, each class's map over it with its score, a colour bar)
+        at most :data:`DISPLAY_SIDE` pixels a panel.
+        """
         from dcsm.io.viz import figure_to_png
 
         return figure_to_png(self._figure(DISPLAY_SIDE))
 
     def _repr_html_(self) -> str:
-        """The notebook's HTML of the result: a line naming the model and method, then the
-        image and each class's map over it (:meth:`overlay`, viridis, opacity 0.5) as embedded
-        PNGs at most :data:`DISPLAY_SIDE` pixels a side, captioned with the class and score."""
+        """The notebook's HTML of the result.
+
+        A line naming the model and method, then the image and each class's map over it
+        (:meth:`overlay`, viridis, opacity 0.5) as embedded PNGs at most :data:`DISPLAY_SIDE`
+        pixels a side, captioned with the class and score.
+        """
         from dcsm.io.viz import html_gallery, overlay
 
         small = shrink_image(self.image, DISPLAY_SIDE)
@@ -191,6 +202,7 @@ class BatchResult:
     contrast_merged: list[list[tuple[str, ...]]] | None = None
 
     def __len__(self) -> int:
+        """The number of images in the batch."""
         return int(self.maps.shape[0])
 
     def _contrast_names(self) -> list[list[str]]:

@@ -116,8 +116,10 @@ def as_adapter(
     layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
     labels: str | None = None,
 ) -> ModelAdapter:
-    """An adapter for ``model``: an adapter as is, a registry name (:func:`load_model`), or any
-    classifier ``nn.Module`` (:func:`dcsm.pipeline.adapters.module.module_adapter`).
+    """An adapter for ``model``: an adapter, a registry name, or any classifier module.
+
+    An adapter is taken as is, a name is loaded (:func:`load_model`) and an ``nn.Module`` is
+    wrapped (:func:`dcsm.pipeline.adapters.module.module_adapter`).
 
     The other arguments describe a plain module; with an adapter or a name only ``multilabel``,
     ``layouts`` and ``labels`` may be given (they override the adapter's). ``labels``
