@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from dcsm.cli.options import (
     EXIT_FAILED,
     add_crf_options,
@@ -26,6 +28,7 @@ from dcsm.cli.options import (
     positive_int,
     progress_wanted,
 )
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +63,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """``dcsm evaluate``."""
     from dcsm.datasets.voc import VOCDataset
-    from dcsm.errors import DcsmError
     from dcsm.evaluation.compare import DEFAULT_METHODS, evaluate
     from dcsm.pipeline.explainer import DistinctSaliency
 
@@ -71,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
                         "--no-subtract and --classes do not apply (candidates: the model's or "
                         "--oracle-labels)")
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     data = VOCDataset(args.data)
     crf = crf_params_from_args(args)
