@@ -338,7 +338,10 @@ def load_voc(root: str | Path, split: str = "val", limit: int | None = None
 class _Named(Protocol):
     """What :func:`name_classes` reads of a model adapter."""
 
-    class_names: Sequence[str]
+    @property
+    def class_names(self) -> Sequence[str]:  # read only: an adapter's list[str] fits
+        """The model's class names, in class order."""
+        ...
 
 
 @dataclass
