@@ -170,7 +170,7 @@ def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501,
     global _VIEWER
 
     st = require_streamlit()
-    Middleware = require("starlette.middleware", "the viewer").Middleware  # noqa: N806
+    Middleware = require("starlette.middleware", "the viewer").Middleware
 
     _VIEWER = viewer
     rule = allowed_hosts(host, allow_hosts)
