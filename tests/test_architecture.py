@@ -163,10 +163,12 @@ def _imports_of(unit: str) -> set[str]:
 
 
 def test_the_layers_of_the_library():
-    """errors < io < pipeline (the method's stages) < methods: each imports only those below."""
-    assert _imports_of("io") <= {"io", "errors"}
-    assert _imports_of("pipeline") <= {"pipeline", "io", "errors"}
-    assert _imports_of("methods") <= {"methods", "pipeline", "io", "errors"}
+    """errors and optional (the optional dependencies) < io < pipeline (the method's stages) <
+    methods: each imports only those below."""
+    assert _imports_of("optional") <= {"optional", "errors"}
+    assert _imports_of("io") <= {"io", "errors", "optional"}
+    assert _imports_of("pipeline") <= {"pipeline", "io", "errors", "optional"}
+    assert _imports_of("methods") <= {"methods", "pipeline", "io", "errors", "optional"}
 
 
 def test_the_tools_do_not_import_each_other_in_a_circle():

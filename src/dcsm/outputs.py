@@ -29,19 +29,22 @@ seconds to encode and shows nothing a 2048-pixel one does not.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from dcsm.errors import DcsmError, first_line
+from dcsm.io import atomic_dir, safe_filename, save_figure, save_json, save_npz, save_png
+from dcsm.io.names import is_safe_name, unique_names
+from dcsm.io.viz import check_opacity, layers_figure, map_picture, maps_figure, style_colormap
 from dcsm.pipeline.images import FIGURE_SIDE, PREVIEW_SIDE, shrink_image, shrink_map
 from dcsm.pipeline.result import SaliencyResult
-
-if TYPE_CHECKING:
-    from dcsm.segmentation import Segmentation
+from dcsm.segmentation import Segmentation, write_segmentation
 
 __all__ = ["DATA_FILES", "FIGURE_SIDE", "PICTURE_FILES", "PREVIEW_SIDE", "RESERVED_STEMS",
            "Display", "class_file_stems", "is_previous_output", "load_maps", "output_dir",
@@ -60,9 +63,6 @@ def class_file_stems(names: list[str]) -> dict[str, str]:
     distinct without regard to case from the others and from the files dcsm writes
     (:data:`RESERVED_STEMS`: a class ``"Figure"`` gets ``Figure-2.png``, not ``figure.png``) by
     :func:`dcsm.io.names.unique_names`."""
-    from dcsm.io import safe_filename
-    from dcsm.io.names import unique_names
-
     return dict(zip(names, unique_names(names, RESERVED_STEMS, slug=safe_filename),
                     strict=True))
 
@@ -77,8 +77,6 @@ def is_previous_output(folder: Path) -> bool:
     summary names (``map_images``). A folder of a user's own files, one with a subfolder or a
     file dcsm does not write, is not replaced.
     """
-    import json
-
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return False
@@ -112,9 +110,6 @@ def output_dir(out: Path, name: str) -> Iterator[Path]:
         ValueError: for a name that is not a safe name.
         DcsmError: when ``out/name`` exists and is not an earlier output, or cannot be written.
     """
-    from dcsm.io import atomic_dir
-    from dcsm.io.names import is_safe_name
-
     if not is_safe_name(name):
         raise ValueError(f"{name!r} is not a safe output folder name")
     with atomic_dir(Path(out) / name, replace=is_previous_output) as tmp:
@@ -130,10 +125,6 @@ def load_maps(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     Raises:
         DcsmError: when the folder has no readable ``maps.npz`` or ``summary.json``.
     """
-    import json
-
-    from dcsm.errors import DcsmError, first_line
-
     folder = Path(folder)
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -160,8 +151,6 @@ class Display:
     opacity: float = 0.5
 
     def __post_init__(self) -> None:
-        from dcsm.io.viz import check_opacity, style_colormap
-
         style_colormap(self.style, self.colormap)  # a one-line DcsmError when unknown
         check_opacity(self.opacity)
 
@@ -182,8 +171,6 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
     data-set scale the figures cost more than the maps). Each file is written atomically; use
     :func:`output_dir` for the directory.
     """
-    from dcsm.io import save_json, save_npz
-
     display = Display() if display is None else display
 
     directory = Path(directory)
@@ -195,8 +182,6 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
     if pictures:
         summary["map_images"] = _write_pictures(result, directory, display)
     if segmentation is not None:
-        from dcsm.segmentation import write_segmentation
-
         write_segmentation(segmentation, result.image, directory, figure=pictures)
         files = {"labels": "labels.png", "masks": "masks.npz"}
         if pictures:
@@ -208,9 +193,6 @@ def write_explanation(result: SaliencyResult, directory: Path, image_path: str |
 def _write_pictures(result: SaliencyResult, directory: Path, display: Display
                     ) -> dict[str, str]:
     """``<class>.png``, ``figure.png`` and (per-layer maps) ``layers.png``; the class files."""
-    from dcsm.io import save_figure, save_png
-    from dcsm.io.viz import layers_figure, map_picture, maps_figure
-
     stems = class_file_stems(list(result.maps))
     picture = shrink_image(result.image, PREVIEW_SIDE)
     files = {}

@@ -194,12 +194,13 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case):
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import dcsm.io
+    import dcsm.outputs
 
     def boom(*args, **kwargs):
         raise dcsm.DcsmError("disk full")
 
-    monkeypatch.setattr(dcsm.io, "save_figure", boom)
+    # dcsm.outputs writes the figures with the save_figure it imported from dcsm.io
+    monkeypatch.setattr(dcsm.outputs, "save_figure", boom)
     code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path), *FAST], capsys)
     assert code == 2 and "disk full" in err
     assert leftovers(tmp_path) == []

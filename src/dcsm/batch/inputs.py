@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcsm.datasets.voc import VOCDataset
 from dcsm.errors import DcsmError
 from dcsm.io.names import output_names
 
@@ -131,8 +132,6 @@ def voc_split_items(spec: str, exclude: Path | None = None) -> list[InputItem] |
     root, sep, split = spec[len("voc:"):].rpartition(":")
     if not sep or not root or not split:
         raise DcsmError(f"expected voc:ROOT:SPLIT (e.g. voc:data/VOCdevkit:val), got '{spec}'")
-    from dcsm.datasets.voc import VOCDataset
-
     voc = VOCDataset(root)
     return [InputItem(key=image_id, path=voc.image_path(image_id))
             for image_id in sorted(set(voc.ids(split)))]

@@ -94,7 +94,8 @@ def iterate(items: Sequence[InputItem], workers: int = 2, prefetch: int = 4,
         batch_size=None,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_keep,
+        # batch_size=None: torch hands collate_fn one sample, not the list its annotation states
+        collate_fn=_keep,  # type: ignore[arg-type]
         prefetch_factor=prefetch if workers else None,
         persistent_workers=False,
         worker_init_fn=ParentWatch() if workers else None,

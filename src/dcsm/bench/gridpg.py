@@ -30,6 +30,7 @@ from dcsm.bench.methods import (
     BenchMethod,
     Candidates,
     MapFunction,
+    get_methods,
 )
 from dcsm.bench.photos import Photo, View, find_views
 from dcsm.bench.scores import grid_pointing_game, summarize
@@ -115,7 +116,8 @@ def score_maps(maps: dict[int, np.ndarray], classes: Sequence[int], n: int,
         if m is not None and tuple(m.shape) != tuple(shape):
             raise DcsmError(f"a map has shape {tuple(m.shape)}, expected {tuple(shape)}")
     scores = grid_pointing_game([np.zeros(shape) if m is None else m for m in full], n)
-    return [0.0 if m is None else float(s) for m, s in zip(full, scores, strict=True)]  # type: ignore[arg-type]  # noqa: E501
+    return [0.0 if m is None or s is None else float(s)
+            for m, s in zip(full, scores, strict=True)]
 
 
 @dataclass
@@ -137,15 +139,24 @@ class Run:
         return self.spec.label if self.mode is None else f"{self.spec.label}, {self.mode}"
 
 
+_MODES: dict[str, Candidates] = {"oracle": "oracle", "target": "target", "auto": "auto"}
+
+
+def _mode(name: str) -> Candidates:
+    if name in _MODES:
+        return _MODES[name]
+    raise DcsmError(f"candidate modes must be among {', '.join(CANDIDATE_MODES)}")
+
+
 def plan_runs(methods: Sequence[BenchMethod], modes: Sequence[str] = DEFAULT_MODES) -> list[Run]:
     """One run per method, or per method and candidate mode for contrastive methods."""
     bad = [m for m in modes if m not in CANDIDATE_MODES]
     if bad or not modes:
         raise DcsmError(f"candidate modes must be among {', '.join(CANDIDATE_MODES)}")
-    runs = []
+    runs: list[Run] = []
     for spec in methods:
         if spec.contrastive:
-            runs.extend(Run(spec, mode) for mode in modes)  # type: ignore[arg-type]
+            runs.extend(Run(spec, _mode(mode)) for mode in modes)
         else:
             runs.append(Run(spec, None))
     return runs
@@ -221,8 +232,6 @@ def gridpg(
 
     ``modes`` defaults to oracle, target and auto on 2x2 grids, oracle and auto on larger ones.
     """
-    from dcsm.bench.methods import get_methods
-
     if n < 2:
         raise DcsmError(f"--grid must be at least 2, got {n}")
     if cell < adapter.min_input:

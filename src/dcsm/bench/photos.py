@@ -22,11 +22,14 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import matplotlib.cbook as cbook
 import numpy as np
 import torch
 from PIL import Image
 
 from dcsm.errors import DcsmError
+from dcsm.io import load_image
+from dcsm.optional import find
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.images import as_rgb_array
 
@@ -87,10 +90,7 @@ def package_photos() -> list[Photo]:
     Raises DcsmError if none of these packages is installed.
     """
     photos: list[Photo] = []
-    try:
-        import skimage.data as skd
-    except ImportError:
-        skd = None
+    skd = find("skimage.data")
     if skd is not None:
         for name in SKIMAGE_PHOTOS:
             try:
@@ -105,21 +105,16 @@ def package_photos() -> list[Photo]:
         else:
             photos.append(Photo("skimage:motorcycle_left", "skimage:motorcycle", as_rgb(left)))
             photos.append(Photo("skimage:motorcycle_right", "skimage:motorcycle", as_rgb(right)))
-    try:
-        from sklearn.datasets import load_sample_images
-    except ImportError:
-        pass
-    else:
+    sklearn_data = find("sklearn.datasets")
+    if sklearn_data is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sample = load_sample_images()
+            sample = sklearn_data.load_sample_images()
         for filename, image in zip(sample.filenames, sample.images, strict=True):
             stem = os.path.splitext(os.path.basename(filename))[0]
             photos.append(Photo(f"sklearn:{stem}", f"sklearn:{stem}", as_rgb(image)))
     try:
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg") as fh, Image.open(fh) as im:
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
             photos.append(Photo("matplotlib:grace_hopper", "matplotlib:grace_hopper",
                                 np.asarray(im.convert("RGB"))))
     except (OSError, ValueError):
@@ -132,8 +127,6 @@ def package_photos() -> list[Photo]:
 
 def file_photos(paths: Iterable[str | os.PathLike[str]]) -> list[Photo]:
     """Photos read from files (each its own group); DcsmError for a missing or bad file."""
-    from dcsm.io import load_image
-
     photos = []
     for path in paths:
         name = os.fspath(path)

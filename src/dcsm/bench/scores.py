@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.ndimage import gaussian_filter
 
 GPG_EPSILON = 1e-7
 
@@ -213,8 +214,6 @@ def _ssim_window() -> int:
 
 
 def _blur(v: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     return gaussian_filter(v, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
 
 

@@ -15,6 +15,9 @@ command runs) and the handler itself; what they share is :mod:`dcsm.cli.options`
 
 The dependencies go one way: this package imports the library (:mod:`dcsm.batch`,
 :mod:`dcsm.training`, :mod:`dcsm.evaluation`, :mod:`dcsm.bench`, the API), never the other way.
+Each command's handler imports the tools it runs (training, benchmarks, data sets, the
+viewer, matplotlib's writers) when it runs, not when the parser is built: ``dcsm --help`` and
+one command do not pay for the others.
 
 Bad input gets one line on stderr (``dcsm: error: ...``, or argparse's ``dcsm CMD: error: ...``
 for bad options) and exit status 2, never a traceback; an image's output directory appears

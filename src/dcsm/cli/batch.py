@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from dcsm.cli.options import (
     EXIT_FAILED,
     add_crf_options,
@@ -26,6 +28,7 @@ from dcsm.cli.options import (
     positive_int,
     segmenter_params,
 )
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -84,12 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dcsm batch``; the exit status (DcsmError propagates: status 2)."""
-    import torch
-
     from dcsm.batch import runner
     from dcsm.batch.inputs import discover
     from dcsm.batch.shard import Group, from_env, pick_device
-    from dcsm.errors import DcsmError
 
     rank = from_env(args.rank, args.world_size)
     segmenter = args.segmenter or ("crf" if args.segment else None)

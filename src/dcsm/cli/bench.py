@@ -19,8 +19,10 @@ prints the table. Bad options print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcsm.cli.options import (
     Parser,
@@ -36,6 +38,9 @@ from dcsm.cli.options import (
     positive_int,
 )
 from dcsm.errors import DcsmError
+
+if TYPE_CHECKING:
+    from dcsm.pipeline.adapters import ModelAdapter
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -176,8 +181,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     try:
         with path.open("rb") as f:
@@ -225,11 +228,14 @@ def _mask_photos(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 def run_masks(args: argparse.Namespace) -> int:
     """Run the real-photo benchmark; returns the exit status."""
-    import sys
-
     from dcsm.batch.progress import Progress
     from dcsm.batch.shard import Rank, pick_device
-    from dcsm.bench.masks import DEFAULT_MASK_METHODS, markdown_table, masks_benchmark
+    from dcsm.bench.masks import (
+        DEFAULT_MASK_METHODS,
+        markdown_table,
+        masks_benchmark,
+        quantus_plan,
+    )
     from dcsm.bench.methods import get_methods
     from dcsm.io import save_json, write_atomic
     from dcsm.pipeline.adapters import load_model
@@ -239,8 +245,6 @@ def run_masks(args: argparse.Namespace) -> int:
     if args.quantus_max_pairs is not None and args.quantus is None:
         raise DcsmError("--quantus-max-pairs needs --quantus")
     if args.quantus is not None:  # refused before any work when Quantus is not installed
-        from dcsm.bench.masks import quantus_plan
-
         quantus_plan(args.quantus, methods, args.quantus_max_pairs)
     crf, grabcut = crf_params_from_args(args), grabcut_params_from_args(args)
     photos, data = _mask_photos(args)
@@ -256,7 +260,7 @@ def run_masks(args: argparse.Namespace) -> int:
                                     labels=label_set)
               for label_set in (("voc", "coco") if bundled else (data["kind"],))}
 
-    def adapter(label_set: str):  # noqa: ANN202 - a ModelAdapter
+    def adapter(label_set: str) -> ModelAdapter:
         if label_set not in models:
             models[label_set] = load_model(args.model, weights=args.weights, device=device,
                                            labels=label_set)

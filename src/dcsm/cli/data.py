@@ -17,6 +17,7 @@ from dcsm.cli.options import (
     positive_int,
     progress_wanted,
 )
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -50,9 +51,12 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
     config = SyntheticConfig(args.train, args.val, args.size, args.seed, args.void_border)
     manifest = write_synthetic(args.out, config, progress=progress_wanted(args))
-    print(f"{args.out}: {manifest['images']['train']} train and "  # type: ignore[index]
-          f"{manifest['images']['val']} val images, classes "  # type: ignore[index]
-          f"{', '.join(manifest['classes'])}")  # type: ignore[arg-type]
+    images = manifest["images"]
+    classes = manifest["classes"]
+    if not (isinstance(images, dict) and isinstance(classes, list)):  # see write_synthetic
+        raise DcsmError(f"'{args.out}': a synthetic manifest without image counts or classes")
+    print(f"{args.out}: {images['train']} train and {images['val']} val images, classes "
+          f"{', '.join(classes)}")
     return 0
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from dcsm.cli.options import (
     EXIT_FAILED,
     add_crf_options,
@@ -26,6 +28,7 @@ from dcsm.cli.options import (
     positive_int,
     progress_wanted,
 )
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -60,9 +63,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """``dcsm evaluate``."""
     from dcsm.datasets.voc import VOCDataset
-    from dcsm.errors import DcsmError
     from dcsm.evaluation.compare import DEFAULT_METHODS, evaluate
     from dcsm.methods.registry import DEFAULT_METHOD
+    from dcsm.pipeline.explainer import DistinctSaliency
 
     if args.model is None:
         raise DcsmError("dcsm evaluate needs --model, e.g. checkpoint:runs/synthetic")
@@ -71,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
                         "--no-subtract and --classes do not apply (candidates: the model's or "
                         "--oracle-labels)")
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     data = VOCDataset(args.data)
     crf = crf_params_from_args(args)
     grabcut = grabcut_params_from_args(args)
     full = explainer_from_args(args)
+    if not isinstance(full, DistinctSaliency):  # --method dcsm, checked above
+        raise DcsmError(f"dcsm evaluate needs the dcsm method, got {type(full).__name__}")
     metrics = evaluate(data, args.split, full, args.out,
                        methods=args.methods or DEFAULT_METHODS, oracle=args.oracle_labels,
                        threshold=args.threshold, top_k=args.top_k, crf=crf, grabcut=grabcut,

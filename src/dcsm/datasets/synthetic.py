@@ -51,8 +51,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
 
+from dcsm.datasets.voc import CLASS_NAMES_FILE
 from dcsm.errors import DcsmError
+from dcsm.io import atomic_dir, json_text
+from dcsm.segmentation.palette import labels_image
 
 #: Class names, in label order (label v is CLASSES[v - 1]).
 CLASSES: tuple[str, ...] = ("disc", "leaf", "tile", "star", "ring", "cross")
@@ -297,8 +302,6 @@ def generate_sample(rng: np.random.Generator, size: int = 112, void_border: int 
 def _add_void(labels: np.ndarray, instances: np.ndarray, width: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """Mark pixels within ``width`` of an instance edge as 255 (VOC's void band)."""
-    from scipy import ndimage
-
     edge = np.zeros(labels.shape, bool)
     for v in np.unique(instances):
         region = instances == v
@@ -328,10 +331,6 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
     ``root`` must not exist, be empty, or hold an earlier synthetic set (``synthetic.json``).
     Returns the manifest written to ``root/synthetic.json``.
     """
-    from dcsm.datasets.voc import CLASS_NAMES_FILE
-    from dcsm.io import atomic_dir, json_text
-    from dcsm.segmentation.palette import labels_image
-
     config = config or SyntheticConfig()
     root = Path(root)
     if root.exists() and (not root.is_dir() or (any(root.iterdir())
@@ -341,10 +340,12 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
     counts = {"train": config.train, "val": config.val}
     manifest: dict[str, object] = {
         "generator": "dcsm synthetic", "version": FORMAT_VERSION, **asdict(config),
-        "classes": list(CLASSES), "images": {}, "images_per_class": {}}
+        "classes": list(CLASSES)}
+    images: dict[str, int] = {}
+    images_per_class: dict[str, dict[str, int]] = {}
+    manifest |= {"images": images, "images_per_class": images_per_class}
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=sum(counts.values()), desc="synthetic", unit="img")
     with atomic_dir(root) as tmp:
         voc = tmp / "VOCdevkit" / "VOC2012"
@@ -369,8 +370,8 @@ def write_synthetic(root: str | Path, config: SyntheticConfig | None = None,
                 ids[split].append(name)
                 if bar is not None:
                     bar.update(1)
-            manifest["images"][split] = n  # type: ignore[index]
-            manifest["images_per_class"][split] = per_class  # type: ignore[index]
+            images[split] = n
+            images_per_class[split] = per_class
         sets = voc / "ImageSets" / "Segmentation"
         for split, names in (*ids.items(), ("trainval", ids["train"] + ids["val"])):
             (sets / f"{split}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.io import loadmat
 
 from dcsm.errors import DcsmError, first_line
-from dcsm.io import DEFAULT_MAX_PIXELS
+from dcsm.io import DEFAULT_MAX_PIXELS, load_image
 
 #: PASCAL VOC's 20 classes, label v is VOC_CLASSES[v - 1].
 VOC_CLASSES: tuple[str, ...] = (
@@ -147,8 +148,6 @@ class SBD:
 
     def labels(self, image_id: str, num_classes: int = len(VOC_CLASSES)) -> tuple[int, ...]:
         """0-based class indices of one image, from ``cls/<id>.mat``."""
-        from scipy.io import loadmat
-
         path = self.root / "cls" / f"{image_id}.mat"
         if not path.is_file():
             raise DcsmError(f"SBD annotation '{path}' does not exist")
@@ -238,8 +237,6 @@ class VOCDataset:
     def load_image(self, image_id: str,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """(H, W, 3) uint8 RGB (:func:`dcsm.io.load_image`: at most ``max_pixels`` pixels)."""
-        from dcsm.io import load_image
-
         return load_image(self.image_path(image_id), max_pixels)
 
     def load_mask(self, image_id: str) -> np.ndarray:

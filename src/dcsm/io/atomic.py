@@ -26,6 +26,7 @@ from PIL import Image
 
 from dcsm.errors import DcsmError
 from dcsm.io.images import error_reason
+from dcsm.io.names import npz_keys
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -179,7 +180,7 @@ def atomic_dir(final: Path, replace: Callable[[Path], bool] | None = None) -> It
         remove_path(trash)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write a file through a temporary name, then move it to ``path`` in one step.
 
     ``write`` is called with a hidden temporary path in the same directory as ``path`` and
@@ -230,8 +231,6 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
         ValueError: for an empty or non-string key, or an object array.
         DcsmError: if the file cannot be written.
     """
-    from dcsm.io.names import npz_keys
-
     items = []
     for key, value in arrays.items():
         if not isinstance(key, str) or not key:

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,10 +28,14 @@ from typing import IO, Any
 from dcsm.errors import DcsmError, first_line
 from dcsm.io import json_text, save_json
 
-try:  # POSIX only; elsewhere the lock is skipped
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+else:  # pragma: no cover - POSIX only; elsewhere the lock is skipped
+    def _lock(fd: int) -> None:
+        pass
 
 __all__ = ["Journal", "check_settings", "differences", "fingerprint", "read_records"]
 
@@ -129,12 +134,11 @@ class Journal:
         except OSError as exc:
             raise DcsmError(f"cannot write '{self.path}': {exc.strerror or first_line(exc)}"
                             ) from exc
-        if fcntl is not None:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise DcsmError(self.busy) from None
+        try:
+            _lock(f.fileno())
+        except OSError:
+            f.close()
+            raise DcsmError(self.busy) from None
         try:
             if f.tell() > 0:
                 with self.path.open("rb") as r:

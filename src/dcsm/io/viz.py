@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -33,6 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
+from PIL import Image
 
 from dcsm.errors import DcsmError
 
@@ -222,8 +224,6 @@ def display_text(text: str) -> str:
     """A class or model name as a figure draws it, literally: ``$`` escaped (so a name such as
     ``"$\\frac{$"`` is not read as mathtext, which fails on it), control and format characters
     (NUL, escape, bidirectional overrides) shown as U+FFFD."""
-    import unicodedata
-
     return "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else
                    "\\$" if c == "$" else c for c in str(text))
 
@@ -371,8 +371,6 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 def png_bytes(picture: np.ndarray) -> bytes:
     """An ``(H, W, 3)`` (or grey ``(H, W)``) uint8 picture encoded as PNG bytes."""
-    from PIL import Image
-
     array = np.ascontiguousarray(_as_image(picture), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")

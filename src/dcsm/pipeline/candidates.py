@@ -66,12 +66,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
 from dcsm.errors import DcsmError
 from dcsm.pipeline.adapters.base import ModelAdapter, check_class_key
+from dcsm.pipeline.adapters.groups import LABEL_SETS
+from dcsm.pipeline.adapters.imagenet import imagenet_class_names
 
 CandidateRule = Literal["reference_scale", "any_scale", "score_map"]
 CANDIDATE_RULES: tuple[str, ...] = ("reference_scale", "any_scale", "score_map")
@@ -176,8 +178,6 @@ def map_ranking(location_probs: torch.Tensor) -> list[int]:
 @functools.cache
 def _imagenet_kinds() -> dict[int, frozenset[str]]:
     """ImageNet-1k index -> the VOC and COCO classes of several members whose group holds it."""
-    from dcsm.pipeline.adapters.groups import LABEL_SETS
-
     kinds: dict[int, set[str]] = {}
     for labels in LABEL_SETS.values():
         for name, members in labels.groups.items():
@@ -191,8 +191,6 @@ def semantic_kinds(adapter: ModelAdapter) -> Mapping[int, frozenset[str]] | None
     """For a model whose classes are ImageNet-1k's (by name), each class index -> the PASCAL VOC
     and COCO classes (of several ImageNet members) that hold it
     (:mod:`dcsm.pipeline.adapters.groups`); None for any other label set."""
-    from dcsm.pipeline.adapters.imagenet import imagenet_class_names
-
     if adapter.num_classes != 1000 or tuple(adapter.class_names) != imagenet_class_names():
         return None
     return _imagenet_kinds()
@@ -371,18 +369,20 @@ def per_image_classes(classes: ClassSpec, n: int) -> list[str | Sequence[str | i
     if not isinstance(classes, Iterable):  # one index; a float or a bool is an error
         return [[check_class_key(classes)]] * n
     items = list(classes)
-    if items and all(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
-        if len(items) != n:
-            raise DcsmError(f"{len(items)} class lists given for {n} images")
-        lengths = {len(c) for c in items}  # type: ignore[arg-type]
+    lists = [c for c in items if isinstance(c, Sequence) and not isinstance(c, str | bytes)]
+    if items and len(lists) == len(items):
+        if len(lists) != n:
+            raise DcsmError(f"{len(lists)} class lists given for {n} images")
+        lengths = {len(c) for c in lists}
         if len(lengths) != 1:
             raise DcsmError("every image of a batch needs the same number of classes, got "
-                            + ", ".join(str(len(c)) for c in items))  # type: ignore[arg-type]
-        return [list(c) for c in items]  # type: ignore[arg-type]
-    if any(isinstance(c, Sequence) and not isinstance(c, str | bytes) for c in items):
+                            + ", ".join(str(len(c)) for c in lists))
+        return [list(c) for c in lists]
+    if lists:
         raise DcsmError("classes mix names with lists: give one list for every image or a "
                         "list per image")
-    return [items] * n  # type: ignore[list-item]
+    # No list among the entries: one list of class keys (each checked where it is resolved).
+    return [cast("list[str | int]", items)] * n
 
 
 class UnevenCandidates(DcsmError):

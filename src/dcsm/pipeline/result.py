@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dcsm.errors import DcsmError
+from dcsm.io.names import npz_keys
 from dcsm.pipeline.candidates import Candidate
+from dcsm.pipeline.images import FIGURE_SIDE, shrink_image, shrink_map
 
+# dcsm.io.viz and matplotlib.pyplot are imported by the methods that draw: `import dcsm` does
+# not load matplotlib (a quarter of its import time).
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -51,8 +57,6 @@ class SaliencyResult:
         (:func:`dcsm.io.names.npz_keys`: the class name itself unless it is not a safe file name or
         differs only in case from another).
         """
-        from dcsm.io.names import npz_keys
-
         return {
             "model": self.model,
             "method": self.method,
@@ -80,8 +84,9 @@ class SaliencyResult:
                         f"{', '.join(self.maps) or 'none'}")
 
     def overlay(self, cls: str | int, alpha: float = 0.5, cmap: str = "viridis") -> np.ndarray:
-        """Class ``cls``'s map over the image: an ``(H, W, 3)`` uint8 array the image's size,
-        :func:`dcsm.io.viz.overlay` with opacity ``alpha`` and colormap ``cmap``.
+        """Class ``cls``'s map over the image: an ``(H, W, 3)`` uint8 array the image's size.
+
+        Drawn by :func:`dcsm.io.viz.overlay` with opacity ``alpha`` and colormap ``cmap``.
 
         ``cls`` is a class name (a key of ``maps``) or the model's index of a candidate.
 
@@ -99,21 +104,20 @@ class SaliencyResult:
 
     def figure(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5,
                figure: Figure | None = None) -> Figure:
-        """The image and each class's map, titled with its score (:func:`dcsm.io.viz.maps_figure`),
-        the image drawn at most :data:`~dcsm.pipeline.images.FIGURE_SIDE` pixels a side.
+        """The image and each class's map, titled with its score.
+
+        Drawn by :func:`dcsm.io.viz.maps_figure`, the image at most
+        :data:`~dcsm.pipeline.images.FIGURE_SIDE` pixels a side.
 
         ``style`` ``"overlay"`` draws each map over the image through ``cmap`` (viridis by
         default) with a colour bar; ``"paper"`` draws grey maps side by side. ``figure``: draw
         into this figure instead of a new Agg-backed one.
         """
-        from dcsm.pipeline.images import FIGURE_SIDE
-
         return self._figure(FIGURE_SIDE, style=style, cmap=cmap, alpha=alpha, figure=figure)
 
     def _figure(self, side: int, **options: Any) -> Figure:  # noqa: ANN401
         """:func:`dcsm.io.viz.maps_figure` of the image and maps shrunk to ``side`` pixels."""
         from dcsm.io.viz import maps_figure
-        from dcsm.pipeline.images import shrink_image, shrink_map
 
         small = shrink_image(self.image, side)
         maps = {n: shrink_map(m, side) for n, m in self.maps.items()}
@@ -121,8 +125,10 @@ class SaliencyResult:
                            **options)
 
     def show(self, style: str = "overlay", cmap: str | None = None, alpha: float = 0.5) -> None:
-        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it (in a notebook, inline;
-        elsewhere, in pyplot's window)."""
+        """Draw :meth:`figure` with ``matplotlib.pyplot`` and show it.
+
+        In a notebook the figure shows inline; elsewhere, in pyplot's window.
+        """
         import matplotlib.pyplot as plt
 
         fig = plt.figure()
@@ -130,20 +136,23 @@ class SaliencyResult:
         plt.show()
 
     def _repr_png_(self) -> bytes:
-        """The notebook's PNG of the result: :meth:`figure` (the image, each class's map over
-        it with its score, a colour bar) at most :data:`DISPLAY_SIDE` pixels a panel."""
+        """The notebook's PNG of the result.
+
+        It is :meth:`figure` (the image, each class's map over it with its score, a colour bar)
+        at most :data:`DISPLAY_SIDE` pixels a panel.
+        """
         from dcsm.io.viz import figure_to_png
 
         return figure_to_png(self._figure(DISPLAY_SIDE))
 
     def _repr_html_(self) -> str:
-        """The notebook's HTML of the result: a line naming the model and method, then the
-        image and each class's map over it (:meth:`overlay`, viridis, opacity 0.5) as embedded
-        PNGs at most :data:`DISPLAY_SIDE` pixels a side, captioned with the class and score."""
-        import html
+        """The notebook's HTML of the result.
 
+        A line naming the model and method, then the image and each class's map over it
+        (:meth:`overlay`, viridis, opacity 0.5) as embedded PNGs at most :data:`DISPLAY_SIDE`
+        pixels a side, captioned with the class and score.
+        """
         from dcsm.io.viz import html_gallery, overlay
-        from dcsm.pipeline.images import shrink_image, shrink_map
 
         small = shrink_image(self.image, DISPLAY_SIDE)
         scores = {c.name: c.score for c in self.candidates}
@@ -193,7 +202,18 @@ class BatchResult:
     contrast_merged: list[list[tuple[str, ...]]] | None = None
 
     def __len__(self) -> int:
+        """The number of images in the batch."""
         return int(self.maps.shape[0])
+
+    def _contrast_names(self) -> list[list[str]]:
+        if self.contrast_names is None:
+            raise ValueError("a batch result with contrast classes needs their names")
+        return self.contrast_names
+
+    def _contrast_scores(self) -> torch.Tensor:
+        if self.contrast_scores is None:
+            raise ValueError("a batch result with contrast classes needs their scores")
+        return self.contrast_scores
 
     def results(self, images: list[np.ndarray]) -> list[SaliencyResult]:
         """One :class:`SaliencyResult` per image, its maps brought to that image's size.
@@ -201,8 +221,6 @@ class BatchResult:
         ``images[n]`` is image n as an RGB uint8 array, at its own (full) size; the batch was
         explained at a working resolution of the same aspect.
         """
-        import torch.nn.functional as F
-
         if len(images) != len(self):
             raise ValueError(f"{len(images)} images for a batch of {len(self)}")
         out = []
@@ -222,9 +240,8 @@ class BatchResult:
                 self.contrast_merged[n]
             contrast = [] if self.contrast is None else [
                 Candidate(int(i), name, float(score), tuple(m)) for i, name, score, m in zip(
-                    self.contrast[n].tolist(), self.contrast_names[n],  # type: ignore[index]
-                    self.contrast_scores[n].tolist(),  # type: ignore[union-attr]
-                    contrast_merged, strict=True)]
+                    self.contrast[n].tolist(), self._contrast_names()[n],
+                    self._contrast_scores()[n].tolist(), contrast_merged, strict=True)]
             result = SaliencyResult(image=image, maps=dict(zip(names, maps, strict=True)),
                                     candidates=self.candidates(n), method=self.method,
                                     model=self.model, parameters=dict(self.parameters),

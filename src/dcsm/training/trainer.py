@@ -45,25 +45,30 @@ several data-loader workers; on a CPU in float32 in the main process, unless tol
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dcsm.datasets.voc import LabelledImage, VOCDataset
 from dcsm.errors import DcsmError, first_line
 from dcsm.evaluation.metrics import average_precision
 from dcsm.io import save_json
+from dcsm.io.records import Journal
+from dcsm.pipeline.adapters import resolve_device
 from dcsm.pipeline.adapters.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -138,8 +143,8 @@ class TrainConfig:
             raise DcsmError(f"unknown backbone '{self.backbone}'; known: "
                             f"{', '.join(_BACKBONE_DEFAULTS)}")
         defaults = _BACKBONE_DEFAULTS[self.backbone]
-        filled = replace(self, **{k: v for k, v in defaults.items()
-                                  if getattr(self, k) is None})
+        missing: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        filled = replace(self, **missing)
         filled.check()
         return filled
 
@@ -158,12 +163,14 @@ class TrainConfig:
                             "momentum in [0, 1)")
         if (self.weight_decay or 0) < 0:
             raise DcsmError("weight decay must not be negative")
-        if self.min_size > self.max_size:  # type: ignore[operator]
+        if _filled(self.min_size, "min_size") > _filled(self.max_size, "max_size"):
             raise DcsmError(f"min-size {self.min_size} is above max-size {self.max_size}")
 
     def plan(self) -> ResizePlan:
         """The random-resizing plan."""
-        return ResizePlan(int(self.min_size), int(self.max_size), int(self.size_step))  # type: ignore[arg-type]
+        return ResizePlan(int(_filled(self.min_size, "min_size")),
+                          int(_filled(self.max_size, "max_size")),
+                          int(_filled(self.size_step, "size_step")))
 
 
 @dataclass(frozen=True)
@@ -182,8 +189,6 @@ class RunOptions:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> torch.device:
-    from dcsm.pipeline.adapters import resolve_device
-
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_device(name)
@@ -199,8 +204,6 @@ def _graceful_interrupt() -> Iterator[dict[str, Any]]:
     a second one interrupts at once (:class:`KeyboardInterrupt`, :class:`Terminated` for
     SIGTERM)."""
     flag: dict[str, Any] = {"stop": False, "signal": None}
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -229,8 +232,6 @@ def _stop(interrupt: dict[str, Any]) -> KeyboardInterrupt:
 
 def _labels_cache(out: Path, data: VOCDataset, split: str) -> list[LabelledImage]:
     """Image-level labels of a split, read once and kept in ``out/labels.json``."""
-    import json
-
     cache = out / "labels.json"
     key = f"{data.root.resolve()}::{split}"
     stored: dict[str, Any] = {}
@@ -335,8 +336,6 @@ def _make_out(out: Path) -> None:
 def _hold(out: Path) -> Iterator[None]:
     """Hold ``out/.dcsm-train.lock`` for the block: an advisory lock (POSIX), released however
     the process ends; DcsmError when another run holds it."""
-    from dcsm.io.records import Journal
-
     # A journal that is never written: its open() takes the lock, or says who holds it.
     lock = Journal(out / RUN_LOCK, busy=f"another dcsm train run is using '{out}'")
     lock.open()
@@ -392,12 +391,12 @@ class _Run:
     @property
     def batch_size(self) -> int:
         """Images per batch."""
-        return int(self.config.batch_size)  # type: ignore[arg-type]
+        return int(_filled(self.config.batch_size, "batch_size"))
 
     @property
     def epochs(self) -> int:
         """Epochs in all."""
-        return int(self.config.epochs)  # type: ignore[arg-type]
+        return int(_filled(self.config.epochs, "epochs"))
 
     @property
     def per_epoch(self) -> int:
@@ -450,19 +449,32 @@ def _build(out: Path, config: TrainConfig, data: VOCDataset, runtime: _Runtime,
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, data.num_classes, config.weights)
     backbone.model.to(runtime.device)
-    groups = parameter_groups(backbone, float(config.lr), float(config.pretrained_lr_factor),
-                              float(config.weight_decay))
+    lr = float(_filled(config.lr, "lr"))
+    groups = parameter_groups(backbone, lr, float(_filled(config.pretrained_lr_factor,
+                                                          "pretrained_lr_factor")),
+                              float(_filled(config.weight_decay, "weight_decay")))
     for g in groups:
         g["base_lr"] = g["lr"]
     if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=float(config.lr),
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr,
                                                            momentum=config.momentum)
     else:
-        optimizer = torch.optim.Adam(groups, lr=float(config.lr))
+        optimizer = torch.optim.Adam(groups, lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
-    sets = [LabelledImages(items, data.num_classes, backbone.preprocess, backbone.min_input)
-            for items in (train_items, val_items)]
-    return _Run(out, config, data, backbone, optimizer, scaler, runtime, *sets)
+    train_set, val_set = (
+        LabelledImages(items, data.num_classes, backbone.preprocess, backbone.min_input)
+        for items in (train_items, val_items))
+    return _Run(out, config, data, backbone, optimizer, scaler, runtime, train_set, val_set)
+
+
+_Setting = TypeVar("_Setting", int, float)
+
+
+def _filled(value: _Setting | None, name: str) -> _Setting:
+    """A setting that :meth:`TrainConfig.for_backbone` has filled in."""
+    if value is None:
+        raise DcsmError(f"training setting {name} is not set (TrainConfig.for_backbone fills it)")
+    return value
 
 
 def _check_sizes(run: _Run) -> None:
@@ -626,11 +638,9 @@ def train(data_root: str | Path, out: str | Path, config: TrainConfig | None = N
         return TrainResult(out, run.epoch, run.iteration, run.best_map, run.history, finished)
 
 
-def _bar(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202 - tqdm or None
+def _bar(enabled: bool, total: int, initial: int, desc: str) -> tqdm[NoReturn] | None:
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True,
                 leave=False)
 

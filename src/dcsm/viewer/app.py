@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from dcsm.errors import DcsmError
+from dcsm.optional import install_hint, require
+from dcsm.viewer.guard import HostGuard, allowed_hosts
 from dcsm.viewer.logic import (
     Analysis,
     Settings,
@@ -48,7 +50,7 @@ __all__ = ["INSTALL_HINT", "MAX_UPLOAD_MB", "WELCOME", "current_viewer", "decode
            "launch", "redraw", "require_streamlit", "run_explain", "show_photo"]
 
 #: What to run when the extra is missing.
-INSTALL_HINT = "pip install 'distinct-saliency[viewer]'"
+INSTALL_HINT = install_hint("streamlit")
 #: Shown before the first explanation.
 WELCOME = ("Pick or drop an image (the bundled one is loaded), choose the settings, press "
            "**Explain**.")
@@ -65,11 +67,7 @@ _VIEWER: Viewer | None = None
 def require_streamlit() -> Any:  # noqa: ANN401 - the streamlit module
     """Import Streamlit; a one-line :class:`DcsmError` naming the extra to install when it is
     missing or too old (without ``st.App``, which the viewer's server guard needs)."""
-    try:
-        import streamlit
-    except ImportError:
-        raise DcsmError(f"the viewer needs Streamlit, which is not installed: {INSTALL_HINT}"
-                        ) from None
+    streamlit = require("streamlit", "the viewer")
     if not hasattr(streamlit, "App"):
         raise DcsmError(f"the viewer needs Streamlit 1.67 or later (found "
                         f"{getattr(streamlit, '__version__', 'an older one')}): pip install "
@@ -172,9 +170,7 @@ def launch(viewer: Viewer, host: str = "127.0.0.1", port: int = 8501,
     global _VIEWER
 
     st = require_streamlit()
-    from starlette.middleware import Middleware
-
-    from dcsm.viewer.guard import HostGuard, allowed_hosts
+    Middleware = require("starlette.middleware", "the viewer").Middleware
 
     _VIEWER = viewer
     rule = allowed_hosts(host, allow_hosts)

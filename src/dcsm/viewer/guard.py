@@ -121,8 +121,9 @@ def allowed_hosts(address: str, extra: Iterable[str] = ()) -> HostRule:
         names.add(served)
     if wide:
         for name in (socket.gethostname(), socket.getfqdn()):
-            if host_name(name):
-                names.add(host_name(name))  # type: ignore[arg-type]
+            own = host_name(name)
+            if own:
+                names.add(own)
     return HostRule(frozenset(names), any_address=wide)
 
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 
-from dcsm.viewer.logic import Viewer
+from dcsm.io.viz import SUGGESTED_COLORMAPS
+from dcsm.methods.registry import names as method_names
+from dcsm.pipeline.presets import PRESETS
+from dcsm.viewer import app
+from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS, Viewer, default_preset
 
 #: File types the uploader offers (any image Pillow reads is accepted once picked).
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm"]
@@ -25,14 +29,7 @@ def _load_viewer(model: str | None) -> Viewer:
 
 def main() -> None:
     """Draw the page."""
-    import streamlit as st
-
-    from dcsm.io.viz import SUGGESTED_COLORMAPS
-    from dcsm.methods.registry import names as method_names
-    from dcsm.pipeline.presets import PRESETS
-    from dcsm.viewer import app
-    from dcsm.viewer.logic import BUNDLED_IMAGE, SEGMENTERS, default_preset
-
+    st = app.require_streamlit()
     st.set_page_config(page_title="dcsm viewer", layout="wide")
     viewer = app.current_viewer() or st.cache_resource(_load_viewer)(
         os.environ.get("DCSM_VIEWER_MODEL"))

@@ -19,8 +19,12 @@ from dcsm.pipeline.adapters.efficientnet_lite import (
     efficientnet_lite0_adapter,
     efficientnet_lite2_adapter,
 )
+from dcsm.pipeline.adapters.groups import grouped_adapter, label_set
+from dcsm.pipeline.adapters.module import module_adapter
 from dcsm.pipeline.adapters.squeezenet import squeezenet1_1_adapter
+from dcsm.pipeline.adapters.timm_models import timm_adapter
 from dcsm.pipeline.adapters.torchvision_models import torchvision_adapter
+from dcsm.pipeline.adapters.trained import checkpoint_adapter
 from dcsm.pipeline.layouts import LayoutSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -80,22 +84,15 @@ def load_model(
     Raises DcsmError for an unknown name, missing or unfitting weights, a bad device, an unknown
     label set, or a label set for a model without ImageNet-1k's classes.
     """
-    if labels is not None:
-        from dcsm.pipeline.adapters.groups import label_set
-
-        if labels.strip().lower() != "imagenet":
-            label_set(labels)  # an unknown label set fails before the model loads
+    if labels is not None and labels.strip().lower() != "imagenet":
+        label_set(labels)  # an unknown label set fails before the model loads
     if name in _OFFLINE:
         adapter = _OFFLINE[name][0](weights)
     elif name.startswith("torchvision:"):
         adapter = torchvision_adapter(name.split(":", 1)[1], weights)
     elif name.startswith("timm:"):
-        from dcsm.pipeline.adapters.timm_models import timm_adapter
-
         adapter = timm_adapter(name.split(":", 1)[1], weights)
     elif name.startswith("checkpoint:"):
-        from dcsm.pipeline.adapters.trained import checkpoint_adapter
-
         adapter = checkpoint_adapter(name.split(":", 1)[1], weights)
     else:
         known = ", ".join([*_OFFLINE, "torchvision:<arch>", "timm:<name>", "checkpoint:<path>"])
@@ -103,8 +100,6 @@ def load_model(
     if multilabel is not None:
         adapter.multilabel = multilabel
     if labels is not None:
-        from dcsm.pipeline.adapters.groups import grouped_adapter
-
         adapter = grouped_adapter(adapter, labels)
     if device is not None:
         adapter.to(resolve_device(device))
@@ -121,8 +116,10 @@ def as_adapter(
     layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
     labels: str | None = None,
 ) -> ModelAdapter:
-    """An adapter for ``model``: an adapter as is, a registry name (:func:`load_model`), or any
-    classifier ``nn.Module`` (:func:`dcsm.pipeline.adapters.module.module_adapter`).
+    """An adapter for ``model``: an adapter, a registry name, or any classifier module.
+
+    An adapter is taken as is, a name is loaded (:func:`load_model`) and an ``nn.Module`` is
+    wrapped (:func:`dcsm.pipeline.adapters.module.module_adapter`).
 
     The other arguments describe a plain module; with an adapter or a name only ``multilabel``,
     ``layouts`` and ``labels`` may be given (they override the adapter's). ``labels``
@@ -131,8 +128,6 @@ def as_adapter(
     adapter.
     """
     if labels is not None:
-        from dcsm.pipeline.adapters.groups import grouped_adapter
-
         plain = as_adapter(model, layers=layers, class_names=class_names,
                            preprocess=preprocess, multilabel=multilabel, input_size=input_size,
                            layouts=layouts)
@@ -154,8 +149,6 @@ def as_adapter(
                 model.default_layout = layouts
             model.__post_init__()
         return model
-    from dcsm.pipeline.adapters.module import module_adapter
-
     return module_adapter(model, layers=layers, class_names=class_names, preprocess=preprocess,
                           multilabel=bool(multilabel), input_size=input_size, layouts=layouts)
 

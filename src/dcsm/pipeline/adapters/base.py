@@ -14,7 +14,7 @@ multi-label (sigmoid) or single-label (softmax).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -67,14 +67,22 @@ class Preprocessing:
             raise DcsmError("mean and std need three values, one per colour channel")
         if any(not np.isfinite(v) or v <= 0 for v in std):
             raise DcsmError(f"std must be positive, got {list(std)}")
-        return cls(mean=tuple(float(m) * 255 for m in mean),  # type: ignore[arg-type]
-                   std=tuple(float(v) * 255 for v in std),  # type: ignore[arg-type]
-                   channel_order=channel_order)
+        return cls(mean=float_triple(float(m) * 255 for m in mean),
+                   std=float_triple(float(v) * 255 for v in std), channel_order=channel_order)
+
+
+def float_triple(values: Iterable[float]) -> tuple[float, float, float]:
+    """Three values (one per colour channel) as floats; ValueError for another count."""
+    first, second, third = (float(v) for v in values)
+    return first, second, third
 
 
 def unique_class_names(names: Sequence[str]) -> list[str]:
-    """Class names made unique: a name shared by several classes gets its index,
-    ``crane (134)`` and ``crane (517)`` (torchvision's ImageNet categories repeat two)."""
+    """Class names made unique: a name shared by several classes gets its index.
+
+    For example ``crane (134)`` and ``crane (517)`` (torchvision's ImageNet categories repeat
+    two).
+    """
     counts = Counter(names)
     return [f"{n} ({i})" if counts[n] > 1 else str(n) for i, n in enumerate(names)]
 
@@ -85,9 +93,11 @@ IMAGENET_TORCHVISION = Preprocessing(
 
 
 def check_class_key(key: object) -> str | int:
-    """A class as named by a user: a name (str) or an index (int, numpy integer); a bool, a
-    float (``1.7``), None or anything else is a one-line :class:`DcsmError`, never taken as
-    an index."""
+    """A class as named by a user: a name (str) or an index (int, numpy integer).
+
+    A bool, a float (``1.7``), None or anything else is a one-line :class:`DcsmError`, never
+    taken as an index.
+    """
     if isinstance(key, str):
         return key
     if isinstance(key, int | np.integer) and not isinstance(key, bool | np.bool_):
@@ -138,6 +148,7 @@ class ModelAdapter:
     default_layout: LayoutSpec = "auto"
 
     def __post_init__(self) -> None:
+        """Make the class names unique and check the layouts."""
         self.class_names = unique_class_names(list(self.class_names))
         for name, spec in self.layer_layouts.items():
             self.layer_layouts[name] = check_layout(spec)
@@ -156,10 +167,11 @@ class ModelAdapter:
     @property
     def score_channels(self) -> int:
         """Channels of the model's score map: one per class, in class order (``num_classes``).
+
         An adapter may carry more after them for its own :meth:`pool` and :meth:`probabilities`
-        (:class:`dcsm.pipeline.adapters.groups.GroupedAdapter`: its base model's logits); only the
-        first
-        ``num_classes`` are class score maps."""
+        (:class:`dcsm.pipeline.adapters.groups.GroupedAdapter`: its base model's logits); only
+        the first ``num_classes`` are class score maps.
+        """
         return self.num_classes
 
     def to(self, device: torch.device | str) -> ModelAdapter:
@@ -180,7 +192,7 @@ class ModelAdapter:
         if isinstance(name, nn.Module):
             for path, module in self.model.named_modules():
                 if module is name and path:
-                    return path
+                    return str(path)
             raise DcsmError(f"layer {type(name).__name__} given as a module is not part of "
                             f"model {self.name}" + (" (its classifier was converted to "
                             "convolutions: name the layer instead)" if self.layer_aliases else ""))
@@ -236,8 +248,11 @@ class ModelAdapter:
         return torch.sigmoid(scores) if self.multilabel else torch.softmax(scores, dim=-1)
 
     def class_index(self, key: str | int) -> int:
-        """Index of a class given by index (an int or numpy integer, not a bool), exact name, or
-        case-insensitive name; any other type is a :class:`DcsmError`."""
+        """Index of a class given by index, exact name, or case-insensitive name.
+
+        An index is an int or numpy integer, not a bool; any other type is a
+        :class:`DcsmError`.
+        """
         key = check_class_key(key)
         if isinstance(key, int) or key.strip().lstrip("-").isdigit():
             idx = int(key)

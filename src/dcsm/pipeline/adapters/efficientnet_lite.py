@@ -23,8 +23,10 @@ Layers: every MBConv block output is addressable as ``block0``, ``block1``, ...,
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,20 +63,20 @@ _VARIANTS = {
 class EfficientNetLiteFCN(nn.Module):
     """EfficientNet-Lite as a fully convolutional classifier returning a score map."""
 
+    net: Any  # efficientnet_lite_pytorch.EfficientNet, a package without annotations
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w) score map."""
-        features = self.net.extract_features(x)
-        fc = self.net._fc
+        features: torch.Tensor = self.net.extract_features(x)
+        fc: nn.Linear = self.net._fc
         return F.conv2d(features, fc.weight[:, :, None, None], fc.bias)
 
 
 def _default_weights(variant: _Variant) -> Path:
-    import importlib
-
     try:
         module = importlib.import_module(variant.module)
     except ImportError as exc:
@@ -93,10 +95,11 @@ def _variant(name: str) -> _Variant:
 
 def build_efficientnet_lite(name: str, weights: str | Path | None = None) -> nn.Module:
     """The plain classifier (logits ``(N, 1000)``) ``name`` with ImageNet weights from disk."""
+    # on demand: the package loads torchvision, which `import dcsm` does not
     from efficientnet_lite_pytorch import EfficientNet
 
     variant = _variant(name)
-    net = EfficientNet.from_name(variant.arch, image_size=None)
+    net: nn.Module = EfficientNet.from_name(variant.arch, image_size=None)
     path = Path(weights) if weights is not None else _default_weights(variant)
     load_into(net, load_state_dict(path), str(path))
     return net.eval()

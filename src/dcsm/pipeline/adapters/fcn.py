@@ -34,7 +34,12 @@ from torch import nn
 
 from dcsm.errors import DcsmError
 from dcsm.pipeline.adapters.base import IMAGENET_TORCHVISION, Preprocessing
-from dcsm.pipeline.adapters.torchvision_models import vgg_aliases
+from dcsm.pipeline.adapters.torchvision_models import (
+    build_torchvision,
+    convolutionalize,
+    sequential,
+    vgg_aliases,
+)
 
 #: The convolutional head's fc6, fc7 and fc8 (conv, ReLU, dropout, conv, ReLU, dropout, conv).
 HEAD_ALIASES = {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
@@ -56,7 +61,8 @@ class FCNClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w)."""
-        return self.head(self.features(x))
+        scores: torch.Tensor = self.head(self.features(x))
+        return scores
 
 
 @dataclass
@@ -87,11 +93,25 @@ def _head(channels: int, kernel: int, fc: int, classes: int, dropout: float) -> 
     )
 
 
+def _config_ints(cfg: Mapping[str, object], key: str) -> list[int]:
+    value = cfg[key]
+    if not isinstance(value, list | tuple):
+        raise DcsmError(f"small_vgg's {key} must be a list of integers, got {value!r}")
+    return [int(v) for v in value]
+
+
+def _config_number(cfg: Mapping[str, object], key: str) -> int | float | str:
+    value = cfg[key]
+    if not isinstance(value, int | float | str):
+        raise DcsmError(f"small_vgg's {key} must be a number, got {value!r}")
+    return value
+
+
 def small_vgg(num_classes: int, config: Mapping[str, object] | None = None) -> Backbone:
     """The compact VGG-style network (see the module docstring), freshly initialised."""
     cfg = {**SMALL_DEFAULTS, **(config or {})}
-    widths = [int(w) for w in cfg["widths"]]  # type: ignore[attr-defined]
-    convs = [int(n) for n in cfg["convs"]]  # type: ignore[attr-defined]
+    widths = _config_ints(cfg, "widths")
+    convs = _config_ints(cfg, "convs")
     if len(widths) != len(convs) or not widths:
         raise DcsmError("small_vgg needs as many widths as blocks")
     layers: list[nn.Module] = []
@@ -103,14 +123,17 @@ def small_vgg(num_classes: int, config: Mapping[str, object] | None = None) -> B
             channels = width
         layers.append(nn.MaxPool2d(2, ceil_mode=True))
     features = nn.Sequential(*layers)
-    head = _head(channels, 3, int(cfg["fc"]), num_classes, float(cfg["dropout"]))  # type: ignore[arg-type]
+    head = _head(channels, 3, int(_config_number(cfg, "fc")), num_classes,
+                 float(_config_number(cfg, "dropout")))
     model = FCNClassifier(features, head)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    nn.init.normal_(head[-1].weight, 0, 0.01)
+    last = head[-1]
+    if isinstance(last, nn.Conv2d):  # fc8 (see _head)
+        nn.init.normal_(last.weight, 0, 0.01)
     aliases = vgg_aliases(features, "features") | HEAD_ALIASES
     blocks = len(widths)
     defaults = [n for n in aliases if n.startswith("conv")
@@ -126,21 +149,21 @@ def vgg16(num_classes: int, weights: str | Path | None = None) -> Backbone:
     ``weights``: a local ImageNet state dict for torchvision's ``vgg16``, a torchvision weight
     name (``DEFAULT``, ``IMAGENET1K_V1``: downloads), or None/``random`` for random weights.
     """
-    from dcsm.pipeline.adapters.torchvision_models import build_torchvision, convolutionalize
-
     net, _ = build_torchvision("vgg16", "random" if weights is None else weights)
     pretrained = weights not in (None, "random")
-    classifier = net.classifier
+    classifier = sequential(net, "classifier")
+    features = sequential(net, "features")
     head6_7 = convolutionalize(classifier[:-1], 512, 7)  # fc6 7x7, ReLU, -, fc7 1x1, ReLU, -
     layers = list(head6_7)
     layers[2] = nn.Dropout(0.5)
     layers[5] = nn.Dropout(0.5)
     fc8 = nn.Conv2d(4096, num_classes, 1)
     nn.init.normal_(fc8.weight, 0, 0.01)
-    nn.init.zeros_(fc8.bias)
+    if fc8.bias is not None:  # built with a bias
+        nn.init.zeros_(fc8.bias)
     head = nn.Sequential(*layers, fc8)
-    model = FCNClassifier(net.features, head)
-    aliases = vgg_aliases(net.features, "features") | HEAD_ALIASES
+    model = FCNClassifier(features, head)
+    aliases = vgg_aliases(features, "features") | HEAD_ALIASES
     defaults = [n for n in aliases if n[:5] in {"conv3", "conv4", "conv5"}]
     names = {n for n, _ in model.named_parameters() if not n.startswith("head.6")}
     return Backbone("vgg16", {}, model, IMAGENET_TORCHVISION, aliases, defaults, "relu5_3", 224,

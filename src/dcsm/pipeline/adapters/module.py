@@ -41,7 +41,9 @@ from dcsm.pipeline.adapters.base import (
     Preprocessing,
 )
 from dcsm.pipeline.adapters.imagenet import imagenet_class_names
+from dcsm.pipeline.adapters.torchvision_models import fully_convolutional
 from dcsm.pipeline.layouts import LayoutSpec
+from dcsm.pipeline.state import inference_state
 
 _TORCHVISION_FAMILIES = (
     ("VGG", "vgg"), ("AlexNet", "alexnet"), ("SqueezeNet", "squeezenet"), ("ResNet", "resnet"),
@@ -63,8 +65,6 @@ def torchvision_family(model: nn.Module) -> str | None:
 
 def _probe_classes(model: nn.Module, size: tuple[int, int]) -> int:
     """The number of classes, from one forward pass on a blank input of ``size``."""
-    from dcsm.pipeline.state import inference_state
-
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad(), inference_state(model):
@@ -114,8 +114,6 @@ def module_adapter(
     min_input = 32
     gradcam: LayerRef | None = None
     if family is not None:
-        from dcsm.pipeline.adapters.torchvision_models import fully_convolutional
-
         fcn, aliases, default_names, gradcam, min_input = fully_convolutional(family, model)
         if family in _FLATTEN_HEADS:
             net = fcn

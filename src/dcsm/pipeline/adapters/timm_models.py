@@ -63,14 +63,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, first_line
+from dcsm.optional import require
 from dcsm.pipeline.adapters.base import IMAGENET_TORCHVISION, ModelAdapter, Preprocessing
 from dcsm.pipeline.adapters.imagenet import imagenet_class_names
 from dcsm.pipeline.adapters.weights import load_into, load_state_dict
@@ -82,12 +83,8 @@ PROBE_SIZE = (128, 160)
 
 
 # --------------------------------------------------------------------------- building
-def _timm() -> Any:  # noqa: ANN401
-    try:
-        import timm
-    except ImportError as exc:
-        raise DcsmError("timm models need the timm package: pip install timm") from exc
-    return timm
+def _timm() -> Any:  # noqa: ANN401 - the timm module
+    return require("timm", "a timm: model")
 
 
 def _classifier_key(cfg: Any) -> str | None:  # noqa: ANN401
@@ -113,7 +110,7 @@ def _create(timm: Any, name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     ]
     for extra in attempts:
         try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs, **extra)
+            model: nn.Module = timm.create_model(name, pretrained=pretrained, **kwargs, **extra)
         except TypeError as exc:
             if extra and "dynamic_img" in str(exc):
                 continue  # this constructor does not take the option: try without it
@@ -169,6 +166,13 @@ def _patch_embed(model: nn.Module) -> nn.Module | None:
     return None
 
 
+@runtime_checkable
+class _DynamicFeatSize(Protocol):
+    """A timm patch embedding that computes its token grid for an input size."""
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]: ...
+
+
 def _pair(value: Any) -> tuple[int, int]:  # noqa: ANN401
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[-1])
@@ -192,7 +196,7 @@ def timm_token_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] 
     embed = _patch_embed(model)
     if embed is None:
         return None
-    if hasattr(embed, "dynamic_feat_size"):  # timm's own (hybrid embeddings: the CNN's stride)
+    if isinstance(embed, _DynamicFeatSize):  # timm's own (hybrid embeddings: the CNN's stride)
         h, w = embed.dynamic_feat_size((int(size[0]), int(size[1])))
         return int(h), int(w)
     ph, pw = _pair(embed.patch_size)
@@ -337,7 +341,12 @@ def _stage_paths(model: nn.Module) -> list[tuple[int, str]]:
         stages.append((reduction, path))
         last_in_parent[parent] = child
     seen: set[str] = set()
-    return [(r, p) for r, p in stages if not (p in seen or seen.add(p))]
+    unique: list[tuple[int, str]] = []
+    for reduction, path in stages:
+        if path not in seen:
+            seen.add(path)
+            unique.append((reduction, path))
+    return unique
 
 
 def _candidate_blocks(model: nn.Module, path: str) -> list[str]:
@@ -445,7 +454,9 @@ def _class_names(n: int) -> list[str]:
 
 def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    return dict(cfg) if isinstance(cfg, Mapping) else {}
 
 
 def timm_adapter(name: str, weights: str | Path | None) -> ModelAdapter:

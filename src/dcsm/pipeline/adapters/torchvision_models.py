@@ -54,7 +54,7 @@ def linear_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2
     conv = nn.Conv2d(in_channels, linear.out_features, kernel, bias=linear.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(linear.weight.view(linear.out_features, in_channels, kernel, kernel))
-        if linear.bias is not None:
+        if linear.bias is not None and conv.bias is not None:
             conv.bias.copy_(linear.bias)
     return conv
 
@@ -86,7 +86,8 @@ class FeaturesConvHeadFCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, classes, h, w)."""
-        return self.head(self.net.features(x))
+        scores: torch.Tensor = self.head(self.net.get_submodule("features")(x))
+        return scores
 
 
 class PooledLinearFCN(nn.Module):
@@ -133,6 +134,15 @@ def vgg_aliases(features: nn.Sequential, prefix: str = "net.features") -> dict[s
     return aliases
 
 
+def sequential(net: nn.Module, name: str) -> nn.Sequential:
+    """``net``'s submodule ``name`` (a dotted path), which must be an :class:`nn.Sequential`."""
+    module = net.get_submodule(name)
+    if not isinstance(module, nn.Sequential):
+        raise DcsmError(f"{type(net).__name__}.{name} is a {type(module).__name__}, not the "
+                        "nn.Sequential of torchvision's model")
+    return module
+
+
 def _last_linear(classifier: nn.Module) -> nn.Linear:
     if isinstance(classifier, nn.Linear):
         return classifier
@@ -148,28 +158,29 @@ def _last_linear(classifier: nn.Module) -> nn.Linear:
 def fully_convolutional(arch: str, net: nn.Module) -> tuple[nn.Module, dict[str, str], list[str], str, int]:  # noqa: E501
     """(fcn, aliases, default layers, Grad-CAM layer, min input) for a torchvision model."""
     if arch.startswith("vgg"):
-        head = convolutionalize(net.classifier, 512, 7)
-        aliases = vgg_aliases(net.features)
+        head = convolutionalize(sequential(net, "classifier"), 512, 7)
+        aliases = vgg_aliases(sequential(net, "features"))
         aliases |= {"fc6": "head.0", "fc7": "head.3", "fc8": "head.6"}
         defaults = [n for n in aliases if n[:5] in {"conv3", "conv4", "conv5"}]
         last_relu = [n for n in aliases if n.startswith("relu5_")][-1]
         return FeaturesConvHeadFCN(net, head), aliases, defaults, last_relu, 224
     if arch == "alexnet":
-        head = convolutionalize(net.classifier, 256, 6)
-        convs = [i for i, m in enumerate(net.features) if isinstance(m, nn.Conv2d)]
+        head = convolutionalize(sequential(net, "classifier"), 256, 6)
+        convs = [i for i, m in enumerate(sequential(net, "features")) if isinstance(m, nn.Conv2d)]
         aliases = {f"conv{k + 1}": f"net.features.{i}" for k, i in enumerate(convs)}
         aliases |= {f"relu{k + 1}": f"net.features.{i + 1}" for k, i in enumerate(convs)}
         return FeaturesConvHeadFCN(net, head), aliases, ["conv3", "conv4", "conv5"], "relu5", 224
     if arch.startswith("squeezenet"):
         aliases = {f"fire{k + 2}": f"net.features.{i}" for k, i in enumerate(
-            i for i, m in enumerate(net.features) if type(m).__name__ == "Fire")}
+            i for i, m in enumerate(sequential(net, "features")) if type(m).__name__ == "Fire")}
         defaults = list(aliases)[1:]
         return SqueezeNetFCN(net), aliases, defaults, list(aliases)[-1], 64
     children = [name for name, _ in net.named_children()]
     if arch.startswith(("resnet", "resnext", "wide_resnet")):
         trunk = [c for c in children if c not in ("avgpool", "fc")]
         defaults = [f"layer{s}.{b}" for s in (3, 4) for b in range(len(getattr(net, f"layer{s}")))]
-        return PooledLinearFCN(net, trunk, net.fc, False), {}, defaults, defaults[-1], 32
+        fc = _last_linear(net.get_submodule("fc"))
+        return PooledLinearFCN(net, trunk, fc, False), {}, defaults, defaults[-1], 32
     if arch.startswith("regnet"):
         trunk = [c for c in children if c not in ("avgpool", "fc")]
         defaults = [
@@ -177,17 +188,19 @@ def fully_convolutional(arch: str, net: nn.Module) -> tuple[nn.Module, dict[str,
             for s in (3, 4)
             for name, _ in getattr(net.trunk_output, f"block{s}").named_children()
         ]
-        return PooledLinearFCN(net, trunk, net.fc, False), {}, defaults, "trunk_output", 32
+        fc = _last_linear(net.get_submodule("fc"))
+        return PooledLinearFCN(net, trunk, fc, False), {}, defaults, "trunk_output", 32
     if arch.startswith("densenet"):
         defaults = [f"features.{n}" for n in
                     ("transition2", "denseblock3", "transition3", "denseblock4")]
-        fcn = PooledLinearFCN(net, ["features"], _last_linear(net.classifier), True)
+        classifier = _last_linear(net.get_submodule("classifier"))
+        fcn = PooledLinearFCN(net, ["features"], classifier, True)
         return fcn, {}, defaults, "features.norm5", 32
     if arch.startswith(("efficientnet", "mobilenet_v2", "mnasnet")):
         body = "layers" if arch.startswith("mnasnet") else "features"
         n = len(getattr(net, body))
         defaults = [f"{body}.{i}" for i in range(max(2, n - 9), n)]
-        fcn = PooledLinearFCN(net, [body], _last_linear(net.classifier), False)
+        fcn = PooledLinearFCN(net, [body], _last_linear(net.get_submodule("classifier")), False)
         return fcn, {}, defaults, f"{body}.{n - 1}", 32
     raise DcsmError(
         f"torchvision model '{arch}' is not supported: dcsm runs VGG, AlexNet, SqueezeNet, ResNet, "
@@ -203,7 +216,7 @@ def _final_linear_key(net: nn.Module) -> str:
 
 def build_torchvision(arch: str, weights: str | Path | None) -> tuple[nn.Module, list[str]]:
     """The plain torchvision classifier and its class names."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # on demand: `import dcsm` does not load torchvision
 
     if arch not in tvm.list_models(module=tvm):
         raise DcsmError(f"unknown torchvision classifier '{arch}'")
@@ -226,7 +239,7 @@ def build_torchvision(arch: str, weights: str | Path | None) -> tuple[nn.Module,
         return net.eval(), _names(net)
     try:
         enum = tvm.get_model_weights(arch)
-        w = enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights.split(".")[-1]]
+        w = enum["DEFAULT" if weights.upper() == "DEFAULT" else weights.split(".")[-1]]
     except (KeyError, ValueError) as exc:
         raise DcsmError(f"unknown weights '{weights}' for torchvision:{arch}") from exc
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dcsm.errors import DcsmError
-from dcsm.pipeline.adapters.base import ModelAdapter, Preprocessing
+from dcsm.pipeline.adapters.base import ModelAdapter, Preprocessing, float_triple
 from dcsm.pipeline.adapters.checkpoint import epochs_completed, load_model_record
 from dcsm.pipeline.adapters.fcn import build_backbone
 from dcsm.pipeline.adapters.weights import load_into
@@ -41,8 +41,7 @@ def checkpoint_adapter(path: str | Path, weights: str | Path | None = None) -> M
     load_into(backbone.model, record["model"], f"checkpoint '{path}'")
     pre = record["preprocessing"]
     try:
-        preprocess = Preprocessing(mean=tuple(float(v) for v in pre["mean"]),  # type: ignore[arg-type]
-                                   std=tuple(float(v) for v in pre["std"]),  # type: ignore[arg-type]
+        preprocess = Preprocessing(mean=float_triple(pre["mean"]), std=float_triple(pre["std"]),
                                    channel_order=pre.get("channel_order", "RGB"))
     except (KeyError, TypeError, ValueError) as exc:
         raise DcsmError(f"checkpoint '{path}' has malformed preprocessing {pre!r}") from exc

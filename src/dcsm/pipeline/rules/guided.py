@@ -88,7 +88,7 @@ class _GuidedRectifier(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, upper: float | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(x: torch.Tensor, upper: float | None) -> torch.Tensor:
         return x.clamp(min=0) if upper is None else x.clamp(0, upper)
 
     @staticmethod
@@ -98,14 +98,15 @@ class _GuidedRectifier(torch.autograd.Function):
         ctx.save_for_backward(mask)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]  # noqa: ANN401,E501
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN401
         (mask,) = ctx.saved_tensors
         return grad.clamp(min=0).mul_(mask), None  # in place: no float copy of the mask
 
 
 def guided_relu(x: torch.Tensor, upper: float | None = None) -> torch.Tensor:
     """``clamp(x, 0, upper)`` whose backward is guided."""
-    return _GuidedRectifier.apply(x, upper)
+    out: torch.Tensor = _GuidedRectifier.apply(x, upper)
+    return out
 
 
 def _rectify_grad(grad: torch.Tensor) -> torch.Tensor:
@@ -181,22 +182,29 @@ def _smooth_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         def call_bound(t: torch.Tensor) -> torch.Tensor:
             bound.arguments["input"] = t
             bound.arguments["inplace"] = False
-            return func(*bound.args, **bound.kwargs)
+            out: torch.Tensor = func(*bound.args, **bound.kwargs)
+            return out
 
         return call_bound, x, inplace
     if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
         return None
     twin = _IN_PLACE.get(func, func)
-    key = next((k for k in ("input", "self") if k in kwargs), None)
-    if not args and key is None:
+    key: str | None = next((k for k in ("input", "self") if k in kwargs), None)
+    if args:
+        def call_builtin(t: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = twin(t, *args[1:], **kwargs)
+            return out
+
+        return call_builtin, args[0], func in _IN_PLACE
+    if key is None:
         return None
+    named = key
 
-    def call_builtin(t: torch.Tensor) -> torch.Tensor:
-        if args:
-            return twin(t, *args[1:], **kwargs)
-        return twin(**{**kwargs, key: t})
+    def call_named(t: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = twin(**{**kwargs, named: t})
+        return out
 
-    return call_builtin, args[0] if args else kwargs[key], func in _IN_PLACE
+    return call_named, kwargs[named], func in _IN_PLACE
 
 
 def _records_graph(x: Any) -> bool:  # noqa: ANN401
@@ -220,7 +228,7 @@ class _GuidedMode(TorchFunctionMode):
         is_rectifier, upper, inplace = _relu_upper(func, args, kwargs)
         if is_rectifier:
             x = args[0] if args else None
-            if not _records_graph(x):
+            if not isinstance(x, torch.Tensor) or not _records_graph(x):
                 return func(*args, **kwargs)
             self.intercepted += 1
             out = guided_relu(x, upper)

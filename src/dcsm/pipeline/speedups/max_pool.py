@@ -14,6 +14,7 @@ included: ``tests/pipeline/speedups/test_max_pool.py`` checks them on inputs ful
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from torch.overrides import TorchFunctionMode
 from dcsm.pipeline.speedups.torch_calls import MAX_POOL2D_ARGS, call_arguments, pair
 
 Pair = list[int]
+# The arguments of :func:`max_pool2d` after ``x``: kernel, stride, padding, dilation, ceil_mode.
+PoolCall = tuple[torch.Tensor, Pair, Pair, Pair, Pair, bool]
 
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
@@ -31,7 +34,7 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair,  # type: ignore[override]
+    def forward(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair,
                 dilation: Pair, ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out, idx = torch.ops.aten.max_pool2d_with_indices(
             x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
@@ -59,13 +62,16 @@ def max_pool2d(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair, dilat
     """``F.max_pool2d(x, ...)`` of a contiguous ``(N, C, H, W)`` CPU tensor, computed as the
     module docstring says."""
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return torch.ops.aten.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel,
-                                         stride, padding, dilation, ceil_mode).contiguous()
-    out, _ = _ChannelsLastMaxPool.apply(x, kernel, stride, padding, dilation, ceil_mode)
-    return out
+        pooled: torch.Tensor = torch.ops.aten.max_pool2d(
+            x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
+            ceil_mode)
+        return pooled.contiguous()
+    out_and_indices: tuple[torch.Tensor, torch.Tensor] = _ChannelsLastMaxPool.apply(
+        x, kernel, stride, padding, dilation, ceil_mode)
+    return out_and_indices[0]
 
 
-def _call(args: tuple, kwargs: dict) -> tuple | None:
+def _call(args: tuple[object, ...], kwargs: dict[str, Any]) -> PoolCall | None:
     """``(x, kernel, stride, padding, dilation, ceil_mode)`` of a pooling call to reroute."""
     call = call_arguments(MAX_POOL2D_ARGS, args, kwargs)
     x = call.get("input")
@@ -89,7 +95,8 @@ class FastMaxPool(TorchFunctionMode):
     """Routes the CPU ``F.max_pool2d`` / ``torch.max_pool2d`` calls of contiguous 4-d tensors
     without ``return_indices`` to :func:`max_pool2d`; every other call runs as made."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001,ANN204
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),  # noqa: ANN401,E501
+                           kwargs: dict[str, Any] | None = None) -> Any:  # noqa: ANN401
         kwargs = kwargs or {}
         if func is F.max_pool2d or func is torch.max_pool2d:
             call = _call(args, kwargs)

@@ -4,12 +4,15 @@ pooling)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 CONV2D_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 MAX_POOL2D_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
                    "return_indices")
 
 
-def call_arguments(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, object]:
+def call_arguments(names: tuple[str, ...], args: tuple[object, ...],
+                   kwargs: dict[str, Any]) -> dict[str, object]:
     """A call's positional ``args`` named by ``names``, and its ``kwargs``, as one dict."""
     return dict(zip(names, args, strict=False)) | kwargs
 
