@@ -51,10 +51,7 @@ from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.pipeline.gradients import (
     BatchMode,
     ForwardPass,
-    HeadRestriction,
-    HeadRestrictionFailed,
     forward_pass,
-    head_restriction,
     iter_class_gradients,
     require_finite,
 )
@@ -83,6 +80,7 @@ from dcsm.pipeline.layouts import LayoutSpec, resolve_layout, to_grid
 from dcsm.pipeline.presets import DEFAULT_PRESET, Preset, get_preset
 from dcsm.pipeline.result import BatchResult, SaliencyResult
 from dcsm.pipeline.rules import BackpropRule, GuidedRule, get_rule, warn_if_unguided
+from dcsm.pipeline.speedups.head import HeadRestriction, HeadRestrictionFailed, head_restriction
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -347,7 +345,8 @@ class DistinctSaliency(_Explainer):
             ``"vmap"`` (one backward for all slots, ``torch.func.vmap`` over
             ``torch.autograd.grad``: each weight is read once for all slots) or ``"auto"``
             (default): ``"vmap"`` where reading large weights bounds the backward, measured
-            per scale from its graph (:func:`dcsm.pipeline.gradients.choose_batch_mode`, with the
+            per scale from its graph
+            (:func:`dcsm.pipeline.speedups.batch_mode.choose_batch_mode`, with the
             measurements: AlexNet 0.35-0.92x the time of ``"loop"``, VGG-16 at one image
             0.63-0.70x through PyTorch's CPU convolutions, 0.93-1.0x as matrix products), else
             ``"loop"`` (SqueezeNet 1.1, EfficientNet-Lite0, ResNet-50: ``"vmap"`` 0.9-1.5x;
@@ -500,7 +499,7 @@ class DistinctSaliency(_Explainer):
         }
 
     #: At the scales after the one the candidates come from, compute only the classifier rows
-    #: of the classes in the slots (:class:`dcsm.pipeline.gradients.HeadRestriction`).
+    #: of the classes in the slots (:class:`dcsm.pipeline.speedups.head.HeadRestriction`).
     _restrict_head = True
 
     def _forward(self, x: torch.Tensor, scale: float,
