@@ -36,7 +36,7 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair,  # type: ignore[override]
+    def forward(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair,
                 dilation: Pair, ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out, idx = torch.ops.aten.max_pool2d_with_indices(
             x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
