@@ -38,7 +38,7 @@ from dcsm.pipeline.images import as_rgb_array, image_input, working_size
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLED = ROOT / "src" / "dcsm" / "data" / "chelsea_coffee.png"
-GROUPS_SOURCE = ROOT / "src" / "dcsm" / "adapters" / "groups.py"
+GROUPS_SOURCE = ROOT / "src" / "dcsm" / "pipeline" / "adapters" / "groups.py"
 
 
 # ----------------------------------------------------------------------------- the tables
