@@ -53,10 +53,11 @@ from _machine import cpu_model, status_kib
 import dcsm
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.fusion import PaperFusion
-from dcsm.pipeline.gradients import capture_layers, inference_state
+from dcsm.pipeline.gradients import capture_layers
 from dcsm.pipeline.images import as_rgb_array, model_input
 from dcsm.pipeline.layer_maps import layer_saliency
 from dcsm.pipeline.presets import get_preset
+from dcsm.pipeline.state import inference_state
 
 IMAGE = Path(dcsm.__file__).parent / "data" / "chelsea_coffee.png"
 DEFAULT_CLASSES = "tabby,espresso,tiger cat"

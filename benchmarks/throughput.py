@@ -8,7 +8,7 @@ conv3_1..conv5_3; three candidate classes), on the bundled image resized to ``--
   one forward per scale shared by the classes, parameters frozen, graph from the lowest layer,
   the 1x1 classifier's backward replaced by its weight rows, at the scales after the first only
   the classifier rows of the three classes computed, and the class slots back-propagated as
-  ``batch="auto"`` chooses (:func:`dcsm.pipeline.gradients.choose_batch_mode`).
+  ``batch="auto"`` chooses (:func:`dcsm.pipeline.speedups.batch_mode.choose_batch_mode`).
 * ``dcsm batch=loop`` / ``dcsm batch=vmap``: the same with the choice forced: one backward per
   class slot, or one backward for all slots (``torch.func.vmap`` over ``torch.autograd.grad``).
 * ``peer: one call per class``: what a pytorch-grad-cam or Captum user writes to get the same
@@ -104,19 +104,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import dcsm
-from dcsm.pipeline import gradients
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.contrast import subtract_others
 from dcsm.pipeline.fusion import PaperFusion
-from dcsm.pipeline.gradients import (
-    choose_batch_mode,
-    class_head,
-    forward_pass,
-    iter_class_gradients,
-)
+from dcsm.pipeline.gradients import forward_pass, iter_class_gradients
 from dcsm.pipeline.images import model_input, reference_scale
 from dcsm.pipeline.layer_maps import layer_saliency
 from dcsm.pipeline.presets import get_preset
+from dcsm.pipeline.speedups import matmul_conv, max_pool
+from dcsm.pipeline.speedups.batch_mode import choose_batch_mode
+from dcsm.pipeline.speedups.head import class_head
+from dcsm.pipeline.speedups.matmul_conv import MatmulLargeConvs
 from dcsm.pipeline.speedups.max_pool import FastMaxPool
 
 IMAGE = Path(dcsm.__file__).parent / "data" / "chelsea_coffee.png"
@@ -302,17 +300,17 @@ def repeated_grad(case: Case, precision: str) -> np.ndarray:
 def dcsm_pytorch_kernels(case: Case, precision: str) -> np.ndarray:
     """Diagnostic: dcsm with every convolution and pooling as PyTorch computes them (no
     :class:`MatmulConv`, no channels-last max pooling)."""
-    gradients.MATMUL_LARGE_CONVS = gradients.FAST_MAX_POOL = False
+    matmul_conv.MATMUL_LARGE_CONVS = max_pool.FAST_MAX_POOL = False
     try:
         return dcsm_variant("auto")(case, precision)
     finally:
-        gradients.MATMUL_LARGE_CONVS = gradients.FAST_MAX_POOL = True
+        matmul_conv.MATMUL_LARGE_CONVS = max_pool.FAST_MAX_POOL = True
 
 
 def repeated_grad_kernels(case: Case, precision: str) -> np.ndarray:
     """Diagnostic, not what a user writes: the strongest peer code with dcsm's CPU kernels, for
-    large convolutions (:class:`dcsm.pipeline.gradients.MatmulConv`; it needs frozen parameters,
-    which ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
+    large convolutions (:class:`dcsm.pipeline.speedups.matmul_conv.MatmulConv`; it needs frozen
+    parameters, which ``torch.autograd.grad`` to the layers does not use anyway) and for max pooling
     (:mod:`dcsm.pipeline.speedups.max_pool`)."""
     model = case.adapter.model
     model.eval()
@@ -320,7 +318,7 @@ def repeated_grad_kernels(case: Case, precision: str) -> np.ndarray:
         p.requires_grad_(False)
     pools = FastMaxPool() if case.adapter.device.type == "cpu" else nullcontext()
     try:
-        with gradients._MatmulLargeConvs(), pools:
+        with MatmulLargeConvs(), pools:
             return _repeated(case, precision, use_backward=False, freeze=True)
     finally:
         for p in model.parameters():
@@ -474,7 +472,7 @@ def reference(case: Case) -> Reference:
     head = sum(2 * h for h in head_macs)
     full = 3 * fwd  # forward + input and weight gradients
     # dcsm's forwards after the reference scale compute the classifier rows of the K classes
-    # only (dcsm.pipeline.gradients.HeadRestriction).
+    # only (dcsm.pipeline.speedups.head.HeadRestriction).
     ref = reference_scale(case.scales)
     unused = sum(2 * h * (1 - k / case.adapter.score_channels)
                  for s, h in enumerate(head_macs) if s != ref)

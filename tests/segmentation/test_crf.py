@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 import dcsm
+import dcsm.pipeline.images
+from dcsm.io import load_image
 from dcsm.pipeline.candidates import Candidate
 from dcsm.segmentation import (
     CRFParams,
@@ -518,3 +520,25 @@ def test_a_thin_strip_is_segmented_at_a_working_size_it_fits():
     wide = rng.integers(0, 256, (100, 5000, 3), dtype=np.uint8)
     seg = dcsm.segment({"a": rng.random((100, 5000)).astype(np.float32)}, wide, max_side=64)
     assert seg.labels.shape == (100, 5000) and seg.parameters["working_size"] == [8, 400]
+
+
+@pytest.mark.parametrize("method", ["crf", "grabcut"])
+@pytest.mark.parametrize("max_side", [None, 64])
+def test_segment_decodes_an_image_path_once(tmp_path, monkeypatch, two_objects, method,
+                                            max_side):
+    img, maps, _ = two_objects
+    path = tmp_path / "scene.png"
+    Image.fromarray(img).save(path)
+    decoded = []
+
+    def load(source, max_pixels=None):  # noqa: ANN001, ANN202 - counts, then reads as before
+        decoded.append(source)
+        return load_image(source, max_pixels)
+
+    monkeypatch.setattr(dcsm.pipeline.images, "load_image", load)
+    seg = segment(maps, str(path), segmenter=method, max_side=max_side)
+    assert decoded == [str(path)]
+    want = segment(maps, img, segmenter=method, max_side=max_side)  # the array, never decoded
+    assert len(decoded) == 1
+    np.testing.assert_array_equal(seg.labels, want.labels)
+    assert seg.parameters == want.parameters

@@ -33,7 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 
@@ -43,7 +43,7 @@ from dcsm.batch.loader import Loaded, iterate
 from dcsm.batch.manifest import Manifest
 from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
-from dcsm.errors import DcsmError, first_line
+from dcsm.errors import DcsmError, failure_reason
 from dcsm.io import DEFAULT_MAX_PIXELS, remove_path
 from dcsm.pipeline.adapters.weights import weights_digest
 from dcsm.pipeline.candidates import UnevenCandidates, parse_classes
@@ -266,7 +266,14 @@ def _writer_start(parent: int | None = None) -> None:
     torch.set_num_threads(1)
 
 
-class Writers:
+TagT = TypeVar("TagT")
+
+Outcome = tuple[TagT, Any, BaseException | None]
+"""What :class:`Writers` hands back for a job: its tag, its value (None if it failed) and its
+error (None if it did not)."""
+
+
+class Writers(Generic[TagT]):
     """Runs ``job`` (default :func:`write_result`, a module-level function) in ``processes``
     worker processes (0: at once, here) and hands back the outcomes in the order the jobs came,
     at most ``ahead`` of them in flight.
@@ -287,9 +294,9 @@ class Writers:
             initializer=_writer_start, initargs=(os.getpid(),)) if processes > 0 else None
         self.ahead = 2 * processes if ahead is None else ahead
         self.job = job
-        self.jobs: deque[tuple[object, tuple, Future | None]] = deque()
+        self.jobs: deque[tuple[TagT, tuple[Any, ...], Future[Any] | None]] = deque()
 
-    def submit(self, tag: object, *args: Any) -> list[tuple[object, Any, BaseException | None]]:
+    def submit(self, tag: TagT, *args: Any) -> list[Outcome[TagT]]:
         """Queue ``job(*args)``; the outcomes ``(tag, value, error)`` complete by now."""
         future = None
         if self.pool is not None:
@@ -300,27 +307,26 @@ class Writers:
         self.jobs.append((tag, args, future))
         return self._ready()
 
-    def fail(self, tag: object, error: BaseException
-             ) -> list[tuple[object, Any, BaseException | None]]:
+    def fail(self, tag: TagT, error: BaseException) -> list[Outcome[TagT]]:
         """Queue an outcome known already (an image that could not be read or explained), so
         that it comes back in its turn; the outcomes complete by now."""
-        known: Future = Future()
+        known: Future[Any] = Future()
         known.set_exception(error)
         self.jobs.append((tag, (), known))
         return self._ready()
 
-    def _ready(self) -> list[tuple[object, Any, BaseException | None]]:
+    def _ready(self) -> list[Outcome[TagT]]:
         ready = []
         while self.jobs and (len(self.jobs) > self.ahead or self.jobs[0][2] is None
                              or self.jobs[0][2].done()):
             ready.append(self._next())
         return ready
 
-    def drain(self) -> list[tuple[object, Any, BaseException | None]]:
+    def drain(self) -> list[Outcome[TagT]]:
         """Every outcome still to come, in order (waits for them)."""
         return [self._next() for _ in range(len(self.jobs))]
 
-    def _next(self) -> tuple[object, Any, BaseException | None]:
+    def _next(self) -> Outcome[TagT]:
         tag, args, future = self.jobs.popleft()
         if future is not None:
             try:
@@ -341,13 +347,113 @@ class Writers:
             self.pool = None
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DcsmError):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory"
-    first = first_line(exc, default="")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+@dataclass
+class _Job:
+    """One input on its way through a run: the tag its outcome comes back with from
+    :class:`Writers`."""
+
+    item: InputItem
+    stage: Literal["read", "explain", "write"]  # the stage to blame if the outcome is an error
+    explain_seconds: float = 0.0  # the seconds its explanation took (its share of a batch's)
+
+
+class _Pass:
+    """This rank's pass over its pending inputs, one working-resolution group at a time: each
+    image explained (together with its group where it can be), its outputs written by the
+    writers, and each outcome recorded in the manifest in the inputs' order."""
+
+    def __init__(self, explainer: Explainer, options: BatchOptions, out: Path,
+                 pending: Sequence[InputItem], manifest: Manifest, fingerprint: str,
+                 writer: Writers[_Job], bar: Progress) -> None:
+        self.explainer = explainer
+        self.options = options
+        self.out = out
+        self.pending = pending
+        self.manifest = manifest
+        self.fingerprint = fingerprint
+        self.writer = writer
+        self.bar = bar
+        self.done = 0
+        self.failed: list[tuple[str, str]] = []
+
+    def group(self, group: list[Loaded]) -> None:
+        """Explain a group of decoded images (as one batch where it has several) and hand each
+        result to the writers; images the batch did not explain go one by one."""
+        readable = [g for g in group if g.image is not None]
+        t0 = time.perf_counter()
+        results, together_failed = self._explain_together(readable)
+        share = (time.perf_counter() - t0) / max(1, len(readable))
+        for sample in group:
+            self._sample(sample, results.get(sample.index), share)
+        if together_failed and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _explain_together(self, readable: list[Loaded]
+                          ) -> tuple[dict[int, SaliencyResult], bool]:
+        """The results of a batch of several images by their index, and whether the batch
+        failed (its images are then retried one by one)."""
+        if len(readable) < 2:
+            return {}, False
+        try:
+            found = explain_group(self.explainer, [g.image for g in readable], self.options)
+        except Exception:  # noqa: BLE001 - retried one by one
+            return {}, True
+        return {g.index: r for g, r in zip(readable, found, strict=True)}, False
+
+    def _sample(self, sample: Loaded, result: SaliencyResult | None, share: float) -> None:
+        """One image: its read error, its explanation (``result``, or now) and its outputs,
+        queued in its turn."""
+        item = self.pending[sample.index]
+        if sample.image is None:
+            error = DcsmError(sample.error or "cannot read image")
+            self.settle(self.writer.fail(_Job(item, "read"), error))
+            return
+        seconds = share
+        if result is None:
+            t1 = time.perf_counter()
+            try:
+                result = explain_one(self.explainer, sample.image, self.options)
+            except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.settle(self.writer.fail(_Job(item, "explain"), exc))
+                return
+            seconds = time.perf_counter() - t1
+        self.settle(self.writer.submit(_Job(item, "write", seconds), result, str(item.path),
+                                       item.name, self.out, self.options))
+
+    def settle(self, outcomes: list[Outcome[_Job]]) -> None:
+        """Record outcomes, in the inputs' order: ``done`` with the candidates and the seconds
+        (explaining and writing), or ``failed`` with the stage and the reason."""
+        for job, value, error in outcomes:
+            if error is not None:
+                self._failure(job, failure_reason(error))
+                continue
+            cands, write_seconds = value
+            self.manifest.write("done", **self._fields(job.item), candidates=cands,
+                                seconds=round(job.explain_seconds + write_seconds, 4))
+            self.done += 1
+            self.bar.step()
+
+    def _failure(self, job: _Job, reason: str) -> None:
+        self.manifest.write("failed", **self._fields(job.item), stage=job.stage, reason=reason)
+        self.failed.append((job.item.key, reason))
+        self.bar.message(f"dcsm batch: {job.item.path}: failed: {reason}")
+        self.bar.step(failed=True)
+
+    def _fields(self, item: InputItem) -> dict[str, Any]:
+        """The fields every record of ``item`` has."""
+        return {"key": item.key, "image": str(item.path), "output": item.name,
+                "fingerprint": self.fingerprint}
+
+
+def _progress_bar(total: int, rank: Rank, options: BatchOptions) -> Progress:
+    """The progress bar of a run: by default shown on rank 0 only."""
+    desc = "dcsm batch" if rank.world_size == 1 else f"rank {rank.rank}/{rank.world_size}"
+    show = options.progress
+    if show is None and rank.rank != 0:
+        show = False
+    return Progress(total, desc, show)
 
 
 def run(
@@ -380,9 +486,7 @@ def run(
                       max_pixels=getattr(explainer, "max_pixels", DEFAULT_MAX_PIXELS))
     writers = (default_writers(explainer, options.workers) if options.writers is None
                else options.writers)
-    writer: Writers | None = None
-    failed: list[tuple[str, str]] = []
-    done = 0
+    writer: Writers[_Job] | None = None
     try:
         writer = Writers(writers if pending else 0)
         manifest.open()
@@ -391,89 +495,26 @@ def run(
                        assigned=len(mine), skipped=skipped, pending=len(pending),
                        leftovers_removed=cleaned, device=str(explainer.adapter.device),
                        writers=writers)
-        desc = "dcsm batch" if rank.world_size == 1 else f"rank {rank.rank}/{rank.world_size}"
-        show = options.progress
-        if show is None and rank.rank != 0:
-            show = False
-        bar = Progress(len(pending), desc, show)
-
-        def common(item: InputItem) -> dict[str, Any]:
-            return {"key": item.key, "image": str(item.path), "output": item.name,
-                    "fingerprint": fp}
-
-        def failure(item: InputItem, stage: str, reason: str) -> None:
-            manifest.write("failed", **common(item), stage=stage, reason=reason)
-            failed.append((item.key, reason))
-            bar.message(f"dcsm batch: {item.path}: failed: {reason}")
-            bar.step(failed=True)
-
-        def settle(outcomes: list[tuple[object, Any, BaseException | None]]) -> None:
-            """Record the outcomes in the inputs' order: tag (item, the stage that failed if
-            it fails, seconds explaining it), value (candidates, seconds writing) or error."""
-            nonlocal done
-            for tag, value, error in outcomes:
-                item, stage, explain_seconds = tag  # type: ignore[misc]
-                if error is not None:
-                    failure(item, stage, _reason(error))
-                    continue
-                cands, write_seconds = value
-                manifest.write("done", **common(item), candidates=cands,
-                               seconds=round(explain_seconds + write_seconds, 4))
-                done += 1
-                bar.step()
-
+        bar = _progress_bar(len(pending), rank, options)
+        this = _Pass(explainer, options, out, pending, manifest, fp, writer, bar)
         try:
             for group in batches(samples, options.batch_size,
                                  explainer.max_side):
-                results: list[SaliencyResult | None] = [None] * len(group)
-                group_error: str | None = None
-                readable = [g for g in group if g.image is not None]
-                t0 = time.perf_counter()
-                if len(readable) > 1:
-                    try:
-                        found = explain_group(explainer, [g.image for g in readable], options)
-                    except Exception as exc:  # noqa: BLE001 - retried one by one below
-                        group_error = _reason(exc)
-                    else:
-                        by_index = {g.index: r for g, r in zip(readable, found, strict=True)}
-                        results = [by_index.get(g.index) for g in group]
-                share = (time.perf_counter() - t0) / max(1, len(readable))
-                for sample, result in zip(group, results, strict=True):
-                    item = pending[sample.index]
-                    if sample.image is None:
-                        settle(writer.fail((item, "read", 0.0),
-                                           DcsmError(sample.error or "cannot read image")))
-                        continue
-                    t1 = time.perf_counter()
-                    if result is None:
-                        try:
-                            result = explain_one(explainer, sample.image, options)
-                        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
-                            if torch.cuda.is_available():
-                                torch.cuda.empty_cache()
-                            settle(writer.fail((item, "explain", 0.0), exc))
-                            continue
-                        seconds = time.perf_counter() - t1
-                    else:
-                        seconds = share
-                    settle(writer.submit((item, "write", seconds), result, str(item.path),
-                                         item.name, out, options))
-                if group_error is not None and torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            settle(writer.drain())
+                this.group(group)
+            this.settle(writer.drain())
         finally:
             writer.close()
             bar.close()
         seconds = time.perf_counter() - start
-        manifest.write("end", fingerprint=fp, done=done, failed=len(failed), skipped=skipped,
-                       seconds=round(seconds, 3))
+        manifest.write("end", fingerprint=fp, done=this.done, failed=len(this.failed),
+                       skipped=skipped, seconds=round(seconds, 3))
     finally:  # also on Ctrl-C and SIGTERM (dcsm.processes): no process left behind
         if writer is not None:
             writer.close()
         samples.close()
         manifest.close()
-    return BatchReport(len(items), len(mine), skipped, done, len(failed), failed, seconds,
-                       manifest.path)
+    return BatchReport(len(items), len(mine), skipped, this.done, len(this.failed), this.failed,
+                       seconds, manifest.path)
 
 
 def combine(report: BatchReport, group: Group) -> BatchReport:

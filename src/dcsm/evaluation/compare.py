@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
-from dcsm.errors import DcsmError, first_line
+from dcsm.errors import DcsmError, failure_reason, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
 from dcsm.methods.registry import find as find_method
 from dcsm.pipeline.adapters.base import ModelAdapter
@@ -270,14 +270,6 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DcsmError):
-        return " ".join(str(exc).split())
-    if isinstance(exc, MemoryError):
-        return "out of memory"
-    return f"{type(exc).__name__}: {first_line(exc, default='')}".rstrip(": ")
-
-
 def _read(plan: _Plan, image_id: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """The image, its mask and the classes the mask holds; _Failed("read") when unreadable."""
     try:
@@ -287,7 +279,7 @@ def _read(plan: _Plan, image_id: str) -> tuple[np.ndarray, np.ndarray, tuple[int
             raise DcsmError(f"mask of '{image_id}' is {truth.shape[1]}x{truth.shape[0]} but its "
                             f"image is {image.shape[1]}x{image.shape[0]}")
     except Exception as exc:  # noqa: BLE001 - recorded as failed; the run goes on
-        raise _Failed("read", _reason(exc)) from exc
+        raise _Failed("read", failure_reason(exc)) from exc
     return image, truth, labels_in_mask(truth)
 
 
@@ -358,7 +350,7 @@ def _evaluate_image(plan: _Plan, image_id: str
             iou[m] = round(float(np.nanmean(iou_per_label(cm))), 4)
             predictions[m] = pred
     except Exception as exc:  # noqa: BLE001 - recorded as failed; the run goes on
-        raise _Failed("explain", _reason(exc)) from exc
+        raise _Failed("explain", failure_reason(exc)) from exc
     record = {
         "id": image_id, "labels": [plan.data.class_names[v] for v in labels],
         "candidates": [{"name": plan.adapter.class_names[c], "score": round(float(probs[0, c]), 4)}

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from dcsm.errors import DcsmError
+from dcsm.errors import DcsmError, one_line
 
 if TYPE_CHECKING:
     pass
@@ -34,10 +34,6 @@ DEFAULT_MAX_PIXELS = 50_000_000
 _WIDE_GREY_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 # Pillow modes with an alpha (or premultiplied alpha) channel.
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
-
-def _one_line(text: str) -> str:
-    """Collapse all whitespace (newlines included) in ``text`` into single spaces."""
-    return " ".join(text.split())
 
 
 def check_max_pixels(max_pixels: int | None) -> int | None:
@@ -107,7 +103,7 @@ def error_reason(exc: BaseException, max_pixels: int | None = None) -> str:
         return "not a recognised image format"
     if isinstance(exc, PermissionError):
         return "permission denied"
-    text = _one_line(str(exc))
+    text = one_line(str(exc))
     return text if text else type(exc).__name__
 
 

@@ -47,10 +47,7 @@ from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.pipeline.gradients import (
     BatchMode,
     ForwardPass,
-    HeadRestriction,
-    HeadRestrictionFailed,
     forward_pass,
-    head_restriction,
     iter_class_gradients,
     require_finite,
 )
@@ -75,6 +72,7 @@ from dcsm.pipeline.layouts import LayoutSpec, resolve_layout, to_grid
 from dcsm.pipeline.presets import DEFAULT_PRESET, Preset, get_preset
 from dcsm.pipeline.result import BatchResult, SaliencyResult
 from dcsm.pipeline.rules import BackpropRule, get_rule
+from dcsm.pipeline.speedups.head import HeadRestriction, HeadRestrictionFailed, head_restriction
 
 
 class DistinctSaliency(Explainer):
@@ -109,7 +107,8 @@ class DistinctSaliency(Explainer):
             ``"vmap"`` (one backward for all slots, ``torch.func.vmap`` over
             ``torch.autograd.grad``: each weight is read once for all slots) or ``"auto"``
             (default): ``"vmap"`` where reading large weights bounds the backward, measured
-            per scale from its graph (:func:`dcsm.pipeline.gradients.choose_batch_mode`, with the
+            per scale from its graph
+            (:func:`dcsm.pipeline.speedups.batch_mode.choose_batch_mode`, with the
             measurements: AlexNet 0.35-0.92x the time of ``"loop"``, VGG-16 at one image
             0.63-0.70x through PyTorch's CPU convolutions, 0.93-1.0x as matrix products), else
             ``"loop"`` (SqueezeNet 1.1, EfficientNet-Lite0, ResNet-50: ``"vmap"`` 0.9-1.5x;
@@ -275,7 +274,7 @@ class DistinctSaliency(Explainer):
         }
 
     #: At the scales after the one the candidates come from, compute only the classifier rows
-    #: of the classes in the slots (:class:`dcsm.pipeline.gradients.HeadRestriction`).
+    #: of the classes in the slots (:class:`dcsm.pipeline.speedups.head.HeadRestriction`).
     _restrict_head = True
 
     def _forward(self, x: torch.Tensor, scale: float,

@@ -25,6 +25,7 @@ sizes previews (:data:`PREVIEW_SIDE`) and figures (:data:`FIGURE_SIDE`) are draw
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -71,11 +72,26 @@ def check_max_side(max_side: int | None) -> int | None:
     return int(max_side)
 
 
-def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """``(height, width)`` shrunk, keeping the aspect, so the long side is at most ``max_side``."""
-    if max_side is None or max(height, width) <= max_side:
+def working_size(height: int, width: int, max_side: int | None,
+                 min_short: int = 0) -> tuple[int, int]:
+    """``(height, width)`` shrunk, keeping the aspect, so the long side is at most ``max_side``
+    (None: unchanged), each side rounded and at least 1.
+
+    ``min_short``: shrink no further than keeps the short side at ``min_short`` pixels (or its
+    own size, if smaller), so that an 8 x 5000 strip is not squeezed to one pixel: the long
+    side is then ``ceil(long * min(short, min_short) / short)`` instead. The one rule every
+    shrinking in dcsm follows (the working resolution, the segmentation's working size, the
+    previews and figures).
+    """
+    long, short = max(height, width), min(height, width)
+    if max_side is None or long <= max_side:
         return height, width
-    f = max_side / max(height, width)
+    side = max_side
+    if min_short > 0 and short > 0:
+        side = max(side, math.ceil(long * min(short, min_short) / short))
+        if side >= long:
+            return height, width
+    f = side / long
     return max(1, round(height * f)), max(1, round(width * f))
 
 
@@ -88,10 +104,7 @@ def resize_tensor(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def image_input(adapter: ModelAdapter, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """The preprocessed (1, 3, h, w) input of an RGB uint8 image resized to ``size``."""
-    if (image.shape[0], image.shape[1]) != tuple(size):
-        pil = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        image = np.asarray(pil)
-    return adapter.preprocess(image).to(adapter.device)
+    return adapter.preprocess(resize_image(image, size)).to(adapter.device)
 
 
 def scaled_input(adapter: ModelAdapter, x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -120,25 +133,30 @@ PREVIEW_SIDE = 2048
 FIGURE_SIDE = 1024
 
 
-def _shrunk_size(height: int, width: int, side: int) -> tuple[int, int]:
-    if max(height, width) <= side:
-        return height, width
-    f = side / max(height, width)
-    return max(1, round(height * f)), max(1, round(width * f))
-
-
-def shrink_image(image: np.ndarray, side: int) -> np.ndarray:
-    """An RGB uint8 image resized (antialiased) so its long side is at most ``side``."""
-    h, w = _shrunk_size(image.shape[0], image.shape[1], side)
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB uint8 image resized (Pillow's antialiased bilinear) to ``size`` = (h, w); the
+    image itself at that size."""
+    h, w = size
     if (h, w) == image.shape[:2]:
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def shrink_map(m: np.ndarray, side: int) -> np.ndarray:
-    """A float map resized (bilinear) so its long side is at most ``side``."""
-    h, w = _shrunk_size(m.shape[0], m.shape[1], side)
+def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float map resized (bilinear, in float32) to ``size`` = (h, w); the map itself at that
+    size."""
+    h, w = size
     if (h, w) == m.shape:
         return m
     pil = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), mode="F")
     return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def shrink_image(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 image resized (antialiased) so its long side is at most ``side``."""
+    return resize_image(image, working_size(image.shape[0], image.shape[1], side))
+
+
+def shrink_map(m: np.ndarray, side: int) -> np.ndarray:
+    """A float map resized (bilinear) so its long side is at most ``side``."""
+    return resize_map(m, working_size(m.shape[0], m.shape[1], side))

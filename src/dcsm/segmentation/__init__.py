@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,20 @@ from dcsm.pipeline.images import (
     FIGURE_SIDE,
     ImageLike,
     check_max_side,
+    resize_image,
+    resize_map,
     shrink_image,
-    shrink_map,
+    working_size,
 )
 from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
 from dcsm.segmentation.crf import (
     CRFParams,
     background_probability,
+    crf_segmentation,
     segment_crf,
     unary_probabilities,
 )
-from dcsm.segmentation.grabcut import GrabCutParams, segment_grabcut
+from dcsm.segmentation.grabcut import GrabCutParams, grabcut_segmentation, segment_grabcut
 from dcsm.segmentation.palette import (
     colorize_labels,
     label_overlay,
@@ -107,10 +109,12 @@ def segment(
     (:func:`segment_grabcut`); ``params`` are that function's keyword arguments.
 
     Images larger than ``max_side`` on their long side (the working resolution, 512 by default;
-    None for the full size) are segmented at that size, the image and the maps shrunk, and the
-    labels, masks and regions brought back to the full size (nearest neighbour); the CRF's
-    ``probabilities`` stay at the working size. The dense CRF's kernels are in pixels, so this
-    also keeps their reach the same relative to the objects.
+    None for the full size) are segmented at that size (the short side kept at
+    :data:`~dcsm.io.MIN_SIDE` pixels at least: :func:`~dcsm.pipeline.images.working_size`), the
+    image and the maps shrunk, and the labels, masks and regions brought back to the full size
+    (nearest neighbour); the CRF's ``probabilities`` stay at the working size. The dense CRF's
+    kernels are in pixels, so this also keeps their reach the same relative to the objects.
+    The image is read once (a path decoded once), whatever the segmenter.
 
     The segmenter's old keyword, ``method=``, still works, with a :class:`DeprecationWarning`.
 
@@ -129,33 +133,24 @@ def segment(
         segmenter = "crf"
     check_max_side(max_side)
     img, names, stack = maps_and_image(source, image)
-    side = _working_side(img.shape[0], img.shape[1], max_side)
-    if side is not None:
-        small = shrink_image(img, side)
-        maps = {n: shrink_map(m, side) for n, m in zip(names, stack, strict=True)}
-        seg = segment(maps, small, segmenter, None, **params)
-        return _enlarge(seg, (img.shape[0], img.shape[1]))
+    full = (img.shape[0], img.shape[1])
+    size = working_size(*full, max_side, min_short=MIN_SIDE)
+    work, maps = img, stack
+    if size != full:
+        work, names, maps = maps_and_image(
+            {n: resize_map(m, size) for n, m in zip(names, stack, strict=True)},
+            resize_image(img, size))
     if segmenter not in SEGMENTERS:
         raise DcsmError(f"unknown segmenter '{segmenter}'; known: {', '.join(SEGMENTERS)}")
     known = list((CRFParams if segmenter == "crf" else GrabCutParams).__dataclass_fields__)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise DcsmError(f"unknown {segmenter} parameter '{unknown[0]}'; known: "
-                        f"{', '.join(known)}")
+        raise DcsmError(f"unknown {segmenter} parameter '{unknown[0]}'; known: {', '.join(known)}")
     if segmenter == "crf":
-        return segment_crf(source, image, **params)
-    return segment_grabcut(source, image, **params)
-
-
-def _working_side(height: int, width: int, max_side: int | None) -> int | None:
-    """The long side to segment an image at, or None for its own size: ``max_side``, raised
-    where needed so the short side keeps at least :data:`~dcsm.io.MIN_SIDE` pixels (a 8 x 5000
-    strip is not squeezed to 1 pixel)."""
-    long, short = max(height, width), min(height, width)
-    if max_side is None or long <= max_side:
-        return None
-    side = max(max_side, math.ceil(long * min(short, MIN_SIDE) / short))
-    return None if side >= long else side
+        seg = crf_segmentation(work, names, maps, CRFParams(**params))
+    else:
+        seg = grabcut_segmentation(work, names, maps, GrabCutParams(**params))
+    return seg if size == full else _enlarge(seg, full)
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -317,10 +317,18 @@ def segment_crf(
                        bilateral_srgb, bilateral_compat, background, bg_threshold, normalize,
                        sharpness)
     img, names, maps = maps_and_image(source, image)
+    return crf_segmentation(img, names, maps, params)
+
+
+def crf_segmentation(image: np.ndarray, names: list[str], maps: np.ndarray,
+                     params: CRFParams) -> Segmentation:
+    """:func:`segment_crf` of an image and its maps already read and checked
+    (:func:`~dcsm.segmentation.common.maps_and_image`): (H, W, 3) uint8, the class names and
+    their (K, H, W) float32 maps in [0, 1]."""
     unaries = unary_probabilities(maps, params.bg_power, background=params.background,
                                   bg_threshold=params.bg_threshold, normalize=params.normalize,
                                   sharpness=params.sharpness)
-    q = crf_marginals(img, unaries, params)
+    q = crf_marginals(image, unaries, params)
     labels = np.argmax(q, axis=0).astype(np.uint8)
     masks = masks_from_labels(labels, names)
     return Segmentation(labels=labels, masks=masks, candidates=names, method="crf",

@@ -10,7 +10,7 @@ alone (``style="paper"``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -30,9 +30,6 @@ from dcsm.io.viz import (
 )
 from dcsm.segmentation.palette import colorize_labels, label_overlay, voc_palette
 
-if TYPE_CHECKING:
-    from dcsm.segmentation.common import Segmentation
-
 #: Width of one panel, in inches.
 PANEL_INCHES = 2.6
 #: Maps are drawn up to this quantile of their own values, so that peaky maps (Simonyan's)
@@ -40,7 +37,23 @@ PANEL_INCHES = 2.6
 DISPLAY_QUANTILE = 0.99
 
 
-def _legend_handles(seg: Segmentation) -> list[Patch]:
+class SegmentationLike(Protocol):
+    """What the figures read of a segmentation (a :class:`dcsm.segmentation.Segmentation`).
+
+    :meth:`dcsm.segmentation.Segmentation.figure` loads this module; naming the class's fields
+    here instead of importing it keeps the two modules from importing each other."""
+
+    labels: np.ndarray
+    candidates: list[str]
+    method: str
+    regions: dict[str, np.ndarray]
+
+    def label_names(self) -> dict[int, str]:
+        """``{0: "background", 1: first candidate, ...}``."""
+        ...
+
+
+def _legend_handles(seg: SegmentationLike) -> list[Patch]:
     palette = voc_palette() / 255.0
     return [Patch(facecolor=tuple(palette[v]), edgecolor="white",
                   label=display_text(name))
@@ -83,7 +96,7 @@ def _region_picture(image: np.ndarray, region: np.ndarray, label: int) -> np.nda
     return label_overlay(image, np.where(region, label, 0).astype(np.uint8))
 
 
-def segmentation_figure(image: np.ndarray | None, seg: Segmentation, title: str | None = None,
+def segmentation_figure(image: np.ndarray | None, seg: SegmentationLike, title: str | None = None,
                         figure: Figure | None = None) -> Figure:
     """The image and the labels over it (VOC colours, background darkened), with a legend.
 
@@ -113,9 +126,9 @@ def segmentation_figure(image: np.ndarray | None, seg: Segmentation, title: str 
 def figure_one(
     image: np.ndarray,
     simonyan: Mapping[str, np.ndarray],
-    grabcut: Segmentation,
+    grabcut: SegmentationLike,
     distinct: Mapping[str, np.ndarray],
-    crf: Segmentation,
+    crf: SegmentationLike,
     distinct_label: str = "ours",
     *,
     style: str = "overlay",

@@ -190,7 +190,15 @@ def segment_grabcut(
     """
     params = GrabCutParams(fg_quantile, bg_quantile, iterations, largest_component)
     img, names, maps = maps_and_image(source, image)
-    regions = np.stack([grabcut_region(img, m, params) for m in maps])
+    return grabcut_segmentation(img, names, maps, params)
+
+
+def grabcut_segmentation(image: np.ndarray, names: list[str], maps: np.ndarray,
+                         params: GrabCutParams) -> Segmentation:
+    """:func:`segment_grabcut` of an image and its maps already read and checked
+    (:func:`~dcsm.segmentation.common.maps_and_image`): (H, W, 3) uint8, the class names and
+    their (K, H, W) float32 maps in [0, 1]."""
+    regions = np.stack([grabcut_region(image, m, params) for m in maps])
     labels = resolve_overlaps(regions, maps)
     return Segmentation(labels=labels, masks=masks_from_labels(labels, names), candidates=names,
                         method="grabcut", parameters=params.as_dict(),

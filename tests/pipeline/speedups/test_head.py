@@ -14,13 +14,9 @@ from torch import nn
 
 import dcsm
 import dcsm.pipeline.explainer as explainer_mod
-from dcsm.pipeline.gradients import (
-    HeadRestrictionFailed,
-    forward_pass,
-    head_restriction,
-    iter_class_gradients,
-)
+from dcsm.pipeline.gradients import forward_pass, iter_class_gradients
 from dcsm.pipeline.rules import get_rule
+from dcsm.pipeline.speedups.head import HeadRestrictionFailed, head_restriction
 
 LAYERS = ["c1", "r2"]
 

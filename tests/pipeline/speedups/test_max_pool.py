@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcsm
-from dcsm.pipeline import gradients
+from dcsm.pipeline.speedups import max_pool
 from dcsm.pipeline.speedups.max_pool import FastMaxPool, _ChannelsLastMaxPool
 
 CONFIGS = [  # kernel, stride, padding, dilation, ceil_mode
@@ -97,7 +97,7 @@ def test_maps_of_a_model_with_pooling_do_not_change(squeeze, monkeypatch):
     image = dcsm.load_image(resources.files("dcsm") / "data" / "chelsea_coffee.png")
     ex = dcsm.DistinctSaliency(squeeze, preset="paper", scales=(1.0, 1.2))
     fast = ex.explain(image, classes=["tabby", "espresso"]).maps
-    monkeypatch.setattr(gradients, "FAST_MAX_POOL", False)
+    monkeypatch.setattr(max_pool, "FAST_MAX_POOL", False)
     plain = ex.explain(image, classes=["tabby", "espresso"]).maps
     for name in plain:
         assert plain[name].max() > 0.5

@@ -14,6 +14,7 @@ included: ``tests/pipeline/speedups/test_max_pool.py`` checks them on inputs ful
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,10 @@ from dcsm.pipeline.speedups.torch_calls import MAX_POOL2D_ARGS, call_arguments, 
 Pair = list[int]
 # The arguments of :func:`max_pool2d` after ``x``: kernel, stride, padding, dilation, ceil_mode.
 PoolCall = tuple[torch.Tensor, Pair, Pair, Pair, Pair, bool]
+
+#: On the CPU, run max pooling through PyTorch's channels-last kernel (:class:`FastMaxPool`).
+#: False: every pooling as the model calls it.
+FAST_MAX_POOL = True
 
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
@@ -103,3 +108,11 @@ class FastMaxPool(TorchFunctionMode):
             if call is not None:
                 return max_pool2d(*call)
         return func(*args, **kwargs)
+
+
+def fast_pooling(x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """The mode to run a model on ``x`` under: :class:`FastMaxPool` on the CPU
+    (:data:`FAST_MAX_POOL` on), else one that changes nothing."""
+    if FAST_MAX_POOL and x.device.type == "cpu":
+        return FastMaxPool()
+    return contextlib.nullcontext()

@@ -1,10 +1,15 @@
 """Reading the arguments of ``torch`` calls that a :class:`~torch.overrides.TorchFunctionMode`
-intercepts (:mod:`dcsm.pipeline.gradients`' convolutions, :mod:`dcsm.pipeline.speedups.max_pool`'s
-pooling)."""
+intercepts (the convolutions of :mod:`dcsm.pipeline.speedups.matmul_conv` and
+:mod:`dcsm.pipeline.speedups.head`, the pooling of :mod:`dcsm.pipeline.speedups.max_pool`), and
+what a convolution's autograd node keeps of its call (:class:`ConvolutionNode`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import torch
+from torch.autograd.graph import Node
 
 CONV2D_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 MAX_POOL2D_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
@@ -28,3 +33,26 @@ def pair(v: object) -> tuple[int, int] | None:
             isinstance(i, int) and not isinstance(i, bool) for i in v):
         return (int(v[0]), int(v[1]))
     return None
+
+
+class ConvolutionNode(Protocol):
+    """What PyTorch's backward node of a convolution (``ConvolutionBackward0``) keeps of the
+    forward call: its tensors and settings, read to inspect a graph (they are not part of
+    PyTorch's typed interface)."""
+
+    _saved_input: torch.Tensor
+    _saved_weight: torch.Tensor
+    _saved_stride: Sequence[int]
+    _saved_padding: Sequence[int]
+    _saved_dilation: Sequence[int]
+    _saved_transposed: bool
+    _saved_groups: int
+
+    @property
+    def next_functions(self) -> tuple[tuple[Node | None, int], ...]: ...
+
+
+def saved_convolution(node: Node) -> ConvolutionNode | None:
+    """``node`` read as the backward node of a convolution (``ConvolutionBackward0``); None
+    for any other kind of node."""
+    return cast(ConvolutionNode, node) if type(node).__name__ == "ConvolutionBackward0" else None
