@@ -32,7 +32,7 @@ against a naive per-class loop.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -83,7 +83,7 @@ def capture_layers(layers: Mapping[str, nn.Module]) -> Iterator[dict[str, torch.
     captured: dict[str, torch.Tensor] = {}
     handles = []
 
-    def make_hook(name: str):  # noqa: ANN202
+    def make_hook(name: str) -> Callable[[nn.Module, object, object], torch.Tensor]:
         def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
                 raise DcsmError(f"layer '{name}' returns {type(output).__name__}, not a tensor")

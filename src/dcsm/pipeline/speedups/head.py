@@ -20,8 +20,9 @@ per-class tensor, two classifier-shaped convolutions), the full computation runs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.autograd.graph import GradientEdge, Node
@@ -166,7 +167,10 @@ class RestrictHead(TorchFunctionMode):
         self.head = head
         self.calls = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001,ANN204
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if func is torch.conv2d or func is torch.nn.functional.conv2d:
             call = call_arguments(CONV2D_ARGS, args, kwargs)
@@ -177,5 +181,6 @@ class RestrictHead(TorchFunctionMode):
                 call["weight"] = weight.index_select(0, rows)
                 if isinstance(bias, torch.Tensor):
                     call["bias"] = bias.index_select(0, rows.to(bias.device))
-                return func(**call)
+                conv: Callable[..., Any] = func  # narrowed to conv2d's overloads above
+                return conv(**call)
         return func(*args, **kwargs)

@@ -16,6 +16,7 @@ and without it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -131,7 +132,10 @@ def _has_large_weight(model: nn.Module) -> bool:
 class MatmulLargeConvs(TorchFunctionMode):
     """Routes the ``F.conv2d`` calls :func:`_matmul_conv_call` accepts to :class:`MatmulConv`."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001,ANN204
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if func is torch.conv2d or func is torch.nn.functional.conv2d:
             call = _matmul_conv_call(args, kwargs)
