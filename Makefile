@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Pinned for reproducible installs; pyproject.toml keeps looser ranges for users.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The checkers, pinned so that a new release cannot turn the test command red on its own.
+CHECK_PINS := ruff==0.17.6 mypy==2.4.1 scipy-stubs==1.17.1.5 types-tqdm==4.70.0.20261106 \
+	types-pycocotools==2.0.0.20261021 mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings==1.0.8 \
+	mkdocstrings-python==2.0.11
 
 .PHONY: demo test lint typecheck docs bench clean
 
@@ -11,7 +15,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[test,viewer,docs]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test,viewer,docs]' $(TORCH_PINS) $(CHECK_PINS)
 	# Quantus without its opencv-python, which would overwrite opencv-python-headless's cv2
 	$(BIN)/pip install --quiet --no-deps quantus==0.6.0 cachetools
 	touch $@
