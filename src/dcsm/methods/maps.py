@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.base import Explainer
+from dcsm.pipeline.images import model_input
+from dcsm.pipeline.result import SaliencyResult
 
 MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
 Candidates = Literal["oracle", "target", "auto"]
@@ -43,18 +46,16 @@ class Logits(nn.Module):
         return s.amax(dim=(2, 3)) if self.pooling == "max" else s.mean(dim=(2, 3))
 
 
-def result_maps(result: object, classes: Sequence[int]) -> dict[int, np.ndarray]:
+def result_maps(result: SaliencyResult, classes: Sequence[int]) -> dict[int, np.ndarray]:
     """The maps of a :class:`~dcsm.pipeline.result.SaliencyResult` by class index, for the
     ``classes`` it has."""
-    by_index = {c.index: result.maps[c.name] for c in result.candidates}  # type: ignore[attr-defined]
+    by_index = {c.index: result.maps[c.name] for c in result.candidates}
     return {c: by_index[c] for c in classes if c in by_index}
 
 
 @torch.no_grad()
 def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
     """The ``k`` most probable classes of the image as a whole (pooled scores at scale 1)."""
-    from dcsm.pipeline.images import model_input
-
     scores = adapter.pool(adapter.model(model_input(adapter, image, 1.0)))[0]
     return scores.topk(min(k, scores.numel())).indices.tolist()
 
@@ -101,7 +102,7 @@ def default_modules(adapter: ModelAdapter) -> list[nn.Module]:
     return list(adapter.resolve_layers(adapter.default_layers).values())
 
 
-def explainer_maps(build: Callable[[ModelAdapter], object]
+def explainer_maps(build: Callable[[ModelAdapter], Explainer]
                    ) -> Callable[[ModelAdapter, Candidates], MapFunction]:
     """The map function of an explainer that is given the classes (``build(adapter)``): the
     maps of exactly the classes asked for, whatever the mode."""
@@ -110,8 +111,7 @@ def explainer_maps(build: Callable[[ModelAdapter], object]
         explainer = build(adapter)
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
-            return result_maps(explainer.explain(image, classes=list(classes)),  # type: ignore[attr-defined]
-                               classes)
+            return result_maps(explainer.explain(image, classes=list(classes)), classes)
 
         return run
 

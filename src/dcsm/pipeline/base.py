@@ -27,20 +27,19 @@ A new method subclasses it and is registered in :mod:`dcsm.methods.registry`::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError
-from dcsm.io import check_max_pixels
-from dcsm.pipeline.adapters import as_adapter
+from dcsm.io import DEFAULT_MAX_PIXELS, check_max_pixels
+from dcsm.pipeline.adapters import AdapterOptions, as_adapter
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.candidates import ClassSpec, Selection
 from dcsm.pipeline.gradients import forward_pass
 from dcsm.pipeline.images import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
     check_max_side,
@@ -63,7 +62,8 @@ class Explainer(abc.ABC):
             checked first with :meth:`estimate_memory`).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (autocast forward).
         model_options: describe a plain module
-            (:func:`dcsm.pipeline.adapters.module.module_adapter`).
+            (:class:`~dcsm.pipeline.adapters.AdapterOptions`,
+            :func:`dcsm.pipeline.adapters.module.module_adapter`).
         max_pixels: the most pixels an image may have (None: no limit).
         rule: the back-propagation rule of the method's backward, if it sets one: a guided
             rule that meets no ReLU is warned about after each explanation.
@@ -75,10 +75,10 @@ class Explainer(abc.ABC):
     """
 
     def __init__(self, model: ModelAdapter | nn.Module | str, max_side: int | None,
-                 precision: str, model_options: Mapping[str, object],
+                 precision: str, model_options: AdapterOptions,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  rule: BackpropRule | None = None) -> None:
-        self.adapter = as_adapter(model, **model_options)  # type: ignore[arg-type]
+        self.adapter = as_adapter(model, **model_options)
         self.max_side = check_max_side(max_side)
         self.max_pixels = check_max_pixels(max_pixels)
         self.precision = precision
@@ -90,6 +90,14 @@ class Explainer(abc.ABC):
     def method(self) -> str:
         """The method's name in the registry (:mod:`dcsm.methods.registry`), written to the
         results."""
+
+    @overload
+    def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> SaliencyResult: ...
+
+    @overload
+    def explain(self, image: torch.Tensor, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> BatchResult: ...
 
     @abc.abstractmethod
     def explain(

@@ -33,16 +33,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, DcsmWarning
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.pipeline.affinity import AUTO_LAYER, Propagation, affinity_features, random_walk
 from dcsm.pipeline.base import Explainer
-from dcsm.pipeline.candidates import ClassSpec, Selection, per_image_classes, select, uniform
+from dcsm.pipeline.candidates import (
+    ClassSpec,
+    Selection,
+    image_scores,
+    per_image_classes,
+    select,
+    uniform,
+)
 from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.pipeline.gradients import (
     BatchMode,
@@ -55,7 +64,6 @@ from dcsm.pipeline.gradients import (
     require_finite,
 )
 from dcsm.pipeline.images import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
     reference_scale,
@@ -229,6 +237,14 @@ class DistinctSaliency(Explainer):
 
     rule: BackpropRule
 
+    @overload
+    def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> SaliencyResult: ...
+
+    @overload
+    def explain(self, image: torch.Tensor, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> BatchResult: ...
+
     def explain(
         self,
         image: ImageLike | torch.Tensor,
@@ -320,9 +336,6 @@ class DistinctSaliency(Explainer):
         x = prepared.x
         n = x.shape[0]
         ref = reference_scale(self.scales)
-
-        from dcsm.pipeline.candidates import image_scores
-
         choose = self.preset.candidate_rule
 
         def scores_only(scale: float) -> torch.Tensor:
