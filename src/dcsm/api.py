@@ -36,8 +36,10 @@ _MODEL_OPTIONS = tuple(ModelOptions.__annotations__)
 
 
 class Settings(ModelOptions, total=False):
-    """The keyword arguments :func:`explain` hands on to :func:`make_explainer`: its settings
-    and a plain module's description (:class:`~dcsm.pipeline.adapters.ModelOptions`)."""
+    """The keyword arguments :func:`explain` hands on to :func:`make_explainer`.
+
+    Its settings and a plain module's description (:class:`~dcsm.pipeline.adapters.ModelOptions`).
+    """
 
     preset: str
     scales: Sequence[float] | None
@@ -78,8 +80,10 @@ def make_explainer(
     gamma: float | None = None,
     **model_options: Unpack[ModelOptions],
 ) -> Explainer:
-    """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided``, ``gradcam`` or another
-    registered method that has an explainer, :func:`dcsm.methods.registry.names`).
+    """The explainer for ``method``, built once to apply to many images.
+
+    ``method``: ``dcsm``, ``simonyan``, ``guided``, ``gradcam`` or another registered method
+    that has an explainer (:func:`dcsm.methods.registry.names`).
 
     ``max_pixels``: the most pixels an image may have (default 50 million; None: no limit),
     checked from a file's header before decoding (:func:`dcsm.io.load_image`).

@@ -40,6 +40,7 @@ class GradCAM(SingleScale):
                  batch: BatchMode = "loop", max_side: int | None = DEFAULT_MAX_SIDE,
                  precision: str = "float32", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and resolve the layer (DcsmError where there is none to read)."""
         super().__init__(model, batch, max_side, precision, max_pixels, None, **model_options)
         adapter = self.adapter
         last = adapter.default_layers[-1] if adapter.default_layers else None
@@ -79,8 +80,10 @@ class GradCAM(SingleScale):
 
 def build(model: ModelAdapter | nn.Module | str, layers: Sequence[LayerRef] | None = None,
           **settings: Unpack[Settings]) -> GradCAM:
-    """The ``gradcam`` explainer at the one layer of ``layers`` (None: its default layer);
-    the other settings: :data:`dcsm.methods.single_scale.SETTINGS`."""
+    """The ``gradcam`` explainer at the one layer of ``layers`` (None: its default layer).
+
+    The other settings: :data:`dcsm.methods.single_scale.SETTINGS`.
+    """
     if layers is not None and len(layers) != 1:
         raise DcsmError("Grad-CAM reads exactly one layer")
     return GradCAM(model, layers[0] if layers else None, **settings)

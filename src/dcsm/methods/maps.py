@@ -36,6 +36,7 @@ class Logits(nn.Module):
     """The adapter's fully convolutional model followed by its pooling: ``(N, C)`` logits."""
 
     def __init__(self, adapter: ModelAdapter) -> None:
+        """The adapter's model and pooling, shared with it (not copied)."""
         super().__init__()
         self.fcn = adapter.model
         self.pooling = adapter.pooling
@@ -47,8 +48,10 @@ class Logits(nn.Module):
 
 
 def result_maps(result: SaliencyResult, classes: Sequence[int]) -> dict[int, np.ndarray]:
-    """The maps of a :class:`~dcsm.pipeline.result.SaliencyResult` by class index, for the
-    ``classes`` it has."""
+    """The maps of a :class:`~dcsm.pipeline.result.SaliencyResult` by class index.
+
+    Only those of ``classes`` that it has.
+    """
     by_index = {c.index: result.maps[c.name] for c in result.candidates}
     return {c: by_index[c] for c in classes if c in by_index}
 
@@ -62,9 +65,11 @@ def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int
 
 def contrast_sets(adapter: ModelAdapter, image: np.ndarray, classes: Sequence[int],
                   mode: Candidates) -> dict[int, list[int] | None]:
-    """For a peer's contrastive method, the classes each class of ``classes`` is contrasted with
-    under ``mode`` (itself excluded), from the image's pooled ranking, or None where the mode
-    gives it no map (see :data:`dcsm.bench.methods.CANDIDATE_MODES`)."""
+    """For a peer's contrastive method, the classes each class of ``classes`` is contrasted with.
+
+    Under ``mode`` (itself excluded), from the image's pooled ranking, or None where the mode
+    gives it no map (see :data:`dcsm.bench.methods.CANDIDATE_MODES`).
+    """
     k = len(classes)
     if mode == "oracle":
         return {c: [o for o in classes if o != c] for c in classes}
@@ -91,8 +96,10 @@ def to_image(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarr
 
 
 def gradcam_module(adapter: ModelAdapter) -> nn.Module:
-    """The module dcsm's Grad-CAM reads (the adapter's Grad-CAM layer, else its last default
-    layer)."""
+    """The module dcsm's Grad-CAM reads.
+
+    The adapter's Grad-CAM layer, else its last default layer.
+    """
     layer = adapter.gradcam_layer or adapter.default_layers[-1]
     return adapter.resolve_layers([layer])[layer]
 
@@ -104,8 +111,10 @@ def default_modules(adapter: ModelAdapter) -> list[nn.Module]:
 
 def explainer_maps(build: Callable[[ModelAdapter], Explainer]
                    ) -> Callable[[ModelAdapter, Candidates], MapFunction]:
-    """The map function of an explainer that is given the classes (``build(adapter)``): the
-    maps of exactly the classes asked for, whatever the mode."""
+    """The map function of an explainer that is given the classes (``build(adapter)``).
+
+    The maps of exactly the classes asked for, whatever the mode.
+    """
 
     def maps(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         explainer = build(adapter)

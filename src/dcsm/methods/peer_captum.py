@@ -1,10 +1,12 @@
-"""Captum's ``Saliency`` (absolute input gradient) and ``GuidedBackprop``: peers of dcsm's
-input-gradient baselines in the benchmarks (``captum-saliency``, ``captum-guided``).
+"""Captum's ``Saliency`` (absolute input gradient) and ``GuidedBackprop``.
+
+Peers of dcsm's input-gradient baselines in the benchmarks (``captum-saliency``, ``captum-guided``).
 
 Both are reduced over the colour channels by the largest absolute value, as dcsm's baselines.
 Captum's guided rule only replaces ``nn.ReLU`` modules, so on EfficientNet-Lite (``nn.ReLU6``)
 its ``GuidedBackprop`` is a plain gradient. They need the optional package ``captum``
 (``pip install 'distinct-saliency[bench]'``) and give maps only (:mod:`dcsm.methods.maps`).
+
 """
 
 from __future__ import annotations

@@ -33,8 +33,11 @@ from dcsm.pipeline.adapters.base import ModelAdapter
 
 def grad_cam_maps(kind: Literal["gradcam", "gradcam_layers", "layercam_layers", "finercam"]
                   ) -> MapBuilder:
-    """pytorch-grad-cam's ``GradCAM`` (Grad-CAM layer or dcsm's layers), ``LayerCAM`` (dcsm's
-    layers) or ``FinerCAM`` (Grad-CAM layer; compared with the other candidates)."""
+    """The map builder of one of pytorch-grad-cam's methods.
+
+    ``GradCAM`` (Grad-CAM layer or dcsm's layers), ``LayerCAM`` (dcsm's layers) or ``FinerCAM``
+    (Grad-CAM layer; compared with the other candidates).
+    """
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         purpose = f"the method pgc-{kind.replace('_', '-')}"

@@ -1,8 +1,10 @@
-"""TorchCAM's ``GradCAM`` and ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled: peers
-of dcsm in the benchmarks (``torchcam-gradcam``, ``torchcam-layercam``).
+"""TorchCAM's ``GradCAM`` and ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled.
+
+Peers of dcsm in the benchmarks (``torchcam-gradcam``, ``torchcam-layercam``).
 
 They need the optional package ``torchcam`` (``pip install 'distinct-saliency[bench]'``) and
 give maps only (:mod:`dcsm.methods.maps`).
+
 """
 
 from __future__ import annotations

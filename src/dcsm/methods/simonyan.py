@@ -36,6 +36,7 @@ class InputGradient(SingleScale):
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and the backward's rule (the arguments: the class's)."""
         super().__init__(model, batch, max_side, precision, max_pixels, get_rule(backprop),
                          **model_options)
 

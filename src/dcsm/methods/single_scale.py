@@ -1,7 +1,8 @@
-"""What dcsm's single-scale baselines share (Simonyan et al., guided back-propagation,
-Grad-CAM): one forward at scale 1 at the working resolution, the same candidate selection as the
-method, one backward for the candidates, maps divided by their maximum. They run on single
-images or tensor batches.
+"""What dcsm's single-scale baselines share (Simonyan et al., guided back-propagation, Grad-CAM).
+
+One forward at scale 1 at the working resolution, the same candidate selection as the method, one
+backward for the candidates, maps divided by their maximum. They run on single images or tensor
+batches.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ SETTINGS = frozenset({"max_side", "precision", "max_pixels", "batch"})
 
 
 class Settings(ModelOptions, total=False):
-    """The keyword arguments of a single-scale baseline's builder: :data:`SETTINGS` and a plain
-    module's description (:class:`~dcsm.pipeline.adapters.ModelOptions`)."""
+    """The keyword arguments of a single-scale baseline's builder.
+
+    :data:`SETTINGS` and a plain module's description
+    (:class:`~dcsm.pipeline.adapters.ModelOptions`).
+    """
 
     batch: BatchMode
     max_side: int | None
@@ -57,6 +61,7 @@ class SingleScale(Explainer):
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, rule: BackpropRule | None = None,
                  **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and check the settings (the arguments: the class's)."""
         super().__init__(model, max_side, precision, AdapterOptions(**model_options), max_pixels,
                          rule)
         self.batch: BatchMode = batch
@@ -90,8 +95,11 @@ class SingleScale(Explainer):
         threshold: float | None = None,
         per_layer: bool = False,
     ) -> SaliencyResult | BatchResult:
-        """The method's maps of ``image``'s candidate classes (the arguments:
-        :meth:`dcsm.Explainer.explain`; no layer maps: ``per_layer`` has no effect)."""
+        """The method's maps of ``image``'s candidate classes.
+
+        The arguments: :meth:`dcsm.Explainer.explain`; no layer maps: ``per_layer`` has no
+        effect.
+        """
         prepared = self.prepare_input(image)
         return self.result(prepared, *self._run(prepared, classes, top_k, threshold, per_layer))
 

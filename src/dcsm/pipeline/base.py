@@ -78,6 +78,7 @@ class Explainer(abc.ABC):
                  precision: str, model_options: AdapterOptions,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  rule: BackpropRule | None = None) -> None:
+        """Build the adapter and check the settings (the arguments: the class's)."""
         self.adapter = as_adapter(model, **model_options)
         self.max_side = check_max_side(max_side)
         self.max_pixels = check_max_pixels(max_pixels)
@@ -88,8 +89,10 @@ class Explainer(abc.ABC):
     @property
     @abc.abstractmethod
     def method(self) -> str:
-        """The method's name in the registry (:mod:`dcsm.methods.registry`), written to the
-        results."""
+        """The method's name in the registry (:mod:`dcsm.methods.registry`).
+
+        Written to the results.
+        """
 
     @overload
     def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
@@ -122,8 +125,10 @@ class Explainer(abc.ABC):
 
     @abc.abstractmethod
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json``: subclasses add theirs to these
-        (``{**theirs, **super().parameters()}``)."""
+        """The settings, as written to ``summary.json``.
+
+        Subclasses add theirs to these (``{**theirs, **super().parameters()}``).
+        """
         return {"max_side": self.max_side, "precision": self.precision}
 
     def _scales(self) -> tuple[float, ...]:
@@ -179,17 +184,23 @@ class Explainer(abc.ABC):
                 f"resolution (max_side, --max-side; default {DEFAULT_MAX_SIDE})")
 
     def prepare_input(self, image: ImageLike | torch.Tensor) -> Prepared:
-        """``image`` as model input at the working resolution (:func:`dcsm.pipeline.inputs.
-        prepare`); at full resolution, DcsmError first where it would not fit in memory."""
+        """``image`` as model input at the working resolution.
+
+        See :func:`dcsm.pipeline.inputs.prepare`; at full resolution, DcsmError first where it
+        would not fit in memory.
+        """
         prepared = prepare(self.adapter, image, self.max_side, self.max_pixels)
         self._check_memory(prepared, 4)
         return prepared
 
     def result(self, prepared: Prepared, maps: torch.Tensor, selections: list[Selection],
                layers: dict[str, torch.Tensor] | None) -> SaliencyResult | BatchResult:
-        """The result of an explanation: ``maps`` ``(N, K', h, w)`` at the working resolution
-        (the first K slots those of the ``selections``' selected classes) and, with
-        ``per_layer``, each layer's, brought to the input's size and device."""
+        """The result of an explanation.
+
+        ``maps`` ``(N, K', h, w)`` at the working resolution (the first K slots those of the
+        ``selections``' selected classes) and, with ``per_layer``, each layer's, brought to the
+        input's size and device.
+        """
         rule = self.rule
         if isinstance(rule, GuidedRule) and rule.last_intercepted == 0:
             warn_if_unguided(0, self.adapter.name)
@@ -234,8 +245,10 @@ class Explainer(abc.ABC):
         return result
 
     def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
-        """Tell the user when a map is zero everywhere, where the method can say why (nothing
-        to say by default)."""
+        """Tell the user when a map is zero everywhere, where the method can say why.
+
+        Nothing to say by default.
+        """
         del maps, selections
 
 

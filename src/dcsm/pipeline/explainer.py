@@ -171,6 +171,7 @@ class DistinctSaliency(Explainer):
         layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
         merge_lookalikes: bool | None = None,
     ) -> None:
+        """Check the settings and resolve the preset and layers (the arguments: the class's)."""
         super().__init__(model, max_side, precision, {
             "layers": layers, "class_names": class_names, "preprocess": preprocess,
             "multilabel": multilabel, "input_size": input_size, "layouts": layouts}, max_pixels,
@@ -253,8 +254,11 @@ class DistinctSaliency(Explainer):
         threshold: float | None = None,
         per_layer: bool = False,
     ) -> SaliencyResult | BatchResult:
-        """The distinct class saliency maps of ``image``'s candidate classes (the arguments:
-        :meth:`dcsm.Explainer.explain`); ``per_layer`` also gives each layer's fused maps."""
+        """The distinct class saliency maps of ``image``'s candidate classes.
+
+        The arguments: :meth:`dcsm.Explainer.explain`; ``per_layer`` also gives each layer's
+        fused maps.
+        """
         prepared = self.prepare_input(image)
         return self.result(prepared, *self._run(prepared, classes, top_k, threshold, per_layer))
 
@@ -265,9 +269,11 @@ class DistinctSaliency(Explainer):
         return self.layers
 
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json`` (``merge_lookalikes`` where it is on or
-        the preset's default is on, so that the ``paper`` and ``released`` settings read as
-        before)."""
+        """The settings, as written to ``summary.json``.
+
+        ``merge_lookalikes`` where it is on or the preset's default is on, so that the ``paper``
+        and ``released`` settings read as before.
+        """
         merge = {"merge_lookalikes": self.merge_lookalikes} \
             if self.merge_lookalikes or self.preset.merge_lookalikes else {}
         return {
@@ -339,8 +345,10 @@ class DistinctSaliency(Explainer):
         choose = self.preset.candidate_rule
 
         def scores_only(scale: float) -> torch.Tensor:
-            """The scale's score map from a forward that records no layer: nothing in it
-            requires gradients, so no graph is kept."""
+            """The scale's score map from a forward that records no layer.
+
+            Nothing in it requires gradients, so no graph is kept.
+            """
             return forward_pass(adapter, scaled_input(adapter, x, scale), [], self.rule,
                                 autocast=self.autocast).score_map.detach()
 
@@ -402,11 +410,14 @@ class DistinctSaliency(Explainer):
               ref: int, targets: torch.Tensor, active: torch.Tensor, all_scales: bool,
               head: HeadRestriction | None, per_layer: bool,
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None, HeadRestriction | None]:
-        """Eq. 2 and 3 over the scales of one view of the images, in ``order``, one scale's
-        graph alive at a time (``passes``: forwards already run), then the propagation.
+        """Eqs. 2 and 3 over the scales of one view of the images, then the propagation.
+
+        The scales in ``order``, one scale's graph alive at a time (``passes``: forwards already
+        run).
 
         Returns the fused maps, the per-layer maps (``per_layer``) and the head restriction
-        still usable (None once the model resisted it)."""
+        still usable (None once the model resisted it).
+        """
         size = (int(x.shape[-2]), int(x.shape[-1]))
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
@@ -441,10 +452,11 @@ class DistinctSaliency(Explainer):
         return fused, layers, head
 
     def _grid_features(self, fp: ForwardPass, name: str) -> torch.Tensor:
-        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached; for
-        :data:`dcsm.pipeline.affinity.AUTO_LAYER`, the layer
-        :func:`dcsm.pipeline.affinity.affinity_features`
-        chooses."""
+        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached.
+
+        For :data:`dcsm.pipeline.affinity.AUTO_LAYER`, the layer
+        :func:`dcsm.pipeline.affinity.affinity_features` chooses.
+        """
         in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
         grids = {}
         for layer in (fp.activations if name == AUTO_LAYER else [name]):
