@@ -156,3 +156,27 @@ def test_a_registered_method_with_maps_joins_the_benchmarks(registered):
     finally:
         registry.unregister("test-maps")
     assert "test-maps" not in method_keys()
+
+
+def test_the_typed_settings_match_the_signatures_they_stand_for():
+    # The TypedDicts that type `**settings` (dcsm.explain, the baselines' builders, a plain
+    # module's description) name exactly the keyword arguments of the functions they feed.
+    import inspect
+
+    from dcsm.api import Settings, explain, make_explainer
+    from dcsm.methods import single_scale
+    from dcsm.pipeline.adapters import AdapterOptions, ModelOptions, as_adapter
+
+    def keywords(fn, leave_out=()):
+        return {n for n, p in inspect.signature(fn).parameters.items()
+                if p.kind is not p.VAR_KEYWORD and n not in leave_out}
+
+    options = set(ModelOptions.__annotations__)
+    assert set(AdapterOptions.__optional_keys__) == options | {"layers"}
+    assert set(AdapterOptions.__optional_keys__) <= keywords(as_adapter)
+    assert set(Settings.__optional_keys__) == keywords(make_explainer, {"model", "method"}) \
+        | options
+    assert not set(Settings.__optional_keys__) & keywords(explain)
+    assert set(single_scale.Settings.__optional_keys__) == single_scale.SETTINGS | options
+    for cls in (InputGradient, single_scale.SingleScale):
+        assert single_scale.SETTINGS <= keywords(cls)
