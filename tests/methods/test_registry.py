@@ -3,6 +3,8 @@ are one clear error, and a method registered later is usable through the API and
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -179,4 +181,19 @@ def test_the_typed_settings_match_the_signatures_they_stand_for():
     assert not set(Settings.__optional_keys__) & keywords(explain)
     assert set(single_scale.Settings.__optional_keys__) == single_scale.SETTINGS | options
     for cls in (InputGradient, single_scale.SingleScale):
-        assert single_scale.SETTINGS <= keywords(cls)
+        assert keywords(cls) >= single_scale.SETTINGS
+
+
+@pytest.mark.parametrize(("name", "module", "package"), [
+    ("captum-saliency", "captum.attr", "Captum"),
+    ("pgc-gradcam", "pytorch_grad_cam", "grad-cam"),
+    ("torchcam-layercam", "torchcam.methods", "TorchCAM"),
+])
+def test_a_peer_whose_library_is_missing_says_which_extra_installs_it(tiny, monkeypatch, name,
+                                                                      module, package):
+    adapter = tiny.adapter(tiny.TinyNet(classes=4, seed=1))
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails as if not installed
+    with pytest.raises(DcsmError) as caught:
+        registry.get(name).maps(adapter, "oracle")
+    assert str(caught.value) == (f"the method {name} needs {package}, which is not installed: "
+                                 "pip install 'distinct-saliency[bench]'")
