@@ -9,6 +9,7 @@ many images; :func:`explain` builds one and applies it. Every explainer is an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, overload
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from dcsm.errors import DcsmError
 from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.methods import registry
+from dcsm.pipeline.adapters import ModelOptions
 from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter
 from dcsm.pipeline.affinity import Propagation
 from dcsm.pipeline.base import Explainer
@@ -24,10 +26,37 @@ from dcsm.pipeline.images import DEFAULT_MAX_SIDE, ImageLike
 from dcsm.pipeline.presets import DEFAULT_PRESET
 from dcsm.pipeline.result import BatchResult, SaliencyResult
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 #: The methods :func:`make_explainer` builds, in the registry's order (those registered with an
 #: explainer when dcsm is imported: ``dcsm``, ``simonyan``, ``guided``, ``gradcam``).
 METHODS: tuple[str, ...] = registry.names(explainers=True)
-_MODEL_OPTIONS = ("class_names", "preprocess", "multilabel", "input_size", "layouts")
+_MODEL_OPTIONS = tuple(ModelOptions.__annotations__)
+
+
+class Settings(ModelOptions, total=False):
+    """The keyword arguments :func:`explain` hands on to :func:`make_explainer`.
+
+    Its settings and a plain module's description (:class:`~dcsm.pipeline.adapters.ModelOptions`).
+    """
+
+    preset: str
+    scales: Sequence[float] | None
+    layers: Sequence[LayerRef] | None
+    backprop: str
+    alpha: float | None
+    subtract: bool
+    upsample: str | None
+    min_contrast: int | None
+    max_side: int | None
+    precision: str
+    max_pixels: int | None
+    merge_lookalikes: bool | None
+    reduce: str | None
+    propagate: Propagation | bool | None
+    flip: bool | None
+    gamma: float | None
 
 
 def make_explainer(
@@ -49,10 +78,12 @@ def make_explainer(
     propagate: Propagation | bool | None = None,
     flip: bool | None = None,
     gamma: float | None = None,
-    **model_options: object,
+    **model_options: Unpack[ModelOptions],
 ) -> Explainer:
-    """The explainer for ``method`` (``dcsm``, ``simonyan``, ``guided``, ``gradcam`` or another
-    registered method that has an explainer, :func:`dcsm.methods.registry.names`).
+    """The explainer for ``method``, built once to apply to many images.
+
+    ``method``: ``dcsm``, ``simonyan``, ``guided``, ``gradcam`` or another registered method
+    that has an explainer (:func:`dcsm.methods.registry.names`).
 
     ``max_pixels``: the most pixels an image may have (default 50 million; None: no limit),
     checked from a file's header before decoding (:func:`dcsm.io.load_image`).
@@ -78,6 +109,20 @@ def make_explainer(
     return spec.build(model, settings, model_options)
 
 
+@overload
+def explain(model: ModelAdapter | nn.Module | str, image: ImageLike,
+            method: str = registry.DEFAULT_METHOD, classes: ClassSpec = None,
+            top_k: int | None = None, threshold: float | None = None, per_layer: bool = False,
+            **settings: Unpack[Settings]) -> SaliencyResult: ...
+
+
+@overload
+def explain(model: ModelAdapter | nn.Module | str, image: torch.Tensor,
+            method: str = registry.DEFAULT_METHOD, classes: ClassSpec = None,
+            top_k: int | None = None, threshold: float | None = None, per_layer: bool = False,
+            **settings: Unpack[Settings]) -> BatchResult: ...
+
+
 def explain(
     model: ModelAdapter | nn.Module | str,
     image: ImageLike | torch.Tensor,
@@ -86,11 +131,16 @@ def explain(
     top_k: int | None = None,
     threshold: float | None = None,
     per_layer: bool = False,
-    **settings: object,
+    **settings: Unpack[Settings],
 ) -> SaliencyResult | BatchResult:
-    """One call: ``make_explainer(model, method, **settings).explain(image, ...)``."""
-    explainer = make_explainer(model, method, **settings)  # type: ignore[arg-type]
+    """One call: ``make_explainer(model, method, **settings).explain(image, ...)``.
+
+    An image (a path, an array, a PIL image) gives a :class:`SaliencyResult`, a preprocessed
+    tensor batch a :class:`BatchResult` (:meth:`Explainer.explain`); ``settings``: those of
+    :func:`make_explainer` (:class:`Settings`).
+    """
+    explainer = make_explainer(model, method, **settings)
     return explainer.explain(image, classes, top_k, threshold, per_layer)
 
 
-__all__ = ["METHODS", "Explainer", "explain", "make_explainer"]
+__all__ = ["METHODS", "Explainer", "Settings", "explain", "make_explainer"]

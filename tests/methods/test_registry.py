@@ -3,6 +3,8 @@ are one clear error, and a method registered later is usable through the API and
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,42 @@ def test_a_registered_method_with_maps_joins_the_benchmarks(registered):
     finally:
         registry.unregister("test-maps")
     assert "test-maps" not in method_keys()
+
+
+def test_the_typed_settings_match_the_signatures_they_stand_for():
+    # The TypedDicts that type `**settings` (dcsm.explain, the baselines' builders, a plain
+    # module's description) name exactly the keyword arguments of the functions they feed.
+    import inspect
+
+    from dcsm.api import Settings, explain, make_explainer
+    from dcsm.methods import single_scale
+    from dcsm.pipeline.adapters import AdapterOptions, ModelOptions, as_adapter
+
+    def keywords(fn, leave_out=()):
+        return {n for n, p in inspect.signature(fn).parameters.items()
+                if p.kind is not p.VAR_KEYWORD and n not in leave_out}
+
+    options = set(ModelOptions.__annotations__)
+    assert set(AdapterOptions.__optional_keys__) == options | {"layers"}
+    assert set(AdapterOptions.__optional_keys__) <= keywords(as_adapter)
+    assert set(Settings.__optional_keys__) == keywords(make_explainer, {"model", "method"}) \
+        | options
+    assert not set(Settings.__optional_keys__) & keywords(explain)
+    assert set(single_scale.Settings.__optional_keys__) == single_scale.SETTINGS | options
+    for cls in (InputGradient, single_scale.SingleScale):
+        assert keywords(cls) >= single_scale.SETTINGS
+
+
+@pytest.mark.parametrize(("name", "module", "package"), [
+    ("captum-saliency", "captum.attr", "Captum"),
+    ("pgc-gradcam", "pytorch_grad_cam", "grad-cam"),
+    ("torchcam-layercam", "torchcam.methods", "TorchCAM"),
+])
+def test_a_peer_whose_library_is_missing_says_which_extra_installs_it(tiny, monkeypatch, name,
+                                                                      module, package):
+    adapter = tiny.adapter(tiny.TinyNet(classes=4, seed=1))
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails as if not installed
+    with pytest.raises(DcsmError) as caught:
+        registry.get(name).maps(adapter, "oracle")
+    assert str(caught.value) == (f"the method {name} needs {package}, which is not installed: "
+                                 "pip install 'distinct-saliency[bench]'")

@@ -61,6 +61,7 @@ settings into the fingerprint, and the report gets each metric's mean per method
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -81,9 +82,12 @@ from dcsm.bench.scores import (
 )
 from dcsm.datasets.realphotos import MaskedPhoto, PhotoClasses, PhotoEntry, name_classes
 from dcsm.errors import DcsmError, first_line
-from dcsm.io import safe_filename, write_atomic
+from dcsm.integrations.quantus import check_metrics, evaluate_photos, require_quantus
+from dcsm.io import safe_filename, save_npz
+from dcsm.io.records import Journal, check_settings, read_records
 from dcsm.methods.benchmarked import BenchMethod, bench_methods
 from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.segmentation import segment
 
 __all__ = ["DEFAULT_MASK_METHODS", "METRICS", "RECORDS_FILE", "SETTINGS_FILE", "SMALL_SHARE",
            "PhotoClasses", "build_report", "iou", "markdown_table", "masks_benchmark",
@@ -226,8 +230,6 @@ def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
 
 def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,
              crf: Mapping[str, Any], grabcut: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    from dcsm.segmentation import segment
-
     kind = segmenter_for(method)
     seg = segment(dict(maps), image, segmenter=kind, **(crf if kind == "crf" else grabcut))
     return seg.masks
@@ -239,8 +241,6 @@ def quantus_plan(metrics: Sequence[str], methods: Sequence[BenchMethod],
     work: DcsmError when ``quantus`` is not installed (naming the extra), for an unknown metric,
     a method the integration cannot call (one not in :data:`dcsm.bench.methods.METHODS`) or
     ``max_pairs`` under 1."""
-    from dcsm.integrations.quantus import check_metrics, require_quantus
-
     names = check_metrics(metrics)
     quantus = require_quantus()
     registered = {m.key: m for m in bench_methods()}
@@ -302,8 +302,6 @@ class _Runner:
     def judge(self, spec: BenchMethod, photo: MaskedPhoto, classes: Sequence[str],
               maps: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Quantus's scores of one method's ``maps`` for the photo's first ``classes``."""
-        from dcsm.integrations.quantus import evaluate_photos
-
         assert self.quantus is not None
         metrics = self.quantus["metrics"]
         start = time.perf_counter()
@@ -346,8 +344,7 @@ class _Runner:
             if self.maps_dir is not None:
                 folder = self.maps_dir / spec.key
                 folder.mkdir(parents=True, exist_ok=True)
-                write_atomic(folder / f"{safe_filename(photo.name.replace(':', '_'))}.npz",
-                             lambda tmp, maps=maps: np.savez_compressed(tmp, **maps))
+                save_npz(folder / f"{safe_filename(photo.name.replace(':', '_'))}.npz", maps)
             masks = _segment(spec.key, maps, photo.image, self.crf, self.grabcut) if maps else {}
             scores = score_photo(maps, photo, masks, classes.named)
             record["methods"][spec.key] = {
@@ -372,7 +369,12 @@ def _entries(photos: Iterable[MaskedPhoto | PhotoEntry]) -> Iterator[PhotoEntry]
         if isinstance(item, PhotoEntry):
             yield item
         else:
-            yield PhotoEntry(item.name, lambda item=item: item)
+            yield PhotoEntry(item.name, functools.partial(_given, item))
+
+
+def _given(photo: MaskedPhoto) -> MaskedPhoto:
+    """``photo`` (the loader of a photo already read)."""
+    return photo
 
 
 def _load(entry: PhotoEntry) -> MaskedPhoto | str:
@@ -404,8 +406,6 @@ class _Records:
     """The journal of a resumable run (see the module's notes)."""
 
     def __init__(self, folder: Path, settings: Mapping[str, Any], force: bool) -> None:
-        from dcsm.io.records import Journal, check_settings, read_records
-
         self.path = Path(folder) / RECORDS_FILE
         records = [r for r in read_records(self.path) if r.get("event") in ("photo", "failed")]
         # a folder whose run stopped before its first photo holds nothing to protect

@@ -299,8 +299,9 @@ def add_progress_options(p: argparse.ArgumentParser, default_help: str = "on a t
 
 
 # ----------------------------------------------------------------------------- their use
-def crf_params_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword arguments of :func:`dcsm.segmentation.segment_crf`, checked."""
+def crf_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`dcsm.segmentation.segment_crf`, checked (the values as
+    :func:`dcsm.segmentation.segment` takes them: ``Any``)."""
     from dcsm.segmentation import CRFParams
 
     return CRFParams(args.crf_bg_power, args.crf_iterations, args.crf_gaussian_sxy,
@@ -309,15 +310,16 @@ def crf_params_from_args(args: argparse.Namespace) -> dict[str, object]:
                      args.crf_normalize, args.crf_sharpness).as_dict()
 
 
-def grabcut_params_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword arguments of :func:`dcsm.segmentation.segment_grabcut`, checked."""
+def grabcut_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`dcsm.segmentation.segment_grabcut`, checked (the values as
+    :func:`dcsm.segmentation.segment` takes them: ``Any``)."""
     from dcsm.segmentation import GrabCutParams
 
     return GrabCutParams(args.grabcut_fg_quantile, args.grabcut_bg_quantile,
                          args.grabcut_iterations, not args.grabcut_all_components).as_dict()
 
 
-def segmenter_params(args: argparse.Namespace, segmenter: str | None) -> dict[str, object]:
+def segmenter_params(args: argparse.Namespace, segmenter: str | None) -> dict[str, Any]:
     """The checked parameters of ``segmenter`` ("crf", "grabcut"; None: no segmentation)."""
     if segmenter == "crf":
         return crf_params_from_args(args)

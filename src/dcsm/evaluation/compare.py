@@ -37,6 +37,7 @@ uninterrupted one. An image or a mask that cannot be read is recorded as failed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -47,10 +48,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dcsm.datasets.voc import VOID, VOCDataset, labels_in_mask
 from dcsm.errors import DcsmError, failure_reason, first_line
 from dcsm.evaluation.metrics import confusion_matrix, iou_per_label, mean_iou, pixel_accuracy
+from dcsm.io import json_text, remove_path, save_json, write_atomic
+from dcsm.io.records import Journal, check_settings, fingerprint, read_records
 from dcsm.methods.registry import find as find_method
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.adapters.weights import weights_digest
@@ -59,6 +63,8 @@ from dcsm.pipeline.base import Explainer
 from dcsm.pipeline.candidates import select
 from dcsm.pipeline.explainer import DistinctSaliency
 from dcsm.pipeline.images import model_input, reference_scale
+from dcsm.segmentation import segment
+from dcsm.segmentation.palette import save_labels
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,11 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
     resolution and precision, or a variant of the full method."""
     a = full.adapter
     ref = full.scales[reference_scale(full.scales)]
-    common = {"preset": full.preset, "backprop": full.rule, "alpha": full.alpha,
-              "upsample": full.upsample, "batch": full.batch, "max_side": full.max_side,
-              "precision": full.precision, "reduce": full.reduce, "flip": full.flip,
-              "gamma": full.gamma, "propagate": full.propagate or False}
+    variant = functools.partial(
+        DistinctSaliency, a, preset=full.preset, backprop=full.rule, alpha=full.alpha,
+        upsample=full.upsample, batch=full.batch, max_side=full.max_side,
+        precision=full.precision, reduce=full.reduce, flip=full.flip, gamma=full.gamma,
+        propagate=full.propagate or False)
     layer = single_layer or full.layers[len(full.layers) // 2]
     walk = full.propagate
     # the single layer's variant walks through its own layer's features
@@ -113,18 +120,14 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
         elif kind == "full":
             made[kind] = full
         elif kind == "no_subtract":
-            made[kind] = DistinctSaliency(a, scales=full.scales, layers=full.layers,
-                                          subtract=False, **common)  # type: ignore[arg-type]
+            made[kind] = variant(scales=full.scales, layers=full.layers, subtract=False)
         elif kind == "single_scale":
-            made[kind] = DistinctSaliency(a, scales=[ref], layers=full.layers,
-                                          subtract=full.subtract, **common)  # type: ignore[arg-type]
+            made[kind] = variant(scales=[ref], layers=full.layers, subtract=full.subtract)
         elif kind == "single_layer":
-            made[kind] = DistinctSaliency(a, scales=full.scales, layers=[layer],
-                                          subtract=full.subtract,
-                                          **{**common, "propagate": single_walk})  # type: ignore[arg-type]
+            made[kind] = variant(scales=full.scales, layers=[layer], subtract=full.subtract,
+                                 propagate=single_walk)
         elif kind == "layers_only":
-            made[kind] = DistinctSaliency(a, scales=[ref], layers=full.layers, subtract=False,
-                                          **common)  # type: ignore[arg-type]
+            made[kind] = variant(scales=[ref], layers=full.layers, subtract=False)
         else:  # pragma: no cover - METHODS only names the kinds above
             raise DcsmError(f"unknown kind of maps '{kind}'")
     return made
@@ -198,7 +201,7 @@ class _Plan:
     methods: list[str]
     primary: str
     explainers: dict[str, Explainer]
-    params: dict[str, dict[str, object]]
+    params: dict[str, dict[str, Any]]  # each segmenter's keyword arguments of segment()
     mapping: dict[int, int]  # adapter class index -> data set label
     oracle: bool
     threshold: float | None
@@ -314,8 +317,6 @@ def _evaluate_image(plan: _Plan, image_id: str
     Raises:
         _Failed: when the image or its mask cannot be read, or a method fails on it.
     """
-    from dcsm.segmentation import segment
-
     image, truth, labels = _read(plan, image_id)
     try:
         classes, probs = _candidates(plan, image, labels)
@@ -342,7 +343,7 @@ def _evaluate_image(plan: _Plan, image_id: str
                 result, map_seconds = maps_cache[method.maps]
                 started = time.perf_counter()
                 seg = segment(result, segmenter=method.segmenter, max_side=plan.max_side,
-                              **plan.params[method.segmenter])  # type: ignore[arg-type]
+                              **plan.params[method.segmenter])
                 seconds[m] = map_seconds + time.perf_counter() - started
                 pred = lut[seg.labels]
             cm = confusion_matrix(truth, pred, plan.labels_n)
@@ -374,8 +375,6 @@ def _write_predictions(out: Path, plan: _Plan, image_id: str,
                        predictions: dict[str, np.ndarray]) -> None:
     """Each method's label image, and the primary method's as the run's prediction (each file
     atomically; a failure to write stops the run)."""
-    from dcsm.segmentation.palette import save_labels
-
     for m in plan.methods:
         save_labels(out / "methods" / m / f"{image_id}.png", predictions[m])
     save_labels(out / "pred" / f"{image_id}.png", predictions[plan.primary])
@@ -389,9 +388,6 @@ _WRITTEN = ("pred", "methods", "metrics.json", "table.md", "images.jsonl", RECOR
 def _prepare_out(out: Path, settings: dict[str, Any], force: bool) -> str:
     """Check that ``out`` is new, empty, or an evaluation with these settings (with ``force``,
     one with other settings is cleared); the settings' fingerprint."""
-    from dcsm.io import remove_path
-    from dcsm.io.records import check_settings, fingerprint
-
     records = out / RECORDS_DIR
     if out.exists() and not out.is_dir():
         raise DcsmError(f"'{out}' exists and is not a folder; choose an empty or new --out")
@@ -421,8 +417,6 @@ def _prepare_out(out: Path, settings: dict[str, Any], force: bool) -> str:
 
 def _done(out: Path, plan: _Plan, fp: str) -> dict[str, dict[str, Any]]:
     """The records of images already evaluated with these settings whose files are there."""
-    from dcsm.io.records import read_records
-
     done: dict[str, dict[str, Any]] = {}
     for rec in read_records(out / RECORDS_DIR / "records.jsonl"):
         if rec.get("fingerprint") == fp and rec.get("event") == "done":
@@ -493,8 +487,6 @@ def _write_report(out: Path, metrics: dict[str, Any], table: str,
                   records: list[dict[str, Any]]) -> None:
     """``metrics.json``, ``table.md`` and ``images.jsonl`` (one line per scored image, in the
     split's order), each atomically."""
-    from dcsm.io import json_text, save_json, write_atomic
-
     # NaN (an IoU over no labels) is written null: strict JSON
     lines = "".join(json_text({k: r[k] for k in ("id", "labels", "candidates", "iou")},
                               indent=None, nan_as_null=True) + "\n" for r in records)
@@ -536,8 +528,6 @@ def evaluate(
     the run goes on; a failure to write (a full disk) stops it with a DcsmError. Returns the
     metrics written to ``metrics.json``.
     """
-    from dcsm.io.records import Journal
-
     log = log or (lambda text: print(text, flush=True))
     out = Path(out)
     plan = _plan(data, split, full, methods, oracle, threshold, top_k, crf, grabcut,
@@ -548,7 +538,6 @@ def evaluate(
     failures: dict[str, dict[str, str]] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=len(plan.ids), initial=len(plan.ids) - len(pending),
                    desc=f"evaluate {split}", unit="img", dynamic_ncols=True)
     journal = Journal(out / RECORDS_DIR / "records.jsonl",

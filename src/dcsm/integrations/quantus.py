@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import math
 import operator
 import time
@@ -86,18 +85,31 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
+from dcsm import optional
+from dcsm.datasets.realphotos import MaskedPhoto, name_classes
 from dcsm.errors import DcsmError, first_line
 from dcsm.methods.benchmarked import get_methods
 from dcsm.methods.registry import MethodSpec, find
+from dcsm.pipeline.adapters import as_adapter
 from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.adapters.groups import (
+    IMAGENET_CLASSES,
+    GroupedAdapter,
+    GroupedScoreMap,
+    grouped_adapter,
+)
 from dcsm.pipeline.base import Explainer
+from dcsm.pipeline.candidates import UnevenCandidates
 from dcsm.pipeline.explainer import DistinctSaliency
+from dcsm.pipeline.images import reference_scale
+from dcsm.pipeline.presets import DEFAULT_PRESET, get_preset
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -128,18 +140,16 @@ _CACHE_SIZE = 6
 
 def require_quantus() -> ModuleType:
     """The ``quantus`` module; DcsmError naming the extra to install when it is missing."""
-    try:
-        return importlib.import_module("quantus")
-    except ImportError as exc:
-        raise DcsmError(f"the Quantus integration needs the package 'quantus' (0.6): pip install "
-                        f"'distinct-saliency[quantus]' ({first_line(exc)})") from None
+    quantus = optional.find("quantus")
+    if quantus is None:
+        raise DcsmError("the Quantus integration needs the package 'quantus' (0.6): "
+                        f"{optional.install_hint('quantus')}")
+    return quantus
 
 
 # --------------------------------------------------------------------------- the model
 def _rebind(adapter: ModelAdapter, net: nn.Module) -> ModelAdapter:
     """A shallow copy of ``adapter`` whose model is ``net`` (a grouped adapter's base too)."""
-    from dcsm.pipeline.adapters.groups import GroupedAdapter, GroupedScoreMap
-
     out = copy.copy(adapter)
     out.model = net
     if isinstance(out, GroupedAdapter) and isinstance(net, GroupedScoreMap):
@@ -190,8 +200,6 @@ def quantus_model(model: ModelAdapter | nn.Module | str, **options: Any) -> Clas
             raise DcsmError(f"option(s) {', '.join(sorted(options))} given for a model that is "
                             "already wrapped for Quantus")
         return model
-    from dcsm.pipeline.adapters import as_adapter
-
     return ClassScores(as_adapter(model, **options))
 
 
@@ -232,8 +240,6 @@ def _adapter_of(model: object, options: Mapping[str, Any]) -> ModelAdapter:
                             "is a dcsm model")
         return model.adapter if isinstance(model, ClassScores) else model
     if isinstance(model, nn.Module):
-        from dcsm.pipeline.adapters import as_adapter
-
         return _cached(model, "adapter" + _settings_key("", options),
                        lambda: as_adapter(model, **options))
     raise DcsmError(f"explain_func needs a torch.nn.Module, got {type(model).__name__}")
@@ -282,9 +288,6 @@ class _CandidateProbe(DistinctSaliency):
 
 def _probe(adapter: ModelAdapter, settings: Mapping[str, Any]) -> _CandidateProbe:
     """A probe choosing candidates as dcsm with ``settings`` would."""
-    from dcsm.pipeline.images import reference_scale
-    from dcsm.pipeline.presets import DEFAULT_PRESET, get_preset
-
     keep = {k: v for k, v in settings.items() if k in ("preset", "scales", "layers", "max_side")}
     preset = get_preset(keep.get("preset", DEFAULT_PRESET))
     scales = tuple(keep.pop("scales", None) or preset.scales)
@@ -296,16 +299,14 @@ def _probe(adapter: ModelAdapter, settings: Mapping[str, Any]) -> _CandidateProb
 def _automatic(adapter: ModelAdapter, x: torch.Tensor,
                settings: Mapping[str, Any]) -> list[list[int]]:
     """Each image's automatic candidates under ``settings`` (dcsm's default ones if none)."""
-    from dcsm.pipeline.candidates import UnevenCandidates
-
     probe = _cached(adapter.model, "probe" + _settings_key("", settings),
                     lambda: _probe(adapter, settings))
     try:
-        chosen = probe.explain(x, classes="auto").classes  # type: ignore[union-attr]
+        chosen = probe.explain(x, classes="auto").classes
         return [[int(c) for c in row] for row in chosen.tolist()]
     except UnevenCandidates:  # images that get different numbers: one at a time
-        return [[int(c) for c in probe.explain(x[i:i + 1], classes="auto")  # type: ignore[union-attr]
-                 .classes[0].tolist()] for i in range(x.shape[0])]
+        return [[int(c) for c in probe.explain(x[i:i + 1], classes="auto").classes[0].tolist()]
+                for i in range(x.shape[0])]
 
 
 def _candidate_lists(adapter: ModelAdapter, spec: object, inputs: np.ndarray, x: torch.Tensor,
@@ -330,8 +331,8 @@ def _candidate_lists(adapter: ModelAdapter, spec: object, inputs: np.ndarray, x:
     missing = [i for i, g in enumerate(given) if g is None]
     if missing:
         auto = _automatic(adapter, x[missing], settings)
-        for i, classes in zip(missing, auto, strict=True):
-            given[i] = classes
+        for i, chosen in zip(missing, auto, strict=True):
+            given[i] = chosen
     out = []
     for target, classes in zip(targets, given, strict=True):
         assert classes is not None
@@ -348,10 +349,12 @@ def _class_key(c: object) -> int | str:
     """A class as a name or an index (numpy's integers taken as ints)."""
     if isinstance(c, str):
         return c
-    try:
-        return operator.index(c)  # type: ignore[arg-type]
-    except TypeError:
-        raise DcsmError(f"a class is a name or an integer index, got {c!r}") from None
+    if isinstance(c, SupportsIndex):  # int, numpy's integers, an integer tensor of one element
+        try:
+            return operator.index(c)
+        except TypeError:
+            pass
+    raise DcsmError(f"a class is a name or an integer index, got {c!r}")
 
 
 # --------------------------------------------------------------------------- explain_func
@@ -513,8 +516,6 @@ def spearman(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any
     fails on a batch holding a constant map (an all-zero map among others: SciPy then returns
     one NaN for the whole batch, a plain float, which Quantus cannot index); here that map's
     correlation alone is NaN."""
-    from scipy.stats import spearmanr
-
     del kwargs
     if not batched:
         return float(spearmanr(np.ravel(a), np.ravel(b))[0])
@@ -548,8 +549,6 @@ def _scores(value: object, n: int, name: str) -> list[float]:
 
 
 def _photo_items(photos: Iterable[Any]) -> Iterable[tuple[Any, Sequence[int | str] | None]]:
-    from dcsm.datasets.realphotos import MaskedPhoto
-
     for item in photos:
         if isinstance(item, MaskedPhoto):
             yield item, None
@@ -670,8 +669,8 @@ def evaluate_photos(
             start = time.perf_counter()
             extra = _metric_settings(name, adapter.num_classes, seed,
                                      (metric_kwargs or {}).get(name))
-            given = a_loc if name in LOCALISATION_METRICS else a
-            values, errors = _run_metric(cls, extra, wrapped, x, y, given, s, kw, name)
+            scored_maps = a_loc if name in LOCALISATION_METRICS else a
+            values, errors = _run_metric(cls, extra, wrapped, x, y, scored_maps, s, kw, name)
             seconds[name] += time.perf_counter() - start
             for item, value, error in zip(items, values, errors, strict=True):
                 item[name] = value
@@ -739,11 +738,7 @@ class _Models:
         if callable(model) and not isinstance(model, ModelAdapter | str | nn.Module):
             return model(label_set)
         if self.base is None:
-            from dcsm.pipeline.adapters import as_adapter
-
-            self.base = as_adapter(model)  # type: ignore[arg-type]
-        from dcsm.pipeline.adapters.groups import IMAGENET_CLASSES, grouped_adapter
-
+            self.base = as_adapter(model)
         if self.base.num_classes == IMAGENET_CLASSES or label_set == "imagenet":
             return grouped_adapter(self.base, label_set)
         return self.base  # a model whose classes are the photos' own
@@ -759,8 +754,6 @@ class _Models:
 def _pairs(models: _Models, photos: Iterable[Any], max_pairs: int | None
            ) -> Iterable[_Pair]:
     """The (photo, class) pairs to evaluate, in the photos' order, at most ``max_pairs``."""
-    from dcsm.datasets.realphotos import name_classes
-
     count = 0
     for photo, wanted in _photo_items(photos):
         if max_pairs is not None and count >= max_pairs:

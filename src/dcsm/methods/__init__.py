@@ -1,11 +1,14 @@
-"""The explanation methods: dcsm, its baselines and the peers it is compared with, in one
-registry (:mod:`dcsm.methods.registry`).
+"""The explanation methods.
+
+dcsm, its baselines and the peers it is compared with, in one registry
+(:mod:`dcsm.methods.registry`).
 
 Each method is one module that registers itself when imported: ``dcsm``
 (:mod:`~dcsm.methods.distinct`), ``simonyan``, ``guided``, ``gradcam`` (dcsm's explainers), and
 the benchmarks' peers (:mod:`~dcsm.methods.peer_captum`, :mod:`~dcsm.methods.peer_grad_cam`,
 :mod:`~dcsm.methods.peer_torchcam`, whose libraries are optional). The import order below is the
 registry's order.
+
 """
 
 from __future__ import annotations

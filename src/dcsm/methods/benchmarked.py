@@ -1,5 +1,7 @@
-"""The methods the benchmarks compare (``dcsm bench gridpg``, ``dcsm bench masks``, Quantus),
-derived from the registry (:mod:`dcsm.methods.registry`).
+"""The methods the benchmarks compare, derived from the registry.
+
+The benchmarks: ``dcsm bench gridpg``, ``dcsm bench masks`` and Quantus; the registry:
+:mod:`dcsm.methods.registry`.
 
 dcsm runs with each of its presets (``paper``, ``released``, ``tuned``) and, as an ablation,
 without the class contrast; every other registered method that gives maps (its ``maps``
@@ -75,9 +77,11 @@ _built: dict[tuple[MethodSpec, ...], tuple[BenchMethod, ...]] = {}
 
 
 def bench_methods() -> tuple[BenchMethod, ...]:
-    """The benchmarks' methods, in table order: dcsm's variants, then every registered method
-    that gives maps (one registered later included). The same objects while the registry stays
-    the same."""
+    """The benchmarks' methods, in table order.
+
+    dcsm's variants, then every registered method that gives maps (one registered later included).
+    The same objects while the registry stays the same.
+    """
     registered = tuple(s for s in specs() if s.maps is not None)
     if registered not in _built:
         _built.clear()
@@ -91,8 +95,11 @@ def method_keys() -> list[str]:
 
 
 def get_methods(keys: Sequence[str] | None = None) -> list[BenchMethod]:
-    """The methods named (all by default); DcsmError for an unknown key, or for a named method
-    whose library is not installed. Unnamed methods whose library is missing are left out."""
+    """The methods named (all by default).
+
+    DcsmError for an unknown key, or for a named method whose library is not installed. Unnamed
+    methods whose library is missing are left out.
+    """
     table = bench_methods()
     by_key = {m.key: m for m in table}
     if keys is None:

@@ -24,9 +24,12 @@ SETTINGS = frozenset({
 
 
 def dcsm_maps(preset: str, subtract: bool = True) -> MapBuilder:
-    """dcsm with ``preset``; the classes it contrasts depend on the mode (see
-    :data:`dcsm.bench.methods.CANDIDATE_MODES`): given (``oracle``), the named class topped up
-    by the preset's own candidate rule (``target``), or chosen by that rule (``auto``)."""
+    """The dcsm method with ``preset``.
+
+    The classes it contrasts depend on the mode (see :data:`dcsm.bench.methods.CANDIDATE_MODES`):
+    given (``oracle``), the named class topped up by the preset's own candidate rule (``target``),
+    or chosen by that rule (``auto``).
+    """
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         explainer = DistinctSaliency(adapter, preset=preset, subtract=subtract)

@@ -9,20 +9,26 @@ scale 1 (:mod:`dcsm.methods.single_scale`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.methods.maps import explainer_maps
 from dcsm.methods.registry import MethodSpec, register
-from dcsm.methods.single_scale import SETTINGS, SingleScale
+from dcsm.methods.single_scale import SETTINGS, Settings, SingleScale
+from dcsm.pipeline.adapters import ModelOptions
 from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter
 from dcsm.pipeline.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
-from dcsm.pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 from dcsm.pipeline.layer_maps import upsample
 from dcsm.pipeline.layouts import resolve_layout, to_grid
 from dcsm.pipeline.rules import get_rule
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class GradCAM(SingleScale):
@@ -33,10 +39,12 @@ class GradCAM(SingleScale):
     def __init__(self, model: ModelAdapter | nn.Module | str, layer: LayerRef | None = None,
                  batch: BatchMode = "loop", max_side: int | None = DEFAULT_MAX_SIDE,
                  precision: str = "float32", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 **model_options: object) -> None:
+                 **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and resolve the layer (DcsmError where there is none to read)."""
         super().__init__(model, batch, max_side, precision, max_pixels, None, **model_options)
         adapter = self.adapter
-        chosen = layer or adapter.gradcam_layer or (adapter.default_layers or [None])[-1]
+        last = adapter.default_layers[-1] if adapter.default_layers else None
+        chosen = layer or adapter.gradcam_layer or last
         if chosen is None:
             raise DcsmError(f"name Grad-CAM's layer for model {adapter.name}")
         self.layer = adapter.layer_name(chosen)
@@ -71,12 +79,14 @@ class GradCAM(SingleScale):
 
 
 def build(model: ModelAdapter | nn.Module | str, layers: Sequence[LayerRef] | None = None,
-          **settings: object) -> GradCAM:
-    """The ``gradcam`` explainer at the one layer of ``layers`` (None: its default layer);
-    the other settings: :data:`dcsm.methods.single_scale.SETTINGS`."""
+          **settings: Unpack[Settings]) -> GradCAM:
+    """The ``gradcam`` explainer at the one layer of ``layers`` (None: its default layer).
+
+    The other settings: :data:`dcsm.methods.single_scale.SETTINGS`.
+    """
     if layers is not None and len(layers) != 1:
         raise DcsmError("Grad-CAM reads exactly one layer")
-    return GradCAM(model, layers[0] if layers else None, **settings)  # type: ignore[arg-type]
+    return GradCAM(model, layers[0] if layers else None, **settings)
 
 
 SPEC = register(MethodSpec(

@@ -7,18 +7,23 @@ and only where its input was positive.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from dcsm.methods.maps import explainer_maps
 from dcsm.methods.registry import MethodSpec, register
 from dcsm.methods.simonyan import InputGradient
-from dcsm.methods.single_scale import SETTINGS
+from dcsm.methods.single_scale import SETTINGS, Settings
 from dcsm.pipeline.adapters.base import ModelAdapter
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-def build(model: ModelAdapter | nn.Module | str, **settings: object) -> InputGradient:
+
+def build(model: ModelAdapter | nn.Module | str, **settings: Unpack[Settings]) -> InputGradient:
     """The ``guided`` explainer (settings: :data:`dcsm.methods.single_scale.SETTINGS`)."""
-    return InputGradient(model, "guided", **settings)  # type: ignore[arg-type]
+    return InputGradient(model, "guided", **settings)
 
 
 SPEC = register(MethodSpec(

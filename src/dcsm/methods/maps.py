@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcsm.pipeline.adapters.base import ModelAdapter
+from dcsm.pipeline.base import Explainer
+from dcsm.pipeline.images import model_input
+from dcsm.pipeline.result import SaliencyResult
 
 MapFunction = Callable[[np.ndarray, Sequence[int]], dict[int, np.ndarray]]
 Candidates = Literal["oracle", "target", "auto"]
@@ -33,6 +36,7 @@ class Logits(nn.Module):
     """The adapter's fully convolutional model followed by its pooling: ``(N, C)`` logits."""
 
     def __init__(self, adapter: ModelAdapter) -> None:
+        """The adapter's model and pooling, shared with it (not copied)."""
         super().__init__()
         self.fcn = adapter.model
         self.pooling = adapter.pooling
@@ -43,27 +47,29 @@ class Logits(nn.Module):
         return s.amax(dim=(2, 3)) if self.pooling == "max" else s.mean(dim=(2, 3))
 
 
-def result_maps(result: object, classes: Sequence[int]) -> dict[int, np.ndarray]:
-    """The maps of a :class:`~dcsm.pipeline.result.SaliencyResult` by class index, for the
-    ``classes`` it has."""
-    by_index = {c.index: result.maps[c.name] for c in result.candidates}  # type: ignore[attr-defined]
+def result_maps(result: SaliencyResult, classes: Sequence[int]) -> dict[int, np.ndarray]:
+    """The maps of a :class:`~dcsm.pipeline.result.SaliencyResult` by class index.
+
+    Only those of ``classes`` that it has.
+    """
+    by_index = {c.index: result.maps[c.name] for c in result.candidates}
     return {c: by_index[c] for c in classes if c in by_index}
 
 
 @torch.no_grad()
 def pooled_ranking(adapter: ModelAdapter, image: np.ndarray, k: int) -> list[int]:
     """The ``k`` most probable classes of the image as a whole (pooled scores at scale 1)."""
-    from dcsm.pipeline.images import model_input
-
     scores = adapter.pool(adapter.model(model_input(adapter, image, 1.0)))[0]
     return scores.topk(min(k, scores.numel())).indices.tolist()
 
 
 def contrast_sets(adapter: ModelAdapter, image: np.ndarray, classes: Sequence[int],
                   mode: Candidates) -> dict[int, list[int] | None]:
-    """For a peer's contrastive method, the classes each class of ``classes`` is contrasted with
-    under ``mode`` (itself excluded), from the image's pooled ranking, or None where the mode
-    gives it no map (see :data:`dcsm.bench.methods.CANDIDATE_MODES`)."""
+    """For a peer's contrastive method, the classes each class of ``classes`` is contrasted with.
+
+    Under ``mode`` (itself excluded), from the image's pooled ranking, or None where the mode
+    gives it no map (see :data:`dcsm.bench.methods.CANDIDATE_MODES`).
+    """
     k = len(classes)
     if mode == "oracle":
         return {c: [o for o in classes if o != c] for c in classes}
@@ -90,8 +96,10 @@ def to_image(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarr
 
 
 def gradcam_module(adapter: ModelAdapter) -> nn.Module:
-    """The module dcsm's Grad-CAM reads (the adapter's Grad-CAM layer, else its last default
-    layer)."""
+    """The module dcsm's Grad-CAM reads.
+
+    The adapter's Grad-CAM layer, else its last default layer.
+    """
     layer = adapter.gradcam_layer or adapter.default_layers[-1]
     return adapter.resolve_layers([layer])[layer]
 
@@ -101,17 +109,18 @@ def default_modules(adapter: ModelAdapter) -> list[nn.Module]:
     return list(adapter.resolve_layers(adapter.default_layers).values())
 
 
-def explainer_maps(build: Callable[[ModelAdapter], object]
+def explainer_maps(build: Callable[[ModelAdapter], Explainer]
                    ) -> Callable[[ModelAdapter, Candidates], MapFunction]:
-    """The map function of an explainer that is given the classes (``build(adapter)``): the
-    maps of exactly the classes asked for, whatever the mode."""
+    """The map function of an explainer that is given the classes (``build(adapter)``).
+
+    The maps of exactly the classes asked for, whatever the mode.
+    """
 
     def maps(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
         explainer = build(adapter)
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
-            return result_maps(explainer.explain(image, classes=list(classes)),  # type: ignore[attr-defined]
-                               classes)
+            return result_maps(explainer.explain(image, classes=list(classes)), classes)
 
         return run
 

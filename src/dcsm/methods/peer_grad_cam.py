@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from dcsm import optional
 from dcsm.methods.maps import (
     Candidates,
     Logits,
@@ -32,16 +33,16 @@ from dcsm.pipeline.adapters.base import ModelAdapter
 
 def grad_cam_maps(kind: Literal["gradcam", "gradcam_layers", "layercam_layers", "finercam"]
                   ) -> MapBuilder:
-    """pytorch-grad-cam's ``GradCAM`` (Grad-CAM layer or dcsm's layers), ``LayerCAM`` (dcsm's
-    layers) or ``FinerCAM`` (Grad-CAM layer; compared with the other candidates)."""
+    """The map builder of one of pytorch-grad-cam's methods.
+
+    ``GradCAM`` (Grad-CAM layer or dcsm's layers), ``LayerCAM`` (dcsm's layers) or ``FinerCAM``
+    (Grad-CAM layer; compared with the other candidates).
+    """
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
-        import pytorch_grad_cam as pgc
-        from pytorch_grad_cam.utils.model_targets import (
-            ClassifierOutputTarget,
-            FinerWeightedTarget,
-        )
-
+        purpose = f"the method pgc-{kind.replace('_', '-')}"
+        pgc = optional.require("pytorch_grad_cam", purpose)
+        targets_of = optional.require("pytorch_grad_cam.utils.model_targets", purpose)
         model = Logits(adapter).eval()
         layers = default_modules(adapter) if kind.endswith("_layers") else [
             gradcam_module(adapter)]
@@ -55,11 +56,11 @@ def grad_cam_maps(kind: Literal["gradcam", "gradcam_layers", "layercam_layers", 
                 classes = [c for c in classes if sets[c]]  # classes the mode gives no map: out
                 if not classes:
                     return {}
-                targets = [FinerWeightedTarget(c, sets[c], 1.0) for c in classes]
+                targets = [targets_of.FinerWeightedTarget(c, sets[c], 1.0) for c in classes]
                 with pgc.FinerCAM(model, layers) as cam:
                     maps = cam(input_tensor=x[:len(classes)], targets=targets)
             else:
-                targets = [ClassifierOutputTarget(c) for c in classes]
+                targets = [targets_of.ClassifierOutputTarget(c) for c in classes]
                 with cls(model=model, target_layers=layers) as cam:
                     maps = cam(input_tensor=x, targets=targets)
             model.zero_grad(set_to_none=True)

@@ -1,8 +1,10 @@
-"""TorchCAM's ``GradCAM`` and ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled: peers
-of dcsm in the benchmarks (``torchcam-gradcam``, ``torchcam-layercam``).
+"""TorchCAM's ``GradCAM`` and ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled.
+
+Peers of dcsm in the benchmarks (``torchcam-gradcam``, ``torchcam-layercam``).
 
 They need the optional package ``torchcam`` (``pip install 'distinct-saliency[bench]'``) and
 give maps only (:mod:`dcsm.methods.maps`).
+
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from dcsm import optional
 from dcsm.methods.maps import (
     Candidates,
     Logits,
@@ -28,11 +31,10 @@ def torchcam_maps(kind: Literal["gradcam", "layercam"]) -> MapBuilder:
     """TorchCAM's ``GradCAM`` or ``LayerCAM`` at the Grad-CAM layer, bilinearly upsampled."""
 
     def build(adapter: ModelAdapter, mode: Candidates) -> MapFunction:
-        from torchcam.methods import GradCAM, LayerCAM
-
+        cams = optional.require("torchcam.methods", f"the method torchcam-{kind}")
         model = Logits(adapter).eval()
         layer = gradcam_module(adapter)
-        cls = GradCAM if kind == "gradcam" else LayerCAM
+        cls = cams.GradCAM if kind == "gradcam" else cams.LayerCAM
 
         def run(image: np.ndarray, classes: Sequence[int]) -> dict[int, np.ndarray]:
             classes = list(classes)

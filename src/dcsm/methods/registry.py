@@ -117,9 +117,12 @@ class MethodSpec:
     def build(self, model: ModelAdapter | nn.Module | str,
               settings: Mapping[str, object] | None = None,
               model_options: Mapping[str, object] | None = None) -> Explainer:
-        """Its explainer: ``settings`` it does not take are left out, except those that are
-        None unless given (``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``,
-        ``flip``, ``gamma``), which are an error; DcsmError for a method with no explainer."""
+        """Its explainer.
+
+        ``settings`` it does not take are left out, except those that are None unless given
+        (``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``, ``flip``, ``gamma``),
+        which are an error; DcsmError for a method with no explainer.
+        """
         if self.explainer is None:
             raise DcsmError(f"method {self.name} gives maps only, in the benchmarks (dcsm "
                             f"bench); explainers: {', '.join(names(explainers=True))}")
@@ -137,8 +140,10 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec, replace: bool = False) -> MethodSpec:
-    """Add ``spec`` to the registry (after the methods registered before it); DcsmError where
-    its name is taken, unless ``replace``."""
+    """Add ``spec`` to the registry (after the methods registered before it).
+
+    DcsmError where its name is taken, unless ``replace``.
+    """
     if spec.name in _REGISTRY and not replace:
         raise DcsmError(f"a method named '{spec.name}' is registered already")
     _REGISTRY[spec.name] = spec
@@ -151,8 +156,11 @@ def unregister(name: str) -> None:
 
 
 def get(name: str, explainers: bool = False) -> MethodSpec:
-    """The method ``name``; DcsmError (one line, naming the known methods) for an unknown one
-    (``explainers``: for one that has no explainer too)."""
+    """The method ``name``.
+
+    DcsmError (one line, naming the known methods) for an unknown one (``explainers``: for one that
+    has no explainer too).
+    """
     spec = _REGISTRY.get(name)
     if spec is None or (explainers and spec.explainer is None):
         raise DcsmError(f"unknown method '{name}'; known: {', '.join(names(explainers))}")
@@ -160,21 +168,24 @@ def get(name: str, explainers: bool = False) -> MethodSpec:
 
 
 def find(name: str, explainers: bool = False) -> MethodSpec | None:
-    """The method ``name``, or None where there is none (``explainers``: or it has no
-    explainer)."""
+    """The method ``name``, or None where there is none (``explainers``: or it has no explainer)."""
     spec = _REGISTRY.get(name)
     return None if spec is None or (explainers and spec.explainer is None) else spec
 
 
 def names(explainers: bool = False) -> tuple[str, ...]:
-    """Every registered method's name, in registration order (``explainers``: those that
-    build an explainer)."""
+    """Every registered method's name, in registration order.
+
+    ``explainers``: those that build an explainer only.
+    """
     return tuple(s.name for s in specs(explainers))
 
 
 def specs(explainers: bool = False) -> tuple[MethodSpec, ...]:
-    """Every registered method, in registration order (``explainers``: those that build an
-    explainer)."""
+    """Every registered method, in registration order.
+
+    ``explainers``: those that build an explainer only.
+    """
     return tuple(s for s in _REGISTRY.values() if not explainers or s.explainer is not None)
 
 

@@ -8,17 +8,24 @@ Both run once at scale 1 (:mod:`dcsm.methods.single_scale`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.methods.maps import explainer_maps
 from dcsm.methods.registry import MethodSpec, register
-from dcsm.methods.single_scale import SETTINGS, SingleScale
+from dcsm.methods.single_scale import SETTINGS, Settings, SingleScale
+from dcsm.pipeline.adapters import ModelOptions
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.gradients import BatchMode, ForwardPass, class_gradients, forward_pass
-from dcsm.pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE
 from dcsm.pipeline.layer_maps import upsample
 from dcsm.pipeline.rules import BackpropRule, get_rule
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class InputGradient(SingleScale):
@@ -27,7 +34,9 @@ class InputGradient(SingleScale):
     def __init__(self, model: ModelAdapter | nn.Module | str,
                  backprop: str | BackpropRule = "plain", batch: BatchMode = "loop",
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **model_options: object) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and the backward's rule (the arguments: the class's)."""
         super().__init__(model, batch, max_side, precision, max_pixels, get_rule(backprop),
                          **model_options)
 
@@ -54,9 +63,9 @@ class InputGradient(SingleScale):
             return upsample(m, size)
 
 
-def build(model: ModelAdapter | nn.Module | str, **settings: object) -> InputGradient:
+def build(model: ModelAdapter | nn.Module | str, **settings: Unpack[Settings]) -> InputGradient:
     """The ``simonyan`` explainer (settings: :data:`dcsm.methods.single_scale.SETTINGS`)."""
-    return InputGradient(model, "plain", **settings)  # type: ignore[arg-type]
+    return InputGradient(model, "plain", **settings)
 
 
 SPEC = register(MethodSpec(

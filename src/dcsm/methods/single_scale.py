@@ -1,27 +1,47 @@
-"""What dcsm's single-scale baselines share (Simonyan et al., guided back-propagation,
-Grad-CAM): one forward at scale 1 at the working resolution, the same candidate selection as the
-method, one backward for the candidates, maps divided by their maximum. They run on single
-images or tensor batches.
+"""What dcsm's single-scale baselines share (Simonyan et al., guided back-propagation, Grad-CAM).
+
+One forward at scale 1 at the working resolution, the same candidate selection as the method, one
+backward for the candidates, maps divided by their maximum. They run on single images or tensor
+batches.
 """
 
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING, overload
 
 import torch
 from torch import nn
 
+from dcsm.io import DEFAULT_MAX_PIXELS
+from dcsm.pipeline.adapters import AdapterOptions, ModelOptions
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.base import Explainer
 from dcsm.pipeline.candidates import ClassSpec, Selection, per_image_classes, select, uniform
 from dcsm.pipeline.gradients import BatchMode, ForwardPass, require_finite
-from dcsm.pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageLike, scaled_input
+from dcsm.pipeline.images import DEFAULT_MAX_SIDE, ImageLike, scaled_input
 from dcsm.pipeline.inputs import Prepared
 from dcsm.pipeline.result import BatchResult, SaliencyResult
 from dcsm.pipeline.rules import BackpropRule
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 #: The settings of :func:`dcsm.make_explainer` every single-scale baseline takes.
 SETTINGS = frozenset({"max_side", "precision", "max_pixels", "batch"})
+
+
+class Settings(ModelOptions, total=False):
+    """The keyword arguments of a single-scale baseline's builder.
+
+    :data:`SETTINGS` and a plain module's description
+    (:class:`~dcsm.pipeline.adapters.ModelOptions`).
+    """
+
+    batch: BatchMode
+    max_side: int | None
+    precision: str
+    max_pixels: int | None
 
 
 def normalize_max(maps: torch.Tensor) -> torch.Tensor:
@@ -40,8 +60,10 @@ class SingleScale(Explainer):
     def __init__(self, model: ModelAdapter | nn.Module | str, batch: BatchMode = "loop",
                  max_side: int | None = DEFAULT_MAX_SIDE, precision: str = "float32",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, rule: BackpropRule | None = None,
-                 **model_options: object) -> None:
-        super().__init__(model, max_side, precision, model_options, max_pixels, rule)
+                 **model_options: Unpack[ModelOptions]) -> None:
+        """Build the adapter and check the settings (the arguments: the class's)."""
+        super().__init__(model, max_side, precision, AdapterOptions(**model_options), max_pixels,
+                         rule)
         self.batch: BatchMode = batch
 
     @abc.abstractmethod
@@ -57,6 +79,14 @@ class SingleScale(Explainer):
         """Settings written to summary.json."""
         return {"scales": [1.0], **super().parameters()}
 
+    @overload
+    def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> SaliencyResult: ...
+
+    @overload
+    def explain(self, image: torch.Tensor, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> BatchResult: ...
+
     def explain(
         self,
         image: ImageLike | torch.Tensor,
@@ -65,8 +95,11 @@ class SingleScale(Explainer):
         threshold: float | None = None,
         per_layer: bool = False,
     ) -> SaliencyResult | BatchResult:
-        """The method's maps of ``image``'s candidate classes (the arguments:
-        :meth:`dcsm.Explainer.explain`; no layer maps: ``per_layer`` has no effect)."""
+        """The method's maps of ``image``'s candidate classes.
+
+        The arguments: :meth:`dcsm.Explainer.explain`; no layer maps: ``per_layer`` has no
+        effect.
+        """
         prepared = self.prepare_input(image)
         return self.result(prepared, *self._run(prepared, classes, top_k, threshold, per_layer))
 
@@ -87,4 +120,4 @@ class SingleScale(Explainer):
         return normalize_max(maps.float()).clamp(0, 1), selections, None
 
 
-__all__ = ["SETTINGS", "SingleScale", "normalize_max"]
+__all__ = ["SETTINGS", "Settings", "SingleScale", "normalize_max"]

@@ -27,20 +27,19 @@ A new method subclasses it and is registered in :mod:`dcsm.methods.registry`::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError
-from dcsm.io import check_max_pixels
-from dcsm.pipeline.adapters import as_adapter
+from dcsm.io import DEFAULT_MAX_PIXELS, check_max_pixels
+from dcsm.pipeline.adapters import AdapterOptions, as_adapter
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.candidates import ClassSpec, Selection
 from dcsm.pipeline.gradients import forward_pass
 from dcsm.pipeline.images import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
     check_max_side,
@@ -63,7 +62,8 @@ class Explainer(abc.ABC):
             checked first with :meth:`estimate_memory`).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (autocast forward).
         model_options: describe a plain module
-            (:func:`dcsm.pipeline.adapters.module.module_adapter`).
+            (:class:`~dcsm.pipeline.adapters.AdapterOptions`,
+            :func:`dcsm.pipeline.adapters.module.module_adapter`).
         max_pixels: the most pixels an image may have (None: no limit).
         rule: the back-propagation rule of the method's backward, if it sets one: a guided
             rule that meets no ReLU is warned about after each explanation.
@@ -75,10 +75,11 @@ class Explainer(abc.ABC):
     """
 
     def __init__(self, model: ModelAdapter | nn.Module | str, max_side: int | None,
-                 precision: str, model_options: Mapping[str, object],
+                 precision: str, model_options: AdapterOptions,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  rule: BackpropRule | None = None) -> None:
-        self.adapter = as_adapter(model, **model_options)  # type: ignore[arg-type]
+        """Build the adapter and check the settings (the arguments: the class's)."""
+        self.adapter = as_adapter(model, **model_options)
         self.max_side = check_max_side(max_side)
         self.max_pixels = check_max_pixels(max_pixels)
         self.precision = precision
@@ -88,8 +89,18 @@ class Explainer(abc.ABC):
     @property
     @abc.abstractmethod
     def method(self) -> str:
-        """The method's name in the registry (:mod:`dcsm.methods.registry`), written to the
-        results."""
+        """The method's name in the registry (:mod:`dcsm.methods.registry`).
+
+        Written to the results.
+        """
+
+    @overload
+    def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> SaliencyResult: ...
+
+    @overload
+    def explain(self, image: torch.Tensor, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> BatchResult: ...
 
     @abc.abstractmethod
     def explain(
@@ -114,8 +125,10 @@ class Explainer(abc.ABC):
 
     @abc.abstractmethod
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json``: subclasses add theirs to these
-        (``{**theirs, **super().parameters()}``)."""
+        """The settings, as written to ``summary.json``.
+
+        Subclasses add theirs to these (``{**theirs, **super().parameters()}``).
+        """
         return {"max_side": self.max_side, "precision": self.precision}
 
     def _scales(self) -> tuple[float, ...]:
@@ -171,17 +184,23 @@ class Explainer(abc.ABC):
                 f"resolution (max_side, --max-side; default {DEFAULT_MAX_SIDE})")
 
     def prepare_input(self, image: ImageLike | torch.Tensor) -> Prepared:
-        """``image`` as model input at the working resolution (:func:`dcsm.pipeline.inputs.
-        prepare`); at full resolution, DcsmError first where it would not fit in memory."""
+        """``image`` as model input at the working resolution.
+
+        See :func:`dcsm.pipeline.inputs.prepare`; at full resolution, DcsmError first where it
+        would not fit in memory.
+        """
         prepared = prepare(self.adapter, image, self.max_side, self.max_pixels)
         self._check_memory(prepared, 4)
         return prepared
 
     def result(self, prepared: Prepared, maps: torch.Tensor, selections: list[Selection],
                layers: dict[str, torch.Tensor] | None) -> SaliencyResult | BatchResult:
-        """The result of an explanation: ``maps`` ``(N, K', h, w)`` at the working resolution
-        (the first K slots those of the ``selections``' selected classes) and, with
-        ``per_layer``, each layer's, brought to the input's size and device."""
+        """The result of an explanation.
+
+        ``maps`` ``(N, K', h, w)`` at the working resolution (the first K slots those of the
+        ``selections``' selected classes) and, with ``per_layer``, each layer's, brought to the
+        input's size and device.
+        """
         rule = self.rule
         if isinstance(rule, GuidedRule) and rule.last_intercepted == 0:
             warn_if_unguided(0, self.adapter.name)
@@ -226,8 +245,10 @@ class Explainer(abc.ABC):
         return result
 
     def _warn_empty(self, maps: torch.Tensor, selections: list[Selection]) -> None:
-        """Tell the user when a map is zero everywhere, where the method can say why (nothing
-        to say by default)."""
+        """Tell the user when a map is zero everywhere, where the method can say why.
+
+        Nothing to say by default.
+        """
         del maps, selections
 
 

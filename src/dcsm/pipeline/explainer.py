@@ -33,16 +33,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from dcsm.errors import DcsmError, DcsmWarning
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.pipeline.adapters.base import LayerRef, ModelAdapter, Preprocessing
 from dcsm.pipeline.affinity import AUTO_LAYER, Propagation, affinity_features, random_walk
 from dcsm.pipeline.base import Explainer
-from dcsm.pipeline.candidates import ClassSpec, Selection, per_image_classes, select, uniform
+from dcsm.pipeline.candidates import (
+    ClassSpec,
+    Selection,
+    image_scores,
+    per_image_classes,
+    select,
+    uniform,
+)
 from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
 from dcsm.pipeline.gradients import (
     BatchMode,
@@ -52,7 +61,6 @@ from dcsm.pipeline.gradients import (
     require_finite,
 )
 from dcsm.pipeline.images import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     ImageLike,
     reference_scale,
@@ -162,6 +170,7 @@ class DistinctSaliency(Explainer):
         layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
         merge_lookalikes: bool | None = None,
     ) -> None:
+        """Check the settings and resolve the preset and layers (the arguments: the class's)."""
         super().__init__(model, max_side, precision, {
             "layers": layers, "class_names": class_names, "preprocess": preprocess,
             "multilabel": multilabel, "input_size": input_size, "layouts": layouts}, max_pixels,
@@ -228,6 +237,14 @@ class DistinctSaliency(Explainer):
 
     rule: BackpropRule
 
+    @overload
+    def explain(self, image: ImageLike, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> SaliencyResult: ...
+
+    @overload
+    def explain(self, image: torch.Tensor, classes: ClassSpec = None, top_k: int | None = None,
+                threshold: float | None = None, per_layer: bool = False) -> BatchResult: ...
+
     def explain(
         self,
         image: ImageLike | torch.Tensor,
@@ -236,8 +253,11 @@ class DistinctSaliency(Explainer):
         threshold: float | None = None,
         per_layer: bool = False,
     ) -> SaliencyResult | BatchResult:
-        """The distinct class saliency maps of ``image``'s candidate classes (the arguments:
-        :meth:`dcsm.Explainer.explain`); ``per_layer`` also gives each layer's fused maps."""
+        """The distinct class saliency maps of ``image``'s candidate classes.
+
+        The arguments: :meth:`dcsm.Explainer.explain`; ``per_layer`` also gives each layer's
+        fused maps.
+        """
         prepared = self.prepare_input(image)
         return self.result(prepared, *self._run(prepared, classes, top_k, threshold, per_layer))
 
@@ -248,9 +268,11 @@ class DistinctSaliency(Explainer):
         return self.layers
 
     def parameters(self) -> dict[str, object]:
-        """The settings, as written to ``summary.json`` (``merge_lookalikes`` where it is on or
-        the preset's default is on, so that the ``paper`` and ``released`` settings read as
-        before)."""
+        """The settings, as written to ``summary.json``.
+
+        ``merge_lookalikes`` where it is on or the preset's default is on, so that the ``paper``
+        and ``released`` settings read as before.
+        """
         merge = {"merge_lookalikes": self.merge_lookalikes} \
             if self.merge_lookalikes or self.preset.merge_lookalikes else {}
         return {
@@ -319,14 +341,13 @@ class DistinctSaliency(Explainer):
         x = prepared.x
         n = x.shape[0]
         ref = reference_scale(self.scales)
-
-        from dcsm.pipeline.candidates import image_scores
-
         choose = self.preset.candidate_rule
 
         def scores_only(scale: float) -> torch.Tensor:
-            """The scale's score map from a forward that records no layer: nothing in it
-            requires gradients, so no graph is kept."""
+            """The scale's score map from a forward that records no layer.
+
+            Nothing in it requires gradients, so no graph is kept.
+            """
             return forward_pass(adapter, scaled_input(adapter, x, scale), [], self.rule,
                                 autocast=self.autocast).score_map.detach()
 
@@ -388,11 +409,14 @@ class DistinctSaliency(Explainer):
               ref: int, targets: torch.Tensor, active: torch.Tensor, all_scales: bool,
               head: HeadRestriction | None, per_layer: bool,
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None, HeadRestriction | None]:
-        """Eq. 2 and 3 over the scales of one view of the images, in ``order``, one scale's
-        graph alive at a time (``passes``: forwards already run), then the propagation.
+        """Eqs. 2 and 3 over the scales of one view of the images, then the propagation.
+
+        The scales in ``order``, one scale's graph alive at a time (``passes``: forwards already
+        run).
 
         Returns the fused maps, the per-layer maps (``per_layer``) and the head restriction
-        still usable (None once the model resisted it)."""
+        still usable (None once the model resisted it).
+        """
         size = (int(x.shape[-2]), int(x.shape[-1]))
         fusion_cls = PaperFusion if self.preset.fusion == "paper" else ReleasedFusion
         fusion = fusion_cls(len(self.layers), self.alpha, self.subtract, keep_layers=per_layer,
@@ -427,10 +451,11 @@ class DistinctSaliency(Explainer):
         return fused, layers, head
 
     def _grid_features(self, fp: ForwardPass, name: str) -> torch.Tensor:
-        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached; for
-        :data:`dcsm.pipeline.affinity.AUTO_LAYER`, the layer
-        :func:`dcsm.pipeline.affinity.affinity_features`
-        chooses."""
+        """The ``(N, C, h, w)`` output of layer ``name`` in ``fp``, detached.
+
+        For :data:`dcsm.pipeline.affinity.AUTO_LAYER`, the layer
+        :func:`dcsm.pipeline.affinity.affinity_features` chooses.
+        """
         in_hw = (int(fp.input.shape[-2]), int(fp.input.shape[-1]))
         grids = {}
         for layer in (fp.activations if name == AUTO_LAYER else [name]):

@@ -37,7 +37,7 @@ from dcsm.errors import DcsmError
 from dcsm.io import DEFAULT_MAX_PIXELS, array_to_rgb, load_image, pil_to_rgb
 from dcsm.pipeline.adapters.base import ModelAdapter
 
-ImageLike = np.ndarray | Image.Image | str | os.PathLike
+ImageLike = np.ndarray | Image.Image | str | os.PathLike[str]
 DEFAULT_MAX_SIDE = 512
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from dcsm.errors import DcsmError
+from dcsm.io import DEFAULT_MAX_PIXELS
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.images import (
-    DEFAULT_MAX_PIXELS,
     ImageLike,
     as_rgb_array,
     image_input,

@@ -11,6 +11,7 @@ at most :data:`VIEW_SIDE` pixels a side; the downloads keep the photo's full siz
 from __future__ import annotations
 
 import html
+import inspect
 import tempfile
 import threading
 import time
@@ -19,15 +20,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 import dcsm
+from dcsm.api import make_explainer
 from dcsm.errors import DcsmError
+from dcsm.io import load_image, save_json, save_npz
 from dcsm.methods.registry import DEFAULT_METHOD
 from dcsm.methods.registry import get as get_method
-from dcsm.pipeline.candidates import Candidate
-from dcsm.pipeline.images import DEFAULT_MAX_SIDE
+from dcsm.pipeline.adapters import DEFAULT_MODEL
+from dcsm.pipeline.candidates import Candidate, image_scores
+from dcsm.pipeline.images import (
+    DEFAULT_MAX_SIDE,
+    image_input,
+    scaled_input,
+    shrink_image,
+    shrink_map,
+    working_size,
+)
+from dcsm.pipeline.presets import PRESETS, get_preset
+from dcsm.pipeline.state import inference_state
+from dcsm.segmentation import label_overlay, resize_labels, save_labels, segment, voc_palette
 
 if TYPE_CHECKING:
+    from dcsm.api import Settings as ExplainerSettings
     from dcsm.pipeline.adapters.base import ModelAdapter
     from dcsm.pipeline.base import Explainer
     from dcsm.pipeline.result import SaliencyResult
@@ -89,9 +105,7 @@ class Analysis:
 
 def default_preset() -> str:
     """The preset :func:`dcsm.api.make_explainer` uses when none is named."""
-    import inspect
 
-    from dcsm.api import make_explainer
 
     return str(inspect.signature(make_explainer).parameters["preset"].default)
 
@@ -99,7 +113,6 @@ def default_preset() -> str:
 def load_picture(path: str | Path | None) -> np.ndarray:
     """The RGB uint8 array of an image file (:func:`dcsm.io.load_image`, as the command line
     reads it), or a one-line :class:`DcsmError` saying why not."""
-    from dcsm.io import load_image
 
     if path is None or str(path) == "":
         raise DcsmError("no image: drop one on the page or pick a file")
@@ -123,11 +136,9 @@ class Viewer:
                   device: str = "cpu", labels: str | None = None) -> Viewer:
         """A viewer of a registry model (``--model``, default the default model; ``--weights``,
         ``--device``, ``--labels``: the class set, as :func:`dcsm.load_model` takes them)."""
-        from dcsm.pipeline.adapters import DEFAULT_MODEL
 
-        options = {} if labels is None else {"labels": labels}
         return cls(dcsm.load_model(model or DEFAULT_MODEL, weights=weights, device=device,
-                                   **options))  # type: ignore[arg-type]
+                                   labels=labels))
 
     @property
     def model_name(self) -> str:
@@ -147,7 +158,6 @@ class Viewer:
     def layer_choices(self) -> list[str]:
         """The layers the page offers: the model's named layers, in the model's order, then any
         of its default set or of a preset's set for it not named."""
-        from dcsm.pipeline.presets import PRESETS
 
         names = list(self.adapter.layer_aliases)
         for layer in [*self.default_layers, *(n for p in PRESETS for n in self.preset_layers(p))]:
@@ -158,7 +168,6 @@ class Viewer:
     def preset_layers(self, preset: str | None = None) -> list[str]:
         """The layers a dcsm preset reads on this model (its own set for some models, else the
         model's default set)."""
-        from dcsm.pipeline.presets import get_preset
 
         chosen = get_preset(preset or default_preset())
         return list(chosen.layers_for(self.model_name) or self.default_layers)
@@ -182,29 +191,23 @@ class Viewer:
 
     def explainer(self, settings: Settings) -> Explainer:
         """The explainer of ``settings``' method, preset and layers, built once."""
-        from dcsm.api import make_explainer
 
         layers = self.layers_for(settings)
         takes_preset = get_method(settings.method).takes_preset
         preset = (settings.preset or default_preset()) if takes_preset else ""
         key = (settings.method, preset, layers)
         if key not in self._explainers:
-            options: dict[str, object] = {"layers": list(layers) if layers else None,
+            options: ExplainerSettings = {"layers": list(layers) if layers else None,
                                           "max_side": DEFAULT_MAX_SIDE}
             if takes_preset:
                 options["preset"] = preset
-            self._explainers[key] = make_explainer(self.adapter, settings.method,
-                                                   **options)  # type: ignore[arg-type]
+            self._explainers[key] = make_explainer(self.adapter, settings.method, **options)
         return self._explainers[key]
 
     def top_classes(self, image: np.ndarray, k: int = TOP_CLASSES) -> list[Candidate]:
         """The model's ``k`` most probable classes on the image at scale 1 (at the working
         resolution), with their probabilities."""
-        import torch
 
-        from dcsm.pipeline.candidates import image_scores
-        from dcsm.pipeline.images import image_input, scaled_input, working_size
-        from dcsm.pipeline.state import inference_state
 
         size = working_size(image.shape[0], image.shape[1], DEFAULT_MAX_SIDE)
         x = scaled_input(self.adapter, image_input(self.adapter, image, size), 1.0)
@@ -220,7 +223,6 @@ class Viewer:
         Raises:
             DcsmError: for settings the method refuses (unknown class, bad layer, ...).
         """
-        from dcsm.segmentation import segment
 
         if settings.segmenter not in SEGMENTERS:
             raise DcsmError(f"unknown segmenter '{settings.segmenter}'; known: "
@@ -234,15 +236,14 @@ class Viewer:
             result = explainer.explain(image, classes=classes, top_k=int(settings.top_k),
                                        per_layer=get_method(settings.method).per_layer)
             seg = None if settings.segmenter == "none" else segment(
-                result, segmenter=settings.segmenter)  # type: ignore[arg-type]
+                result, segmenter=settings.segmenter)
             seconds = time.perf_counter() - start
             top = self.top_classes(image)
-        return Analysis(result, seg, top, seconds, settings)  # type: ignore[arg-type]
+        return Analysis(result, seg, top, seconds, settings)
 
 
 # ----------------------------------------------------------------------------- what is shown
 def _small(analysis: Analysis) -> np.ndarray:
-    from dcsm.pipeline.images import shrink_image
 
     return shrink_image(analysis.result.image, VIEW_SIDE)
 
@@ -250,8 +251,8 @@ def _small(analysis: Analysis) -> np.ndarray:
 def class_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "viridis") -> str:
     """Each class's map over the photo (``<img alt=class>`` captioned ``class score``), in a
     ``div`` with id ``class-maps``."""
+    # matplotlib (dcsm.io.viz): loaded when a page is drawn, not when the viewer starts
     from dcsm.io.viz import check_colormap, check_opacity, html_gallery, overlay
-    from dcsm.pipeline.images import shrink_map
 
     alpha, cmap = check_opacity(opacity), check_colormap(cmap)
     small = _small(analysis)
@@ -266,8 +267,8 @@ def class_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
 def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "viridis") -> str:
     """Every single-layer map over the photo, one row per class (``<img alt="class / layer">``),
     in a ``div`` with id ``layer-maps``; a sentence where the method has none."""
+    # matplotlib (dcsm.io.viz): loaded when a page is drawn, not when the viewer starts
     from dcsm.io.viz import check_colormap, check_opacity, html_gallery, overlay
-    from dcsm.pipeline.images import shrink_image, shrink_map
 
     per_layer = analysis.result.layer_maps
     if not per_layer:
@@ -287,8 +288,8 @@ def layer_maps_html(analysis: Analysis, opacity: float = 0.5, cmap: str = "virid
 def segmentation_html(analysis: Analysis) -> str:
     """The labels over the photo (VOC colours, background darkened) with a legend of colours
     and pixel counts, in a ``div`` with id ``segmentation``."""
+    # matplotlib (dcsm.io.viz): loaded when a page is drawn, not when the viewer starts
     from dcsm.io.viz import html_gallery
-    from dcsm.segmentation import label_overlay, resize_labels, voc_palette
 
     seg = analysis.segmentation
     if seg is None:
@@ -296,12 +297,13 @@ def segmentation_html(analysis: Analysis) -> str:
     small = _small(analysis)
     labels = resize_labels(seg.labels, (small.shape[0], small.shape[1]))
     counts = seg.summary()["pixels"]
+    assert isinstance(counts, dict)  # {label name: pixel count}
     palette = voc_palette(len(seg.candidates) + 1)
     legend = "".join(
         f'<span style="display:inline-block;margin-right:1em">'
         f'<span style="display:inline-block;width:0.9em;height:0.9em;vertical-align:middle;'
         f'background:rgb({",".join(str(int(c)) for c in palette[v])})"></span> '
-        f"{html.escape(name)}: {counts[name]} px</span>"  # type: ignore[index]
+        f"{html.escape(name)}: {counts[name]} px</span>"
         for v, name in seg.label_names().items())
     gallery = html_gallery([("segmentation", f"{seg.method} labels",
                              label_overlay(small, labels))], title="Segmentation", width=480)
@@ -334,9 +336,6 @@ def write_downloads(analysis: Analysis, directory: str | Path | None = None) -> 
     """Write ``maps.npz``, ``summary.json`` and (with a segmentation) ``labels.png`` as the
     command line writes them (:mod:`dcsm.io`, full size), in a new folder under ``directory``
     (the system's temporary folder by default); returns their paths."""
-    from dcsm.io import save_json, save_npz
-    from dcsm.segmentation import save_labels
-
     folder = Path(tempfile.mkdtemp(prefix="dcsm-viewer-", dir=directory))
     save_npz(folder / "maps.npz", analysis.result.maps)
     summary = analysis.result.summary()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -28,6 +29,28 @@ from dcsm.pipeline.adapters.trained import checkpoint_adapter
 from dcsm.pipeline.layouts import LayoutSpec
 
 DEFAULT_MODEL = "efficientnet_lite0"
+
+
+class ModelOptions(TypedDict, total=False):
+    """The description of a plain classifier module (:func:`as_adapter`'s arguments of that name).
+
+    The keyword arguments :func:`dcsm.make_explainer` and the explainers take besides a method's
+    settings; every key may be left out.
+    """
+
+    class_names: Sequence[str] | None
+    preprocess: Preprocessing | None
+    multilabel: bool | None
+    input_size: tuple[int, int] | None
+    layouts: Mapping[str, LayoutSpec] | LayoutSpec | None
+
+
+class AdapterOptions(ModelOptions, total=False):
+    """:class:`ModelOptions` and the layers a plain module's adapter reads by default."""
+
+    layers: Sequence[LayerRef] | None
+
+
 # Device types that hold data and run kernels ("meta" holds shapes only).
 _COMPUTE_DEVICES = frozenset({"cpu", "cuda", "mps", "xpu"})
 
@@ -173,5 +196,5 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-__all__ = ["DEFAULT_MODEL", "ModelAdapter", "Preprocessing", "as_adapter", "list_models",
-           "load_model", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "AdapterOptions", "ModelAdapter", "ModelOptions", "Preprocessing",
+           "as_adapter", "list_models", "load_model", "resolve_device"]
