@@ -173,7 +173,7 @@ def explain_group(explainer: Explainer, images: list[Any], options: BatchOptions
         batch = explainer.explain(x, **_explain_options(options))
     except UnevenCandidates:
         return [explain_one(explainer, im, options) for im in images]
-    return batch.results(images)  # type: ignore[union-attr]
+    return batch.results(images)
 
 
 def batches(samples: Iterable[Loaded], size: int, max_side: int | None,
@@ -213,7 +213,7 @@ def _explain_options(options: BatchOptions) -> dict[str, Any]:
 
 def explain_one(explainer: Explainer, image: Any, options: BatchOptions) -> SaliencyResult:
     """One image's explanation with the options' candidates."""
-    return explainer.explain(image, **_explain_options(options))  # type: ignore[return-value]
+    return explainer.explain(image, **_explain_options(options))
 
 
 def write_result(result: SaliencyResult, path: str, name: str, out: Path,
