@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import time
@@ -37,6 +38,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import torch
 
+import dcsm
 from dcsm.api import Explainer
 from dcsm.batch.inputs import InputItem
 from dcsm.batch.loader import Loaded, iterate
@@ -45,11 +47,13 @@ from dcsm.batch.progress import Progress
 from dcsm.batch.shard import Group, Rank, shard
 from dcsm.errors import DcsmError, failure_reason
 from dcsm.io import DEFAULT_MAX_PIXELS, remove_path
+from dcsm.outputs import output_dir, write_explanation
 from dcsm.pipeline.adapters.weights import weights_digest
 from dcsm.pipeline.candidates import UnevenCandidates, parse_classes
 from dcsm.pipeline.images import image_input, working_size
 from dcsm.pipeline.result import SaliencyResult
 from dcsm.processes import follow_parent
+from dcsm.segmentation import segment
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|trash)-[0-9a-f]{12}$")
 
@@ -115,8 +119,6 @@ def run_settings(explainer: Explainer, options: BatchOptions) -> dict[str, Any]:
 
     The device, the number of ranks and workers and the progress bar do not count.
     """
-    import dcsm
-
     classes = parse_classes(options.classes)
     seg = None
     if options.segmenter is not None:
@@ -220,13 +222,9 @@ def write_result(result: SaliencyResult, path: str, name: str, out: Path,
                  options: BatchOptions) -> tuple[list[dict[str, Any]], float]:
     """Segment (if asked) and write ``out/<name>/`` atomically; the candidates and the seconds
     it took. Needs no model, so it can run in a writer process."""
-    from dcsm.outputs import output_dir, write_explanation
-
     start = time.perf_counter()
     seg = None
     if options.segmenter is not None:
-        from dcsm.segmentation import segment
-
         seg = segment(result, segmenter=options.segmenter, max_side=options.max_side,
                       **dict(options.segment_params))
     with output_dir(out, name) as tmp:
@@ -286,8 +284,6 @@ class Writers(Generic[TagT]):
 
     def __init__(self, processes: int, ahead: int | None = None,
                  job: Callable[..., Any] = write_result) -> None:
-        import multiprocessing
-
         # "spawn": the workers start clean, holding neither CUDA state nor this process's files
         self.pool = ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"),

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from dcsm.errors import DcsmError
-from dcsm.io import MIN_SIDE
+from dcsm.io import MIN_SIDE, save_figure, save_npz
 from dcsm.pipeline.images import (
     DEFAULT_MAX_SIDE,
     FIGURE_SIDE,
@@ -155,8 +156,6 @@ def segment(
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A label image (or a boolean mask) as uint8, resized to ``size`` (nearest neighbour)."""
-    from PIL import Image
-
     pil = Image.fromarray(labels.astype(np.uint8))
     if (pil.height, pil.width) == tuple(size):
         return np.asarray(pil)
@@ -184,7 +183,6 @@ def write_segmentation(seg: Segmentation, image: np.ndarray, directory: Path,
 
     Each file is written atomically; use :func:`dcsm.io.atomic_dir` for the directory.
     """
-    from dcsm.io import save_figure, save_npz
     from dcsm.segmentation.figure import segmentation_figure
 
     directory = Path(directory)
