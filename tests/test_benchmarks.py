@@ -28,8 +28,10 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_batched_variants_give_the_librarys_maps():
+    # SqueezeNet 1.1 (as the other benchmarks' tests): the comparison, not the default model's
+    # speed, is what is checked, and it costs a third of the time
     proc = _run("bench_batched.py", "--threads", "1", "--repeats", "1", "--no-memory",
-                "--variants", "dcsm (default),reference loop")
+                "--variants", "dcsm (default),reference loop", "--model", "squeezenet1_1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "all maps agree with the library within 1e-05: yes" in proc.stdout
     assert "scales [1.0, 1.2, 1.4, 1.6]" in proc.stdout  # the paper's settings
