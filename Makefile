@@ -36,9 +36,12 @@ docs: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist); the tests that start processes of their
+# own share one of them (tests/conftest.py, MULTI_PROCESS). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: $(BIN)/.installed lint typecheck
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: $(BIN)/.installed

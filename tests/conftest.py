@@ -257,6 +257,26 @@ def tiny() -> Helpers:
     return HELPERS
 
 
+# ----------------------------------------------------------------------------- parallel runs
+# `make test` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). The tests that
+# start several processes of their own (loader workers, writers, torchrun ranks) go to one
+# worker in turn, so that two of them never share the cores (their waits would stretch).
+MULTI_PROCESS = (
+    "tests/test_processes.py::test_batch_stopped_by_sigterm_or_sigkill_leaves_no_process",
+    "tests/batch/test_writers.py::test_batch_with_a_writer_equals_writing_in_turn",
+    "tests/batch/test_runner.py::test_two_ranks_torchrun_equal_single_process",
+    "tests/batch/test_runner.py::test_sigkill_then_rerun_gives_uninterrupted_outputs",
+    "benchmarks/test_gpu_benchmark.py::test_tiny_run_agrees_and_reports_every_configuration",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the tests of :data:`MULTI_PROCESS` in one xdist group (no effect without xdist)."""
+    for item in items:
+        if item.nodeid.split("[")[0] in MULTI_PROCESS:
+            item.add_marker(pytest.mark.xdist_group("multi-process"))
+
+
 # ----------------------------------------------------------------------------- temp folder
 @pytest.fixture(scope="session", autouse=True)
 def temp_folder_left_clean(tmp_path_factory):
@@ -265,6 +285,8 @@ def temp_folder_left_clean(tmp_path_factory):
     The folder is one of this session's own (``tempfile.tempdir`` and ``TMPDIR``, so the
     ``dcsm`` processes the tests start use it too): what other programs on the machine put in
     the system's temporary folder meanwhile cannot be mistaken for a leftover of the tests.
+    Under pytest-xdist each worker has its own (``tmp_path_factory`` is per worker), checked
+    when that worker ends: one worker's live files are never in another's folder.
     """
     folder = tmp_path_factory.mktemp("system-temp")
     saved = tempfile.tempdir, os.environ.get("TMPDIR")

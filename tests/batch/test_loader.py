@@ -14,7 +14,7 @@ from dcsm.batch.loader import Loaded
 from dcsm.batch.runner import batches
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src" / "dcsm" / "data" / "chelsea_coffee.png"
-FAST = ["--scales", "1,1.2", "--threads", "1", "--no-progress", "--workers", "0",
+FAST = ["--scales", "1,1.2", "--threads", "1", "--no-progress", "--workers", "0", "--no-pictures",
         "--writers", "0"]
 
 

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -265,7 +264,6 @@ def check(args: list[str], capsys, foreign: tuple[str, ...] = ()) -> tuple[int, 
 
 
 def test_fuzz_explain_and_segment(tiny_model, tmp_path, capsys):
-    started = time.perf_counter()
     outcomes = {0: 0, 2: 0}
     for args in cases(tiny_model, tmp_path):
         code, _ = check(args, capsys)
@@ -274,7 +272,6 @@ def test_fuzz_explain_and_segment(tiny_model, tmp_path, capsys):
             assert code == 2, f"a bomb or a JPEG too short for its size was read: {args}"
     # the seed reaches both outcomes often: the fuzz is not all rejections
     assert outcomes[0] >= 10 and outcomes[2] >= 10, outcomes
-    assert time.perf_counter() - started < 120  # about 15 s; a hang would show here
 
 
 def test_fuzz_with_the_default_model(tmp_path, capsys):

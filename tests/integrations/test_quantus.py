@@ -315,8 +315,11 @@ def test_evaluate_photos_known_scores(quantus):
 def test_mprt_and_random_logit_on_a_model_whose_maps_depend_on_the_weights(quantus):
     adapter = tiny_adapter(TwoLayers(), layers=("conv1",))
     photo = tiny_photo()
+    # the paper's fusion at one scale (the default preset's random walk on every map of every
+    # randomised copy costs minutes and is not what is tested here)
+    settings = {**SETTINGS, "layers": ["conv1"]}
     report = dq.evaluate_photos(adapter, [photo], metrics=["MPRT", "RandomLogit"],
-                                candidates="auto", batch_size=1)
+                                candidates="auto", batch_size=1, settings=settings)
     for item in report["items"]:
         assert math.isfinite(item["MPRT"]) and abs(item["MPRT"]) < 0.99
         assert math.isfinite(item["RandomLogit"]) and -1 <= item["RandomLogit"] <= 1
@@ -326,12 +329,14 @@ def test_mprt_and_random_logit_on_a_model_whose_maps_depend_on_the_weights(quant
     x = batch(adapter, photo)
     mprt = quantus.MPRT(disable_warnings=True, return_last_correlation=True, skip_layers=True)
     score = mprt(model=model, x_batch=x, y_batch=np.array([0]), a_batch=None, s_batch=None,
-                 explain_func=dq.explain_func, explain_func_kwargs={"candidates": [[1]]})
+                 explain_func=dq.explain_func,
+                 explain_func_kwargs={"candidates": [[1]], **settings})
     assert len(score) == 1 and math.isfinite(score[0]) and score[0] < 0.99
     assert sum(p.numel() for p in model.parameters()) > 0  # the original kept its weights
     np.testing.assert_array_equal(
-        dq.explain_func(model, x, [0], candidates=[[1]]),
-        dcsm.explain(adapter, torch.from_numpy(x), classes=[[0, 1]]).maps[:, :1].numpy())
+        dq.explain_func(model, x, [0], candidates=[[1]], **settings),
+        dcsm.explain(adapter, torch.from_numpy(x), classes=[[0, 1]],
+                     **settings).maps[:, :1].numpy())
 
 
 def test_degenerate_maps_are_undefined_not_fatal(quantus):
