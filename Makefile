@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The checkers, pinned so that a new release cannot turn the test command red on its own.
 CHECK_PINS := ruff==0.17.6 mypy==2.4.1 scipy-stubs==1.17.1.5 types-tqdm==4.70.0.20261106 \
 	types-pycocotools==2.0.0.20261021 mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings==1.0.8 \
-	mkdocstrings-python==2.0.11
+	mkdocstrings-python==2.0.11 pytest-xdist==3.8.0
 
 .PHONY: demo test lint typecheck docs bench clean
 
