@@ -134,19 +134,18 @@ def segment(
         segmenter = "crf"
     check_max_side(max_side)
     img, names, stack = maps_and_image(source, image)
-    full = (img.shape[0], img.shape[1])
-    size = working_size(*full, max_side, min_short=MIN_SIDE)
-    work, maps = img, stack
-    if size != full:
-        work, names, maps = maps_and_image(
-            {n: resize_map(m, size) for n, m in zip(names, stack, strict=True)},
-            resize_image(img, size))
     if segmenter not in SEGMENTERS:
         raise DcsmError(f"unknown segmenter '{segmenter}'; known: {', '.join(SEGMENTERS)}")
     known = list((CRFParams if segmenter == "crf" else GrabCutParams).__dataclass_fields__)
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise DcsmError(f"unknown {segmenter} parameter '{unknown[0]}'; known: {', '.join(known)}")
+    full = (img.shape[0], img.shape[1])
+    size = working_size(*full, max_side, min_short=MIN_SIDE)
+    work, maps = img, stack
+    if size != full:  # checked above: only the bilinear resize's rounding is clipped away
+        work = resize_image(img, size)
+        maps = np.stack([np.clip(resize_map(m, size), 0.0, 1.0) for m in stack])
     if segmenter == "crf":
         seg = crf_segmentation(work, names, maps, CRFParams(**params))
     else:
