@@ -12,15 +12,12 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from dcsm.errors import DcsmError, one_line
-
-if TYPE_CHECKING:
-    pass
 
 #: The smallest accepted image side, in pixels.
 MIN_SIDE = 8
