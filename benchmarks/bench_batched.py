@@ -54,7 +54,7 @@ import dcsm
 from dcsm.pipeline.adapters.base import ModelAdapter
 from dcsm.pipeline.fusion import PaperFusion
 from dcsm.pipeline.gradients import capture_layers
-from dcsm.pipeline.images import as_rgb_array, model_input
+from dcsm.pipeline.images import as_rgb_array, model_input, resize_image
 from dcsm.pipeline.layer_maps import layer_saliency
 from dcsm.pipeline.presets import get_preset
 from dcsm.pipeline.state import inference_state
@@ -202,13 +202,19 @@ LIBRARY = "dcsm (default)"
 
 
 # --------------------------------------------------------------------------- harness
-def make_case(model: str, classes: str) -> Case:
+def make_case(model: str, classes: str, max_side: int = 0) -> Case:
+    """The case; ``max_side`` > 0 shrinks the image to that longer side first."""
     adapter = dcsm.load_model(model)
     names = [c.strip() for c in classes.split(",") if c.strip()]
     preset = get_preset("paper")
+    image = as_rgb_array(IMAGE)
+    if max_side > 0:
+        h, w = image.shape[:2]
+        ratio = min(1.0, max_side / max(h, w))
+        image = resize_image(image, (max(1, round(h * ratio)), max(1, round(w * ratio))))
     return Case(
         adapter=adapter,
-        image=as_rgb_array(IMAGE),
+        image=image,
         class_names=names,
         targets=[adapter.class_index(c) for c in names],
         layers=list(adapter.default_layers),
@@ -227,7 +233,7 @@ def timed(fn: Callable[[Case], np.ndarray], case: Case) -> tuple[float, np.ndarr
 def measure_memory(args: argparse.Namespace, variant: str) -> dict[str, float] | None:
     """Run one variant once in a fresh interpreter; its RSS before and at peak (MiB)."""
     cmd = [sys.executable, __file__, "--model", args.model, "--classes", args.classes,
-           "--memory-child", variant]
+           "--memory-child", variant, "--max-side", str(args.max_side)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -243,7 +249,7 @@ def memory_child(args: argparse.Namespace) -> None:
     (``ru_maxrss`` alone is useless here: Linux keeps it across exec, so a child starts with
     its parent's peak.)
     """
-    case = make_case(args.model, args.classes)
+    case = make_case(args.model, args.classes, args.max_side)
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -271,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
+    parser.add_argument("--max-side", type=int, default=0,
+                        help="shrink the image to this longer side first (0: as it is, 448 px)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -287,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
 
-    case = make_case(args.model, args.classes)
+    if args.max_side < 0:
+        parser.error("--max-side must be 0 or more")
+    case = make_case(args.model, args.classes, args.max_side)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"interop {torch.get_num_interop_threads()}; CPU: {cpu_model()}; "
           f"python {platform.python_version()}")

@@ -28,7 +28,7 @@ own layer maps), TF32 and bf16 rows within that script's (mean, max) tolerances.
 issue 10 is at least 100 images per second in bf16 on one H100/H200-class GPU.
 
 ``--tiny`` runs the same code on the CPU in seconds (one thread, SqueezeNet 1.1, 64 pixels, two
-images, one timed call; the batch runs on 4 images of 64 x 48 with one writer):
+images, the warm-up call timed; the batch runs on 4 images of 64 x 48 with one writer):
 ``benchmarks/test_gpu_benchmark.py`` checks it, so the script is known to work before a GPU is
 at hand. Exit status 1 when maps disagree.
 """
@@ -146,7 +146,11 @@ def time_row(row: Row, case: Case, args: argparse.Namespace, ref: np.ndarray | N
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    synchronize(args.device)
+    t = time.perf_counter()
     maps = call()  # warm-up (and cuDNN's algorithm search)
+    synchronize(args.device)
+    warm_up = time.perf_counter() - t
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < args.repeats or time.perf_counter() - start < args.seconds:
@@ -155,6 +159,8 @@ def time_row(row: Row, case: Case, args: argparse.Namespace, ref: np.ndarray | N
         call()
         synchronize(args.device)
         times.append(time.perf_counter() - t)
+    if not times:  # --repeats 0 --seconds 0 (--tiny): the warm-up, set-up included, is timed
+        times = [warm_up]
     row.calls = len(times)
     row.seconds_per_call = float(np.median(times))
     row.images_per_s = args.batch / row.seconds_per_call
@@ -223,13 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precisions", default="fp32,tf32,bf16")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--seconds", type=float, default=10.0, help="timing per row")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls at least")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls at least, after the warm-up (0 with --seconds 0: the "
+                             "warm-up is timed)")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
                         help="skip the peer-style code")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--tiny", action="store_true",
-                        help="CPU (one thread), SqueezeNet 1.1, 64 pixels, 2 images, 1 timed "
-                             "call")
+                        help="CPU (one thread), SqueezeNet 1.1, 64 pixels, 2 images, the "
+                             "warm-up call timed")
     parser.add_argument("--batch-images", type=int, default=256,
                         help="photos for the `dcsm batch` runs")
     parser.add_argument("--writers", type=int, default=8,
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.tiny:
         args.device, args.model, args.size, args.batch = "cpu", "squeezenet1_1", 64, 2
-        args.seconds, args.repeats, args.threads = 0.0, 1, args.threads or 1
+        args.seconds, args.repeats, args.threads = 0.0, 0, args.threads or 1
         args.batch_images, args.writers = 4, 1
     if args.threads:
         torch.set_num_threads(args.threads)  # one on a shared CPU: OpenMP threads spin

@@ -694,6 +694,8 @@ def main(argv: list[str] | None = None) -> None:
                              "returning freed memory to the system (slow; not timed)")
     parser.add_argument("--no-runner", action="store_true",
                         help="skip the `dcsm batch` end-to-end measurement")
+    parser.add_argument("--matmul-repeats", type=int, default=10,
+                        help="timed 2048^3 products for the machine's matmul rate (best of)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--maps-out", default=None, help=argparse.SUPPRESS)
@@ -712,9 +714,11 @@ def main(argv: list[str] | None = None) -> None:
         p for p in precisions if p not in DCSM_PRECISION]
     if bad:
         parser.error(f"unknown variant or precision: {bad}")
+    if args.matmul_repeats < 0:
+        parser.error("--matmul-repeats must be 0 or more")
     if "dcsm" not in variants:
         variants.insert(0, "dcsm")
-    rate = matmul_rate(args.device)
+    rate = matmul_rate(args.device, repeats=args.matmul_repeats)
     machine = (f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, device {args.device}"
                + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda")
@@ -805,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"images {args.size}x{args.size}, decode + maps + {what}): "
                   f"{r['images_per_s']:.2f} img/s after the model is loaded, median "
                   f"{r['per_image_s']:.3f} s per image; {r['wall_s']:.1f} s wall with start-up")
-    rate_after = matmul_rate(args.device)
+    rate_after = matmul_rate(args.device, repeats=args.matmul_repeats)
     results["matmul_gflops_after"] = rate_after
     print(f"float32 matmul again after the runs: {rate_after:.1f} GFLOP/s (the 'of mm' columns "
           f"use the first, {rate:.1f}; a busy shared machine lowers both)")

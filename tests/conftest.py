@@ -15,8 +15,10 @@ file computes its expected values with the same independent float64 machinery:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -258,9 +260,14 @@ def tiny() -> Helpers:
 
 
 # ----------------------------------------------------------------------------- parallel runs
-# `make test` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). The tests that
-# start several processes of their own (loader workers, writers, torchrun ranks) go to one
-# worker in turn, so that two of them never share the cores (their waits would stretch).
+# `make test` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``), with the
+# scheduler below. The tests that start several processes of their own (loader workers,
+# writers, torchrun ranks) go to one worker in turn, so that two of them never share the cores
+# (their waits would stretch); the tests of a module with a module-scoped fixture (often a model
+# or a whole ``dcsm batch`` run) go to one worker, so that the fixture is built once.
+#
+# (xdist's own ``xdist_group`` marks do not work with pytest 9.2, whose node ids no longer read
+# the attribute xdist rewrites; a scheduler that groups node ids works with any version.)
 MULTI_PROCESS = (
     "tests/test_processes.py::test_batch_stopped_by_sigterm_or_sigkill_leaves_no_process",
     "tests/batch/test_writers.py::test_batch_with_a_writer_equals_writing_in_turn",
@@ -268,13 +275,40 @@ MULTI_PROCESS = (
     "tests/batch/test_runner.py::test_sigkill_then_rerun_gives_uninterrupted_outputs",
     "benchmarks/test_gpu_benchmark.py::test_tiny_run_agrees_and_reports_every_configuration",
 )
+ROOT = Path(__file__).resolve().parent.parent
+_MODULE_FIXTURE = re.compile(r"@pytest\.fixture\(\s*scope=[\"']module[\"']")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Put the tests of :data:`MULTI_PROCESS` in one xdist group (no effect without xdist)."""
-    for item in items:
-        if item.nodeid.split("[")[0] in MULTI_PROCESS:
-            item.add_marker(pytest.mark.xdist_group("multi-process"))
+@functools.cache
+def _has_module_fixture(module: str) -> bool:
+    """Whether the test module ``module`` (a path from the repository root) defines a fixture
+    of module scope."""
+    try:
+        return bool(_MODULE_FIXTURE.search((ROOT / module).read_text(encoding="utf-8")))
+    except OSError:
+        return False
+
+
+def group_of(nodeid: str) -> str:
+    """The group a test runs in: ``multi-process``, its module's path, or its own node id."""
+    if nodeid.split("[")[0] in MULTI_PROCESS:
+        return "multi-process"
+    module = nodeid.split("::")[0]
+    return module if _has_module_fixture(module) else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadgroup``: xdist's scope scheduling over :func:`group_of`'s groups
+    (the largest groups first, then one test at a time as the workers free up)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 # ----------------------------------------------------------------------------- temp folder

@@ -29,17 +29,19 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_bench_batched_variants_give_the_librarys_maps():
     proc = _run("bench_batched.py", "--threads", "1", "--repeats", "1", "--no-memory",
-                "--variants", "dcsm (default),reference loop")
+                "--variants", "dcsm (default),reference loop", "--max-side", "224")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "all maps agree with the library within 1e-05: yes" in proc.stdout
     assert "scales [1.0, 1.2, 1.4, 1.6]" in proc.stdout  # the paper's settings
+    assert "chelsea_coffee.png 224x112" in proc.stdout  # shrunk by --max-side
 
 
 def test_throughput_variants_agree_and_costs_add_up(tmp_path):
     out = tmp_path / "tp.json"
     proc = _run("throughput.py", "--threads", "1", "--models", "squeezenet1_1", "--repeats",
                 "1", "--budget", "1", "--batch-sizes", "2", "--size", "96", "--no-runner",
-                "--variants", "dcsm,peer: repeated + autograd.grad", "--json", str(out))
+                "--variants", "dcsm,peer: repeated + autograd.grad", "--json", str(out),
+                "--matmul-repeats", "0")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["agree"] is True
