@@ -290,10 +290,16 @@ def _has_module_fixture(module: str) -> bool:
 
 
 def group_of(nodeid: str) -> str:
-    """The group a test runs in: ``multi-process``, its module's path, or its own node id."""
-    if nodeid.split("[")[0] in MULTI_PROCESS:
-        return "multi-process"
+    """The group a test runs in: ``multi-process``, its module's path, or its own node id.
+
+    A module with a module-scoped fixture and a test of :data:`MULTI_PROCESS` goes wholly to
+    ``multi-process``, so that its fixture too is built once.
+    """
     module = nodeid.split("::")[0]
+    if nodeid.split("[")[0] in MULTI_PROCESS or (
+            _has_module_fixture(module) and any(t.startswith(module + "::")
+                                                for t in MULTI_PROCESS)):
+        return "multi-process"
     return module if _has_module_fixture(module) else nodeid
 
 

@@ -26,8 +26,10 @@ def test_groups():
     assert group_of(MULTI_PROCESS[0] + "[param]") == "multi-process"
     # a module with a module-scoped fixture runs on one worker
     assert group_of("tests/viewer/test_app.py::test_handlers") == "tests/viewer/test_app.py"
-    assert group_of("tests/batch/test_runner.py::test_voc_split_source") == \
-        "tests/batch/test_runner.py"
+    assert group_of("tests/cli/test_segment.py::test_figure_command") == \
+        "tests/cli/test_segment.py"
+    # ... and with a multi-process test beside it, in that group
+    assert group_of("tests/batch/test_runner.py::test_voc_split_source") == "multi-process"
     # any other test is scheduled alone
     assert group_of("tests/test_suite_groups.py::test_groups") == \
         "tests/test_suite_groups.py::test_groups"
