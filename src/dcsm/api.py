@@ -57,6 +57,7 @@ class Settings(ModelOptions, total=False):
     propagate: Propagation | bool | None
     flip: bool | None
     gamma: float | None
+    gate: float | None
 
 
 def make_explainer(
@@ -78,6 +79,7 @@ def make_explainer(
     propagate: Propagation | bool | None = None,
     flip: bool | None = None,
     gamma: float | None = None,
+    gate: float | None = None,
     **model_options: Unpack[ModelOptions],
 ) -> Explainer:
     """The explainer for ``method``, built once to apply to many images.
@@ -92,9 +94,9 @@ def make_explainer(
     (``class_names``, ``preprocess``, ``multilabel``, ``input_size``, ``layouts``) describe a
     plain module (:func:`dcsm.pipeline.adapters.module.module_adapter`). Each method takes the
     settings of its :class:`~dcsm.methods.registry.MethodSpec` and leaves the others out;
-    ``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``, ``flip`` and ``gamma``
-    (the dcsm method's, :class:`~dcsm.pipeline.explainer.DistinctSaliency`) are an error when
-    given to a method that does not take them.
+    ``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``, ``flip``, ``gamma`` and
+    ``gate`` (the dcsm method's, :class:`~dcsm.pipeline.explainer.DistinctSaliency`) are an
+    error when given to a method that does not take them.
     """
     unknown = sorted(set(model_options) - set(_MODEL_OPTIONS))
     if unknown:
@@ -105,7 +107,8 @@ def make_explainer(
         "alpha": alpha, "subtract": subtract, "upsample": upsample,
         "min_contrast": min_contrast, "max_side": max_side, "precision": precision,
         "max_pixels": max_pixels, "merge_lookalikes": merge_lookalikes, "reduce": reduce,
-        "propagate": propagate, "flip": flip, "gamma": gamma}
+        "propagate": propagate, "flip": flip, "gamma": gamma,
+        "gate": gate}
     return spec.build(model, settings, model_options)
 
 

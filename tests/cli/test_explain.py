@@ -156,6 +156,9 @@ BAD = {
     "gamma zero": (lambda t: [str(BUNDLED), "--gamma", "0"], "gamma"),
     "gamma baseline": (lambda t: [str(BUNDLED), "--method", "gradcam", "--gamma", "2"],
                        "dcsm method only"),
+    "gate negative": (lambda t: [str(BUNDLED), "--gate", "-1"], "gate must be a number"),
+    "gate baseline": (lambda t: [str(BUNDLED), "--method", "simonyan", "--gate", "1"],
+                      "dcsm method only"),
     "flip baseline": (lambda t: [str(BUNDLED), "--method", "simonyan", "--no-flip"],
                       "dcsm method only"),
     "unknown reduction": (lambda t: [str(BUNDLED), "--reduce", "median"], "median"),
@@ -163,18 +166,19 @@ BAD = {
 
 
 def test_default_preset_additions_are_options(tmp_path, capsys):
-    """--no-flip, --no-propagate, --gamma and --reduce reach the explainer: the maps are those
+    """--no-flip, --no-propagate, --gamma, --gate and --reduce reach the explainer: the maps are those
     of the API with the same settings, and summary.json says so."""
     code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path), "--classes",
                         "tabby,espresso", "--no-flip", "--no-propagate", "--gamma", "1.5",
-                        "--reduce", "grad_act", "--no-pictures"], capsys)
+                        "--gate", "0.5", "--reduce", "grad_act", "--no-pictures"], capsys)
     assert code == 0, err
     summary = json.loads((tmp_path / "chelsea_coffee" / "summary.json").read_text())
     params = summary["parameters"]
-    assert (params["flip"], params["propagate"], params["gamma"], params["reduce"]) == (
-        False, None, 1.5, "grad_act")
+    assert (params["flip"], params["propagate"], params["gamma"], params["gate"],
+            params["reduce"]) == (False, None, 1.5, 0.5, "grad_act")
     expected = dcsm.explain(dcsm.load_model(), BUNDLED, classes=["tabby", "espresso"],
-                            flip=False, propagate=False, gamma=1.5, reduce="grad_act")
+                            flip=False, propagate=False, gamma=1.5, gate=0.5,
+                            reduce="grad_act")
     with np.load(tmp_path / "chelsea_coffee" / "maps.npz") as npz:
         for name in ("tabby", "espresso"):
             np.testing.assert_allclose(npz[name], expected.maps[name], atol=1e-6)

@@ -63,6 +63,7 @@ ODD = {
     "--classes": ["", ",", "99999", "-1", "cat,cat", "CON,a/b", "tiger cat", "0,1,2,3", "dog"],
     "--preset": ["released", "tuned", "nope"],
     "--method": ["simonyan", "guided", "gradcam"],
+    "--gate": ["-1", "nan", "inf", "5", "0", "0.5", "1e-308"],
     "--precision": ["float16", "bfloat16", "float64"],
     "--upsample": ["upsample_first", "x"],
     "--backprop": ["plain"],

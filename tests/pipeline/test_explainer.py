@@ -196,7 +196,7 @@ def test_explain_matches_float64_reference(tiny, preset, rule, subtract, order, 
     assert result.parameters == {
         "preset": preset, "scales": list(p.scales), "layers": LAYERS, "backprop": rule,
         "alpha": 3.0, "subtract": subtract, "upsample": order, "reduce": "max_abs",
-        "propagate": None, "flip": False, "gamma": 1.0, "fusion": p.fusion,
+        "propagate": None, "flip": False, "gamma": 1.0, "gate": 0.0, "fusion": p.fusion,
         "contrast": p.contrast, "candidate_rule": p.candidate_rule, "min_contrast": p.min_contrast,
         "max_side": 512, "precision": "float32",
     }

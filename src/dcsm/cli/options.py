@@ -182,6 +182,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=finite, default=None,
                    help="raise each final map to this power relative to its maximum (the "
                         "default preset's 2; 1: unchanged)")
+    p.add_argument("--gate", type=finite, default=None,
+                   help="weight each map by its class's score map scaled to [0, 1], to this "
+                        "power (0: off; default: the preset's)")
     add_resolution_options(p)
 
 
@@ -372,7 +375,8 @@ def explainer_from_args(args: argparse.Namespace) -> Explainer:
                           min_contrast=args.min_contrast, max_side=max_side(args),
                           precision=args.precision, max_pixels=max_pixels(args),
                           merge_lookalikes=args.merge_lookalikes, reduce=args.reduce,
-                          propagate=args.propagate, flip=args.flip, gamma=args.gamma)
+                          propagate=args.propagate, flip=args.flip, gamma=args.gamma,
+                          gate=args.gate)
 
 
 def display_from_args(args: argparse.Namespace) -> Display:

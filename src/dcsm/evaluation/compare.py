@@ -107,7 +107,7 @@ def map_explainers(full: DistinctSaliency, kinds: set[str], single_layer: str | 
         DistinctSaliency, a, preset=full.preset, backprop=full.rule, alpha=full.alpha,
         upsample=full.upsample, batch=full.batch, max_side=full.max_side,
         precision=full.precision, reduce=full.reduce, flip=full.flip, gamma=full.gamma,
-        propagate=full.propagate or False)
+        gate=full.gate, propagate=full.propagate or False)
     layer = single_layer or full.layers[len(full.layers) // 2]
     walk = full.propagate
     # the single layer's variant walks through its own layer's features

@@ -19,7 +19,7 @@ from dcsm.pipeline.explainer import DistinctSaliency
 #: The settings :class:`DistinctSaliency` takes besides a plain module's description.
 SETTINGS = frozenset({
     "preset", "scales", "layers", "backprop", "alpha", "subtract", "upsample", "reduce",
-    "propagate", "flip", "gamma", "batch", "min_contrast", "max_side", "precision",
+    "propagate", "flip", "gamma", "gate", "batch", "min_contrast", "max_side", "precision",
     "max_pixels", "merge_lookalikes"})
 
 

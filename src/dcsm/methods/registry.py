@@ -52,6 +52,7 @@ _NOT_GIVEN_SETTINGS: dict[str, str] = {
     "propagate": "propagate applies",
     "flip": "flip applies",
     "gamma": "gamma applies",
+    "gate": "gate applies",
 }
 
 
@@ -120,7 +121,8 @@ class MethodSpec:
         """Its explainer.
 
         ``settings`` it does not take are left out, except those that are None unless given
-        (``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``, ``flip``, ``gamma``),
+        (``min_contrast``, ``merge_lookalikes``, ``reduce``, ``propagate``, ``flip``, ``gamma``,
+        ``gate``),
         which are an error; DcsmError for a method with no explainer.
         """
         if self.explainer is None:

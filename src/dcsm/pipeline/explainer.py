@@ -53,6 +53,7 @@ from dcsm.pipeline.candidates import (
     uniform,
 )
 from dcsm.pipeline.fusion import PaperFusion, ReleasedFusion, sharpen
+from dcsm.pipeline.gate import check_power, class_scores, score_gate
 from dcsm.pipeline.gradients import (
     BatchMode,
     ForwardPass,
@@ -103,11 +104,13 @@ class DistinctSaliency(Explainer):
             maximum of absolute values) or ``"grad_act"`` (positive derivative times positive
             activation, summed; :mod:`dcsm.pipeline.layer_maps`); default: the preset's.
         propagate: spread each fused map through the feature affinities of one layer
-            (:class:`dcsm.pipeline.affinity.Propagation`; True: its defaults; False: off; default:
-            the
-            preset's).
+            (:class:`dcsm.pipeline.affinity.Propagation`; True: its defaults; False: off;
+            default: the preset's).
         flip: also explain the mirror image for the same classes and average the two maps
             (mirrored back): twice the time; default: the preset's.
+        gate: each map weighted by its class's score map scaled to [0, 1] and raised to this
+            power (:mod:`dcsm.pipeline.gate`; 0: off); applied before ``gamma``; default: the
+            preset's.
         gamma: each final map raised to this power relative to its maximum
             (:func:`dcsm.pipeline.fusion.sharpen`; 1: unchanged); default: the preset's.
         batch: how the class slots are back-propagated through each scale's single forward
@@ -169,6 +172,7 @@ class DistinctSaliency(Explainer):
         input_size: tuple[int, int] | None = None,
         layouts: Mapping[str, LayoutSpec] | LayoutSpec | None = None,
         merge_lookalikes: bool | None = None,
+        gate: float | None = None,
     ) -> None:
         """Check the settings and resolve the preset and layers (the arguments: the class's)."""
         super().__init__(model, max_side, precision, {
@@ -204,6 +208,7 @@ class DistinctSaliency(Explainer):
         if self.reduce not in CHANNEL_REDUCTIONS:
             raise DcsmError(f"unknown channel reduction '{self.reduce}'; known: "
                             f"{', '.join(CHANNEL_REDUCTIONS)}")
+        self.gate = check_power(self.preset.gate if gate is None else gate)
         self.gamma = float(self.preset.gamma if gamma is None else gamma)
         if isinstance(gamma, bool) or not np.isfinite(self.gamma) or not 0 < self.gamma <= 16:
             raise DcsmError(f"gamma must be a number in (0, 16], got {gamma!r}")
@@ -287,6 +292,7 @@ class DistinctSaliency(Explainer):
             "propagate": None if self.propagate is None else self.propagate.as_dict(),
             "flip": self.flip,
             "gamma": self.gamma,
+            "gate": self.gate,
             "fusion": self.preset.fusion,
             "contrast": self.preset.contrast,
             "candidate_rule": self.preset.candidate_rule,
@@ -374,6 +380,7 @@ class DistinctSaliency(Explainer):
         location = None
         if choose == "score_map" or self.merge_lookalikes:
             location = adapter.probabilities(ref_map.movedim(1, -1)).movedim(-1, 1)
+        gate_scores = ref_map if self.gate else None  # (N, C, h, w)
         del ref_map
         wanted = per_image_classes(classes, n)
         selections = [
@@ -400,6 +407,9 @@ class DistinctSaliency(Explainer):
                 if layers is not None and mirrored_layers is not None:
                     layers = {name: (m + mirrored_layers[name].flip(-1)) / 2
                               for name, m in layers.items()}
+        if gate_scores is not None:
+            with torch.no_grad():
+                fused = score_gate(fused, class_scores(gate_scores, targets), self.gate)
         if self.gamma != 1:
             with torch.no_grad():
                 fused = sharpen(fused, self.gamma)

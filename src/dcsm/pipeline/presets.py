@@ -117,6 +117,7 @@ class Preset:
     propagate: Propagation | None = None
     flip: bool = False
     gamma: float = 1.0
+    gate: float = 0.0
     description: str = ""
     layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     merge_lookalikes: bool = False
@@ -164,6 +165,9 @@ class Preset:
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or \
                 not math.isfinite(self.gamma) or not 0 < self.gamma <= 16:
             raise DcsmError(f"{what}: gamma must be a number in (0, 16], got {self.gamma!r}")
+        if isinstance(self.gate, bool) or not isinstance(self.gate, int | float) or \
+                not math.isfinite(self.gate) or not 0 <= self.gate <= 4:
+            raise DcsmError(f"{what}: gate must be a number in [0, 4], got {self.gate!r}")
         if not isinstance(self.merge_lookalikes, bool):
             raise DcsmError(f"{what}: merge_lookalikes must be True or False, got "
                             f"{self.merge_lookalikes!r}")
