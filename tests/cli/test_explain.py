@@ -166,8 +166,8 @@ BAD = {
 
 
 def test_default_preset_additions_are_options(tmp_path, capsys):
-    """--no-flip, --no-propagate, --gamma, --gate and --reduce reach the explainer: the maps are those
-    of the API with the same settings, and summary.json says so."""
+    """--no-flip, --no-propagate, --gamma, --gate and --reduce reach the explainer: the maps are
+    those of the API with the same settings, and summary.json says so."""
     code, _, err = run(["explain", str(BUNDLED), "--out", str(tmp_path), "--classes",
                         "tabby,espresso", "--no-flip", "--no-propagate", "--gamma", "1.5",
                         "--gate", "0.5", "--reduce", "grad_act", "--no-pictures"], capsys)

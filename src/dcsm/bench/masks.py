@@ -116,7 +116,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 RECORDS_FILE = "masks-records.jsonl"
 SETTINGS_FILE = "masks-settings.json"
 #: Version of the records' content: a change in what is scored makes old records stale.
-SCORES_VERSION = 2
+SCORES_VERSION = 3  # 3: the CRF takes the maps before their final power (map_gamma)
 #: The seed of Quantus's RandomLogit classes and MPRT's randomisation.
 QUANTUS_SEED = 42
 #: A photo's pairs go to Quantus in batches of at most this many.
@@ -229,9 +229,11 @@ def score_photo(maps: Mapping[str, np.ndarray], photo: MaskedPhoto,
 
 
 def _segment(method: str, maps: Mapping[str, np.ndarray], image: np.ndarray,
-             crf: Mapping[str, Any], grabcut: Mapping[str, Any]) -> dict[str, np.ndarray]:
+             crf: Mapping[str, Any], grabcut: Mapping[str, Any],
+             map_gamma: float = 1.0) -> dict[str, np.ndarray]:
     kind = segmenter_for(method)
-    seg = segment(dict(maps), image, segmenter=kind, **(crf if kind == "crf" else grabcut))
+    seg = segment(dict(maps), image, segmenter=kind, map_gamma=map_gamma,
+                  **(crf if kind == "crf" else grabcut))
     return seg.masks
 
 
@@ -345,7 +347,8 @@ class _Runner:
                 folder = self.maps_dir / spec.key
                 folder.mkdir(parents=True, exist_ok=True)
                 save_npz(folder / f"{safe_filename(photo.name.replace(':', '_'))}.npz", maps)
-            masks = _segment(spec.key, maps, photo.image, self.crf, self.grabcut) if maps else {}
+            masks = _segment(spec.key, maps, photo.image, self.crf, self.grabcut,
+                             spec.map_gamma) if maps else {}
             scores = score_photo(maps, photo, masks, classes.named)
             record["methods"][spec.key] = {
                 "seconds": seconds,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from dcsm.errors import DcsmError
 from dcsm.methods.distinct import dcsm_maps
 from dcsm.methods.registry import MapBuilder, MethodSpec, specs
+from dcsm.pipeline.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class BenchMethod:
     computes it (``dcsm``, ``captum``, ``pytorch-grad-cam``, ``torchcam``); ``contrastive``
     methods depend on the other classes, so they run once per candidate mode; ``requires`` is
     the module that must be importable; ``build(adapter, mode)`` returns the map function;
-    ``segmenter`` is the segmenter its maps go to (:func:`dcsm.bench.masks.segmenter_for`).
+    ``segmenter`` is the segmenter its maps go to (:func:`dcsm.bench.masks.segmenter_for`);
+    ``map_gamma`` the power its maps were raised to, undone before the CRF
+    (:func:`dcsm.segmentation.segment`).
     """
 
     key: str
@@ -41,6 +44,7 @@ class BenchMethod:
     build: MapBuilder
     requires_name: str = ""
     segmenter: str = "crf"
+    map_gamma: float = 1.0
 
     def available(self) -> bool:
         """Whether the library it needs is installed (and has ``requires_name``, if given)."""
@@ -64,11 +68,12 @@ DCSM_VARIANTS: tuple[BenchMethod, ...] = (
     BenchMethod("dcsm-paper", "dcsm (paper preset)", "dcsm", True, "dcsm", dcsm_maps("paper")),
     BenchMethod("dcsm-released", "dcsm (released preset)", "dcsm", True, "dcsm",
                 dcsm_maps("released")),
-    BenchMethod("dcsm-tuned", "dcsm (tuned preset)", "dcsm", True, "dcsm", dcsm_maps("tuned")),
+    BenchMethod("dcsm-tuned", "dcsm (tuned preset)", "dcsm", True, "dcsm", dcsm_maps("tuned"),
+                map_gamma=PRESETS["tuned"].gamma),
     BenchMethod("dcsm-no-subtract", "dcsm, no subtraction", "dcsm", False, "dcsm",
                 dcsm_maps("paper", subtract=False)),
     BenchMethod("dcsm-tuned-no-subtract", "dcsm (tuned preset), no subtraction", "dcsm", False,
-                "dcsm", dcsm_maps("tuned", subtract=False)),
+                "dcsm", dcsm_maps("tuned", subtract=False), map_gamma=PRESETS["tuned"].gamma),
 )
 
 

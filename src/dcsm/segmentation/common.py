@@ -124,6 +124,31 @@ def check_map(name: str, m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+def map_power(source: MapSource, given: float | None = None) -> float:
+    """The power the maps of ``source`` were raised to relative to their maximum (the dcsm
+    explainer's ``gamma``, :func:`dcsm.pipeline.fusion.sharpen`): ``given`` if not None, else a
+    result's ``gamma`` parameter, else 1."""
+    value: object = given
+    if value is None:
+        value = source.parameters.get("gamma", 1.0) if isinstance(source, SaliencyResult) \
+            else 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not np.isfinite(value) or not 0 < value <= 16:
+        raise DcsmError(f"map_gamma must be a number in (0, 16], got {value!r}")
+    return float(value)
+
+
+def undo_power(maps: np.ndarray, gamma: float) -> np.ndarray:
+    """(K, H, W) maps brought back from :func:`~dcsm.pipeline.fusion.sharpen` with ``gamma``:
+    each map's maximum times ``(M / max M)^(1 / gamma)``; the maps themselves for 1."""
+    if gamma == 1:
+        return maps
+    peaks = maps.reshape(maps.shape[0], -1).max(axis=1)[:, None, None]
+    safe = np.where(peaks > 0, peaks, 1.0)
+    out = np.power(np.clip(maps / safe, 0.0, 1.0), 1.0 / gamma) * np.clip(peaks, 0.0, None)
+    return out.astype(np.float32)
+
+
 def maps_and_image(
     source: MapSource, image: ImageLike | None = None
 ) -> tuple[np.ndarray, list[str], np.ndarray]:

@@ -77,7 +77,14 @@ import numpy as np
 
 from dcsm.errors import DcsmError
 from dcsm.pipeline.images import ImageLike
-from dcsm.segmentation.common import MapSource, Segmentation, maps_and_image, masks_from_labels
+from dcsm.segmentation.common import (
+    MapSource,
+    Segmentation,
+    map_power,
+    maps_and_image,
+    masks_from_labels,
+    undo_power,
+)
 
 #: Probabilities are clipped at this value before the logarithm of the unary.
 EPSILON = 1e-5
@@ -296,6 +303,7 @@ def segment_crf(
     bg_threshold: float = CRFParams.bg_threshold,
     normalize: bool = CRFParams.normalize,
     sharpness: float = CRFParams.sharpness,
+    map_gamma: float | None = None,
 ) -> Segmentation:
     """Segment the image into background and the candidate classes with a dense CRF.
 
@@ -306,6 +314,9 @@ def segment_crf(
         bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
             bilateral_compat, background, bg_threshold, normalize, sharpness: see
             :class:`CRFParams` and the module docstring.
+        map_gamma: the power the maps were raised to relative to their maximum, undone first
+            (default: a result's ``gamma`` parameter, 1 for a mapping; see
+            :func:`dcsm.segmentation.segment`).
 
     Returns:
         A :class:`Segmentation` with the marginals in ``probabilities``.
@@ -316,8 +327,9 @@ def segment_crf(
     params = CRFParams(bg_power, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy,
                        bilateral_srgb, bilateral_compat, background, bg_threshold, normalize,
                        sharpness)
+    gamma = map_power(source, map_gamma)
     img, names, maps = maps_and_image(source, image)
-    return crf_segmentation(img, names, maps, params)
+    return crf_segmentation(img, names, undo_power(maps, gamma), params)
 
 
 def crf_segmentation(image: np.ndarray, names: list[str], maps: np.ndarray,
