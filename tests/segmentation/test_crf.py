@@ -13,10 +13,12 @@ import warnings
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import dcsm
 import dcsm.pipeline.images
+from dcsm.errors import DcsmError
 from dcsm.io import load_image
 from dcsm.pipeline.candidates import Candidate
 from dcsm.segmentation import (
@@ -542,3 +544,40 @@ def test_segment_decodes_an_image_path_once(tmp_path, monkeypatch, two_objects, 
     assert len(decoded) == 1
     np.testing.assert_array_equal(seg.labels, want.labels)
     assert seg.parameters == want.parameters
+
+
+# ------------------------------------------------------------------------------ final power
+def test_undo_power_inverts_the_explainers_sharpening():
+    from dcsm.pipeline.fusion import sharpen
+    from dcsm.segmentation.common import undo_power
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((3, 7, 9)) * np.array([0.9, 0.2, 0.0])[:, None, None]  # a zero map too
+    for gamma in (0.5, 2.0, 3.0):
+        sharp = sharpen(torch.from_numpy(maps), gamma).numpy()
+        np.testing.assert_allclose(undo_power(sharp, gamma), maps, atol=1e-6)
+        # by hand for the first map: its peak kept, the ratio to it raised to 1 / gamma
+        peak = sharp[0].max()
+        np.testing.assert_allclose(undo_power(sharp, gamma)[0], peak * (sharp[0] / peak)
+                                   ** (1 / gamma), rtol=1e-6)
+    assert undo_power(maps, 1.0) is maps
+
+
+def test_the_crf_takes_the_maps_before_the_final_power(two_objects):
+    """A result's gamma is undone before the CRF (so squaring the maps changes nothing), a
+    mapping's only when map_gamma says so; GrabCut takes the maps as they are."""
+    img, maps, _ = two_objects
+    plain = {"disk": maps["disk"], "rect": maps["rect"]}
+    squared = {k: m.max() * (m / m.max()) ** 2 for k, m in plain.items()}
+    result = saliency_result(img, squared)
+    result.parameters["gamma"] = 2.0
+    reference = dcsm.segment(plain, img)
+    assert not np.array_equal(dcsm.segment(squared, img).labels, reference.labels)
+    for seg in (dcsm.segment(result), dcsm.segment(squared, img, map_gamma=2.0),
+                segment_crf(result), segment_crf(squared, img, map_gamma=2.0)):
+        np.testing.assert_array_equal(seg.labels, reference.labels)
+    assert np.array_equal(dcsm.segment(result, segmenter="grabcut").labels,
+                          dcsm.segment(squared, img, segmenter="grabcut").labels)
+    for bad in (0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(DcsmError, match="map_gamma must be a number"):
+            dcsm.segment(plain, img, map_gamma=bad)
