@@ -1,7 +1,8 @@
 """The levers behind the default preset, measured on a development split of COCO photos.
 
 Each variant is the ``tuned`` preset with some settings changed (``before``: the preset as it was
-before the mirror image, the affinity walk and the sharpening; ``default``: the preset now); the
+before the mirror image, the affinity walk, the score-map gate and the sharpening; ``default``:
+the preset now); the
 peers are their ``dcsm bench`` wrappers. Every nameable class of each photo is given (the
 benchmark's oracle candidates), and each (photo, class) pair of at least 1 % of the photo is
 scored as ``dcsm bench masks`` scores it (:func:`dcsm.bench.masks.score_photo`): relevance mass,
@@ -33,7 +34,7 @@ from dcsm.datasets.coco import load_coco
 from dcsm.datasets.realphotos import name_classes
 from dcsm.pipeline.affinity import Propagation
 
-BEFORE: dict[str, object] = {"flip": False, "propagate": False, "gamma": 1.0}
+BEFORE: dict[str, object] = {"flip": False, "propagate": False, "gamma": 1.0, "gate": 0.0}
 #: name -> the tuned preset's settings changed (or a ``dcsm bench`` method key, in brackets).
 VARIANTS: dict[str, dict[str, object] | str] = {
     "before": BEFORE,
@@ -46,8 +47,15 @@ VARIANTS: dict[str, dict[str, object] | str] = {
     "before + walk: deepest layer": {**BEFORE, "propagate": Propagation(layer="block15")},
     "before + walk: 16 steps radius 3": {**BEFORE, "propagate": Propagation(16, 8.0, 3)},
     "before + mirror + walk": {**BEFORE, "flip": True, "propagate": True},
-    "default (mirror + walk + gamma 2)": {},
-    "default: gamma 3": {"gamma": 3.0},
+    "before + mirror + walk + gamma 2": {**BEFORE, "flip": True, "propagate": True,
+                                         "gamma": 2.0},
+    "before + mirror + walk + gamma 3": {**BEFORE, "flip": True, "propagate": True,
+                                         "gamma": 3.0},
+    "default (mirror + walk + gate + gamma 2)": {},
+    "default: gamma 1": {"gamma": 1.0},
+    "default: gamma 1.5": {"gamma": 1.5},
+    "default: gate 2 gamma 1": {"gate": 2.0, "gamma": 1.0},
+    "default: gate 0.5": {"gate": 0.5},
     "paper preset": {"preset": "paper"},
     "Grad-CAM (dcsm)": "gradcam",
     "pytorch-grad-cam GradCAM": "pgc-gradcam",
@@ -56,10 +64,12 @@ METRICS = ("energy", "hit", "rank", "auc", "other", "iou")
 
 
 def build(adapter: dcsm.pipeline.adapters.base.ModelAdapter, spec: dict[str, object] | str
-          ) -> MapFunction:
-    """The map function of one variant."""
+          ) -> tuple[MapFunction, float]:
+    """The map function of one variant, and the power its maps were raised to (undone before
+    the CRF, as :func:`dcsm.segment` does for a result)."""
     if isinstance(spec, str):
-        return next(m for m in get_methods([spec])).build(adapter, "oracle")
+        method = next(m for m in get_methods([spec]))
+        return method.build(adapter, "oracle"), method.map_gamma
     settings = dict(spec)
     preset = str(settings.pop("preset", "tuned"))
     explainer = dcsm.DistinctSaliency(adapter, preset=preset, **settings)  # type: ignore[arg-type]
@@ -69,7 +79,7 @@ def build(adapter: dcsm.pipeline.adapters.base.ModelAdapter, spec: dict[str, obj
         by_index = {c.index: result.maps[c.name] for c in result.candidates}
         return {c: by_index[c] for c in classes if c in by_index}
 
-    return run
+    return run, explainer.gamma
 
 
 def evaluate(folder: str, split: str, limit: int, model: str, names: Sequence[str], crf: bool,
@@ -89,11 +99,12 @@ def evaluate(folder: str, split: str, limit: int, model: str, names: Sequence[st
         photos += 1
         for n in names:
             start = time.perf_counter()
-            by_index = functions[n](photo.image, named.indices)
+            by_index = functions[n][0](photo.image, named.indices)
             seconds[n] += time.perf_counter() - start
             maps = {c: np.asarray(by_index[i], np.float32)
                     for c, i in zip(named.named, named.indices, strict=True) if i in by_index}
-            masks = segment(dict(maps), photo.image, segmenter="crf").masks if crf and maps \
+            masks = segment(dict(maps), photo.image, segmenter="crf",
+                            map_gamma=functions[n][1]).masks if crf and maps \
                 else ({} if crf else None)
             rows[n] += [r for r in score_photo(maps, photo, masks, classes=named.named)
                         if not r["small"]]

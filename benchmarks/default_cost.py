@@ -29,12 +29,14 @@ import dcsm
 IMAGE = Path(__file__).resolve().parents[1] / "src" / "dcsm" / "data" / "chelsea_coffee.png"
 MODELS = ["efficientnet_lite0", "squeezenet1_1", "efficientnet_lite2"]
 #: The settings compared: the preset's additions off, each alone, all (the default).
+_OFF: dict[str, object] = {"flip": False, "propagate": False, "gate": 0.0, "gamma": 1.0}
 VARIANTS: dict[str, dict[str, object]] = {
-    "before (no flip, no walk, gamma 1)": {"flip": False, "propagate": False, "gamma": 1.0},
-    "+ mirror image": {"flip": True, "propagate": False, "gamma": 1.0},
-    "+ affinity walk": {"flip": False, "propagate": True, "gamma": 1.0},
-    "+ gamma 2": {"flip": False, "propagate": False, "gamma": 2.0},
-    "default (all three)": {},
+    "before (no flip, no walk, no gate, gamma 1)": _OFF,
+    "+ mirror image": {**_OFF, "flip": True},
+    "+ affinity walk": {**_OFF, "propagate": True},
+    "+ score-map gate": {**_OFF, "gate": 1.0},
+    "+ gamma 2": {**_OFF, "gamma": 2.0},
+    "default (all four)": {},
 }
 
 
@@ -51,7 +53,7 @@ def measure(model: str, size: int, repeats: int) -> dict[str, float]:
     adapter = dcsm.load_model(model)
     image = photo(size)
     explainers = {k: dcsm.DistinctSaliency(adapter, **v) for k, v in VARIANTS.items()}
-    classes = [c.index for c in explainers["default (all three)"].explain(image).candidates]
+    classes = [c.index for c in explainers["default (all four)"].explain(image).candidates]
     times: dict[str, list[float]] = {k: [] for k in explainers}
     for e in explainers.values():  # warm-up
         e.explain(image, classes=classes)

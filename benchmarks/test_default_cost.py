@@ -24,7 +24,10 @@ def test_the_variants_are_the_default_and_its_parts():
     adapter = dcsm.load_model("squeezenet1_1")
     made = {k: dcsm.DistinctSaliency(adapter, **v).parameters()
             for k, v in default_cost.VARIANTS.items()}
-    before, default = made["before (no flip, no walk, gamma 1)"], made["default (all three)"]
-    assert (before["flip"], before["propagate"], before["gamma"]) == (False, None, 1.0)
+    before = made["before (no flip, no walk, no gate, gamma 1)"]
+    default = made["default (all four)"]
+    assert (before["flip"], before["propagate"], before["gate"], before["gamma"]) == (
+        False, None, 0.0, 1.0)
     assert default == dcsm.DistinctSaliency(adapter).parameters()
     assert default["flip"] and default["propagate"] is not None and default["gamma"] == 2.0
+    assert default["gate"] == 1.0

@@ -492,7 +492,7 @@ def test_tuned_preset_matches_float64_reference(tiny, named):
     adapter = tiny.adapter(net, layers=tuple(LAYERS))
     image = tiny.image(*IMAGE_SHAPE, seed=5)
     explainer = dcsm.DistinctSaliency(adapter, preset="tuned", min_contrast=3, flip=False,
-                                      propagate=False, gamma=1.0)
+                                      propagate=False, gamma=1.0, gate=0.0)
     result = (explainer.explain(image, classes=["delta"]) if named
               else explainer.explain(image, top_k=2))
     x = tiny.reference_input(image, 1.0)
