@@ -303,6 +303,7 @@ def group_of(nodeid: str) -> str:
     return module if _has_module_fixture(module) else nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest alone runs without it
 def pytest_xdist_make_scheduler(config, log):
     """Under ``--dist loadgroup``: xdist's scope scheduling over :func:`group_of`'s groups
     (the largest groups first, then one test at a time as the workers free up)."""
