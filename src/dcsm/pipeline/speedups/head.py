@@ -26,11 +26,15 @@ from typing import Any
 
 import torch
 from torch.autograd.graph import GradientEdge, Node
-from torch.overrides import TorchFunctionMode
 
 from dcsm.errors import DcsmError
 from dcsm.pipeline.passes import ForwardPass, Targets, target_matrix
-from dcsm.pipeline.speedups.torch_calls import CONV2D_ARGS, call_arguments, saved_convolution
+from dcsm.pipeline.speedups.torch_calls import (
+    CONV2D_ARGS,
+    Conv2dMode,
+    call_arguments,
+    saved_convolution,
+)
 
 
 @dataclass
@@ -159,7 +163,7 @@ def head_restriction(fp: ForwardPass, wrt: Sequence[torch.Tensor],
     return HeadRestriction((*top.weight.shape, 1, 1), rows, positions.reshape(t.shape))
 
 
-class RestrictHead(TorchFunctionMode):
+class RestrictHead(Conv2dMode):
     """Runs the one ``F.conv2d`` call with the classifier's weight shape on ``rows`` only."""
 
     def __init__(self, head: HeadRestriction) -> None:
@@ -167,20 +171,16 @@ class RestrictHead(TorchFunctionMode):
         self.head = head
         self.calls = 0
 
-    def __torch_function__(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is torch.conv2d or func is torch.nn.functional.conv2d:
-            call = call_arguments(CONV2D_ARGS, args, kwargs)
-            weight, bias = call.get("weight"), call.get("bias")
-            if isinstance(weight, torch.Tensor) and tuple(weight.shape) == self.head.shape:
-                self.calls += 1
-                rows = self.head.rows.to(weight.device)
-                call["weight"] = weight.index_select(0, rows)
-                if isinstance(bias, torch.Tensor):
-                    call["bias"] = bias.index_select(0, rows.to(bias.device))
-                conv: Callable[..., Any] = func  # narrowed to conv2d's overloads above
-                return conv(**call)
-        return func(*args, **kwargs)
+    def conv2d(self, func: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """The classifier's call on ``rows`` only; None for any other convolution."""
+        call = call_arguments(CONV2D_ARGS, args, kwargs)
+        weight, bias = call.get("weight"), call.get("bias")
+        if not (isinstance(weight, torch.Tensor) and tuple(weight.shape) == self.head.shape):
+            return None
+        self.calls += 1
+        rows = self.head.rows.to(weight.device)
+        call["weight"] = weight.index_select(0, rows)
+        if isinstance(bias, torch.Tensor):
+            call["bias"] = bias.index_select(0, rows.to(bias.device))
+        return func(**call)

@@ -21,10 +21,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from dcsm.pipeline.speedups.batch_mode import LARGE_WEIGHT
-from dcsm.pipeline.speedups.torch_calls import CONV2D_ARGS, call_arguments, pair
+from dcsm.pipeline.speedups.torch_calls import CONV2D_ARGS, Conv2dMode, call_arguments, pair
 
 _Call = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[int, int]]
 """The ``(x, weight, bias, padding)`` of a convolution :class:`MatmulConv` computes."""
@@ -129,21 +128,19 @@ def _has_large_weight(model: nn.Module) -> bool:
     return any(p.numel() >= LARGE_WEIGHT for p in model.parameters())
 
 
-class MatmulLargeConvs(TorchFunctionMode):
+class MatmulLargeConvs(Conv2dMode):
     """Routes the ``F.conv2d`` calls :func:`_matmul_conv_call` accepts to :class:`MatmulConv`."""
 
-    def __torch_function__(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is torch.conv2d or func is torch.nn.functional.conv2d:
-            call = _matmul_conv_call(args, kwargs)
-            if call is not None:
-                if torch.is_grad_enabled() and call[0].requires_grad:
-                    return MatmulConv.apply(*call)
-                return MatmulConv.forward(*call)
-        return func(*args, **kwargs)
+    def conv2d(self, func: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """The call as matrix products where :func:`_matmul_conv_call` accepts it, else
+        None."""
+        call = _matmul_conv_call(args, kwargs)
+        if call is None:
+            return None
+        if torch.is_grad_enabled() and call[0].requires_grad:
+            return MatmulConv.apply(*call)
+        return MatmulConv.forward(*call)
 
 
 def large_convs(model: nn.Module, x: torch.Tensor,

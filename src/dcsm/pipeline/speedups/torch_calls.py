@@ -5,11 +5,12 @@ what a convolution's autograd node keeps of its call (:class:`ConvolutionNode`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import torch
 from torch.autograd.graph import Node
+from torch.overrides import TorchFunctionMode
 
 CONV2D_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 MAX_POOL2D_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
@@ -33,6 +34,29 @@ def pair(v: object) -> tuple[int, int] | None:
             isinstance(i, int) and not isinstance(i, bool) for i in v):
         return (int(v[0]), int(v[1]))
     return None
+
+
+class Conv2dMode(TorchFunctionMode):
+    """A :class:`~torch.overrides.TorchFunctionMode` that hands every ``conv2d`` call to
+    :meth:`conv2d` and runs every other call, and each ``conv2d`` that :meth:`conv2d` declines
+    (returns None), as it is."""
+
+    def conv2d(self, func: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """The result of the ``conv2d`` call ``func(*args, **kwargs)``, or None to run it as
+        it is."""
+        return None
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.conv2d or func is torch.nn.functional.conv2d:
+            out = self.conv2d(func, args, kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
 
 
 class ConvolutionNode(Protocol):
