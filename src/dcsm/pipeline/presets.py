@@ -89,6 +89,7 @@ from dcsm.errors import DcsmError
 from dcsm.pipeline.affinity import Propagation
 from dcsm.pipeline.candidates import CANDIDATE_RULES, CandidateRule
 from dcsm.pipeline.contrast import CONTRASTS
+from dcsm.pipeline.gate import check_power
 from dcsm.pipeline.layer_maps import (
     CHANNEL_REDUCTIONS,
     UPSAMPLE_ORDERS,
@@ -167,9 +168,10 @@ class Preset:
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or \
                 not math.isfinite(self.gamma) or not 0 < self.gamma <= 16:
             raise DcsmError(f"{what}: gamma must be a number in (0, 16], got {self.gamma!r}")
-        if isinstance(self.gate, bool) or not isinstance(self.gate, int | float) or \
-                not math.isfinite(self.gate) or not 0 <= self.gate <= 4:
-            raise DcsmError(f"{what}: gate must be a number in [0, 4], got {self.gate!r}")
+        try:
+            check_power(self.gate)
+        except DcsmError as exc:
+            raise DcsmError(f"{what}: {exc}") from None
         if not isinstance(self.merge_lookalikes, bool):
             raise DcsmError(f"{what}: merge_lookalikes must be True or False, got "
                             f"{self.merge_lookalikes!r}")

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from dcsm.errors import DcsmError
+from dcsm.pipeline.fusion import sharpen
 from dcsm.pipeline.images import ImageLike, as_rgb_array
 from dcsm.pipeline.result import SaliencyResult
 
@@ -140,13 +142,11 @@ def map_power(source: MapSource, given: float | None = None) -> float:
 
 def undo_power(maps: np.ndarray, gamma: float) -> np.ndarray:
     """(K, H, W) maps brought back from :func:`~dcsm.pipeline.fusion.sharpen` with ``gamma``:
-    each map's maximum times ``(M / max M)^(1 / gamma)``; the maps themselves for 1."""
+    ``sharpen`` with ``1 / gamma`` (each map's maximum times ``(M / max M)^(1 / gamma)``), as
+    float32; the maps themselves for 1."""
     if gamma == 1:
         return maps
-    peaks = maps.reshape(maps.shape[0], -1).max(axis=1)[:, None, None]
-    safe = np.where(peaks > 0, peaks, 1.0)
-    out = np.power(np.clip(maps / safe, 0.0, 1.0), 1.0 / gamma) * np.clip(peaks, 0.0, None)
-    return out.astype(np.float32)
+    return sharpen(torch.from_numpy(maps), 1.0 / gamma).numpy().astype(np.float32, copy=False)
 
 
 def maps_and_image(
