@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
@@ -316,6 +317,20 @@ def pytest_xdist_make_scheduler(config, log):
             return group_of(nodeid)
 
     return GroupScheduling(config, log)
+
+
+# ----------------------------------------------------------------------------- seeds
+@pytest.fixture(autouse=True)
+def seeded_generators():
+    """Each test starts from the same global random state (torch, numpy, ``random``).
+
+    Under pytest-xdist the tests a worker ran before decide the global state a test inherits,
+    and that order changes from run to run: a layer built without a generator of its own would
+    get other weights each time, and a test could pass or fail by the schedule.
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 # ----------------------------------------------------------------------------- temp folder
